@@ -1,0 +1,1 @@
+"""caffedata: Caffe datasets and layers, first-class in Apache MXNet 1.9."""
