@@ -1,0 +1,499 @@
+"""Image files + a list file -> a Caffe LMDB/LevelDB of Datums, as ``convert_imageset`` writes it.
+
+``convert_imageset(root, listfile, db_path, ...)`` does what Caffe 1.0's
+``tools/convert_imageset`` does, record for record:
+
+* **List file.**  Read line by line (``std::getline``: split at ``\\n``, a
+  final line without newline counts, an empty line is an entry).  Each line is
+  split at its **last space**: the path is the text before it, the label is
+  ``atoi`` of the text after it (so a trailing ``\\r`` is harmless, paths may
+  hold spaces, tabs are not separators, a line without a space is a path whose
+  label is ``atoi`` of the whole line).
+* **Keys.**  ``%08d_<path as written in the list>``.  The number is the line's
+  index in the (possibly shuffled) list and is consumed by images that fail to
+  load, so failed images leave gaps.
+* **Raw Datums** (default): ``cv2.imread`` with ``IMREAD_COLOR`` (3-channel BGR)
+  or, with ``gray``, ``IMREAD_GRAYSCALE``; then ``cv2.resize`` to
+  ``(resize_width, resize_height)`` with ``INTER_LINEAR`` **only when both are
+  > 0**; stored as channels/height/width, CHW uint8 ``data``, label and
+  ``encoded: false``.
+* **Encoded Datums** (``encoded`` or ``encode_type``): the image is still read
+  with ``imread`` (an unreadable file fails).  The original file bytes are kept
+  when nothing was resized (both sizes 0) and the file's extension matches the
+  encoding.  Caffe's encoding guessed from the file name *includes the dot*
+  (``.jpg``), so a guessed type always matches while an explicit
+  ``encode_type="jpg"`` never does and always re-encodes with
+  ``cv2.imencode`` (OpenCV defaults: JPEG quality 95).  An encoded Datum holds
+  only ``data``, ``label`` and ``encoded: true``.
+* ``check_size``: every record's ``data`` length must equal the first's C*H*W.
+
+What differs from Caffe, on purpose:
+
+* ``shuffle`` takes a ``seed``.  The permutation is Caffe's own algorithm
+  (``caffe::shuffle``: Fisher-Yates with boost's ``uniform_int`` over
+  ``mt19937``), i.e. the order Caffe would produce had its RNG been seeded with
+  ``seed``.  Caffe seeds from ``/dev/urandom``, so its shuffles were never
+  reproducible; without a seed caffedata draws one and reports it
+  (``ConvertResult.seed``).
+* The DB is built in a temporary folder beside the target and renamed into
+  place at the end: an interrupted or failed run leaves no DB at the target,
+  and an existing DB is never replaced unless ``overwrite=True``.
+* Images are read, resized and encoded on ``threads`` threads (OpenCV releases
+  the GIL); records are written in list order.
+* A list with no readable image is an error (Caffe would write an empty DB).
+* An existing folder ``root`` without a trailing ``/`` gets one (Caffe
+  concatenates ``root + path`` as is, so every image would fail).
+
+The record bytes are what Caffe writes, given the same OpenCV decoder (see the
+caveats on decoder versions in the data-format reference).  The LMDB/LevelDB
+files themselves are not byte-identical to Caffe's (page layout depends on
+transaction sizes), only their keys and values are.
+"""
+import collections
+import os
+import secrets
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from .datum import array_to_datum_bytes, encoded_datum_bytes
+from .errors import CaffeDataError, DatabaseError, SpecError
+
+__all__ = ["convert_imageset", "ConvertResult", "Failure", "parse_list_file", "caffe_shuffle",
+           "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db"]
+
+COMMIT_EVERY = 1000  # convert_imageset commits every 1000 successful images
+
+# Caffe's LevelDB options (db_leveldb.cpp); compression is LevelDB's default, Snappy.
+LEVELDB_OPTIONS = dict(block_size=65536, write_buffer_size=268435456, max_open_files=100,
+                       compression="snappy")
+LMDB_INITIAL_MAP_SIZE = 1 << 26  # doubled on MDB_MAP_FULL, as Caffe 1.0 does
+
+
+class ImageReadError(Exception):
+    """One image could not be turned into a Datum (the line id is still consumed)."""
+
+
+@dataclass
+class Failure:
+    line_id: int
+    name: str
+    path: str
+    reason: str
+
+    def __str__(self):
+        return f"line {self.line_id + 1}: {self.path}: {self.reason}"
+
+
+@dataclass
+class ConvertResult:
+    db_path: str
+    backend: str
+    total: int
+    count: int
+    failures: List[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    seed: Optional[int] = None
+    encoded: bool = False
+
+    @property
+    def images_per_second(self):
+        return self.total / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self):
+        text = (f"{self.db_path}: wrote {self.count} of {self.total} images ({self.backend}"
+                f"{', encoded' if self.encoded else ''}) in {self.seconds:.2f} s, "
+                f"{self.images_per_second:.0f} images/s")
+        if self.seed is not None:
+            text += f"; shuffled with --seed {self.seed}"
+        return text
+
+
+# --------------------------------------------------------------------------- list file
+
+def caffe_atoi(text):
+    """C's ``atoi`` as glibc does it: ``(int) strtol(text, NULL, 10)`` on bytes."""
+    i, n = 0, len(text)
+    while i < n and text[i] in b" \t\n\v\f\r":
+        i += 1
+    sign = 1
+    if i < n and text[i] in b"+-":
+        sign = -1 if text[i] == ord("-") else 1
+        i += 1
+    start = i
+    while i < n and 48 <= text[i] <= 57:
+        i += 1
+    value = sign * int(text[start:i]) if i > start else 0
+    value = max(-(1 << 63), min((1 << 63) - 1, value))  # strtol saturates at LONG_MIN/MAX
+    value &= 0xFFFFFFFF  # then the cast to int keeps the low 32 bits
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def parse_list_file(listfile):
+    """``[(path_bytes, label), ...]`` exactly as convert_imageset (rc4 and later) reads the list."""
+    try:
+        with open(listfile, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SpecError(f"{listfile}: cannot read the list file ({exc.strerror}) -- give a text "
+                        f"file with one `path label` per line") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # getline yields no entry after a final newline
+    entries = []
+    for line in lines:
+        pos = line.rfind(b" ")
+        if pos < 0:  # find_last_of gives npos: the whole line is both path and label text
+            entries.append((line, caffe_atoi(line)))
+        else:
+            entries.append((line[:pos], caffe_atoi(line[pos + 1:])))
+    return entries
+
+
+# --------------------------------------------------------------------------- shuffle
+
+class _MT19937Stream:
+    """Raw 32-bit outputs of ``mt19937(seed)`` (NumPy's legacy MT seeds an int like std/boost)."""
+
+    def __init__(self, seed):
+        self._rs = np.random.RandomState(int(seed) & 0xFFFFFFFF)
+        self._buf = []
+        self._pos = 0
+
+    def __call__(self):
+        if self._pos >= len(self._buf):
+            # Full 32-bit range: NumPy returns one raw output per value.
+            self._buf = self._rs.randint(0, 1 << 32, size=4096, dtype=np.uint32).tolist()
+            self._pos = 0
+        v = self._buf[self._pos]
+        self._pos += 1
+        return v
+
+
+def caffe_shuffle(items, seed):
+    """``caffe::shuffle`` driven by ``mt19937(seed)``; returns a new list.
+
+    For i = n-1 .. 1: swap(i, j) with j drawn by boost's ``uniform_int(0, i)``:
+    ``bucket = 0xFFFFFFFF // (i+1)`` (+1 when ``0xFFFFFFFF % (i+1) == i``),
+    draw ``r = mt() // bucket`` until ``r <= i``.
+    """
+    items = list(items)
+    mt = _MT19937Stream(seed)
+    for i in range(len(items) - 1, 0, -1):
+        bucket = 0xFFFFFFFF // (i + 1)
+        if 0xFFFFFFFF % (i + 1) == i:
+            bucket += 1
+        while True:
+            r = mt() // bucket
+            if r <= i:
+                break
+        items[i], items[r] = items[r], items[i]
+    return items
+
+
+# --------------------------------------------------------------------------- one image
+
+def _match_ext(path, encoding):
+    """io.cpp ``matchExt``: the path's lower-cased text from its last '.' equals the encoding."""
+    p = path.rfind(b".")
+    ext = (path[p:] if p >= 0 else path).lower()
+    en = encoding.lower()
+    return ext == en or (en == b"jpg" and ext == b"jpeg")
+
+
+def read_image_to_datum(path, label, resize_height=0, resize_width=0, is_color=True, encoding=b""):
+    """io.cpp ``ReadImageToDatum``: serialized Datum bytes for one image file.
+
+    Raises ImageReadError where Caffe's function returns false.
+    """
+    import cv2
+
+    spath = os.fsdecode(path)
+    if not os.path.isfile(spath):
+        raise ImageReadError("no such file" if not os.path.exists(spath) else "not a file")
+    img = cv2.imread(spath, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise ImageReadError("OpenCV cannot decode it (not an image, or truncated)")
+    if resize_height > 0 and resize_width > 0:
+        img = cv2.resize(img, (resize_width, resize_height), interpolation=cv2.INTER_LINEAR)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if encoding:
+        if ((channels == 3) == is_color and not resize_height and not resize_width
+                and _match_ext(path, encoding)):
+            try:
+                with open(spath, "rb") as f:
+                    return encoded_datum_bytes(f.read(), label)
+            except OSError as exc:
+                raise ImageReadError(f"cannot read the file ({exc.strerror})") from None
+        ext = "." + os.fsdecode(encoding)
+        try:
+            ok, buf = cv2.imencode(ext, img)
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise ImageReadError(f"OpenCV has no encoder for {ext!r} -- use --encode-type jpg or png")
+        return encoded_datum_bytes(buf.tobytes(), label)
+    chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
+    return array_to_datum_bytes(np.ascontiguousarray(chw), label)
+
+
+def _datum_data_size(value):
+    """Length of ``data`` in serialized Datum bytes (for check_size)."""
+    from .proto import Datum
+
+    d = Datum.FromString(value)
+    return len(d.data), d.channels * d.height * d.width
+
+
+# --------------------------------------------------------------------------- writers
+
+class DBWriter:
+    """Append key/value batches to a new LMDB or LevelDB as Caffe's db classes do."""
+
+    def __init__(self, path, backend):
+        self.path = path
+        self.backend = backend
+        if backend == "lmdb":
+            import lmdb
+
+            self._lmdb = lmdb
+            self.env = lmdb.open(path, map_size=LMDB_INITIAL_MAP_SIZE, subdir=True, sync=False,
+                                 metasync=False, max_dbs=0)
+            self.max_key = self.env.max_key_size()
+        elif backend == "leveldb":
+            import plyvel
+
+            self.db = plyvel.DB(path, create_if_missing=True, error_if_exists=True,
+                                **LEVELDB_OPTIONS)
+            self.max_key = None
+        else:
+            raise SpecError(f"unknown backend {backend!r} -- use lmdb or leveldb")
+
+    def write(self, pairs):
+        if not pairs:
+            return
+        if self.backend == "leveldb":
+            with self.db.write_batch() as wb:
+                for k, v in pairs:
+                    wb.put(k, v)
+            return
+        while True:  # db_lmdb.cpp Commit: on MDB_MAP_FULL double the map and retry the batch
+            try:
+                with self.env.begin(write=True) as txn:
+                    for k, v in pairs:
+                        txn.put(k, v)
+                return
+            except self._lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self):
+        if self.backend == "lmdb":
+            self.env.sync(True)
+            self.env.close()
+        else:
+            self.db.close()
+
+
+class atomic_db:
+    """Build a DB in a temporary folder beside ``target``; rename it into place on success.
+
+    ``with atomic_db(target, overwrite) as tmp: ...`` -- on any exception
+    (including KeyboardInterrupt) the temporary folder is removed and nothing
+    appears at ``target``.
+    """
+
+    def __init__(self, target, overwrite=False):
+        self.target = os.path.abspath(os.fspath(target))
+        self.overwrite = overwrite
+        parent = os.path.dirname(self.target)
+        if not os.path.isdir(parent):
+            raise DatabaseError(f"{parent}: the folder for the new database does not exist -- "
+                                f"create it first")
+        self._check_target()
+        name = os.path.basename(self.target)
+        self.tmp = os.path.join(parent, f".{name}.caffedata-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+    def _check_target(self):
+        if os.path.lexists(self.target) and not self.overwrite:
+            raise DatabaseError(f"{self.target}: already exists -- choose another path or pass "
+                                f"--overwrite (overwrite=True) to replace it")
+
+    def __enter__(self):
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            self._check_target()
+            if os.path.lexists(self.target):
+                trash = self.tmp + "-old"
+                os.rename(self.target, trash)
+                os.rename(self.tmp, self.target)
+                if os.path.isdir(trash) and not os.path.islink(trash):
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.unlink(trash)
+            else:
+                os.rename(self.tmp, self.target)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return False
+
+
+# --------------------------------------------------------------------------- the job
+
+def _is_storage_error(exc):
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("lmdb", "plyvel")
+
+
+def _default_threads():
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize_height=0,
+                     resize_width=0, shuffle=False, seed=None, encoded=False, encode_type="",
+                     check_size=False, overwrite=False, threads=None, progress=True):
+    """Convert the images named in ``listfile`` (paths relative to ``root``) into a new DB.
+
+    Returns a ConvertResult (count written, failures with their reasons, time,
+    the shuffle seed used).  Raises SpecError for bad arguments or an
+    unreadable list, DatabaseError when ``db_path`` exists (without
+    ``overwrite``) or cannot be written, and CaffeDataError when check_size
+    finds a mismatch or no image could be read.  In every error case nothing
+    is left at ``db_path``.
+    """
+    backend = str(backend).lower()
+    if backend not in ("lmdb", "leveldb"):
+        raise SpecError(f"unknown backend {backend!r} -- use lmdb or leveldb")
+    resize_height, resize_width = int(resize_height), int(resize_width)
+    if resize_height < 0 or resize_width < 0:
+        raise SpecError("resize height/width must be >= 0 (0 keeps the image size)")
+    if (resize_height > 0) != (resize_width > 0):
+        print(f"caffedata: warning: only one of resize height/width is set, so no image is resized "
+              f"(Caffe resizes only when both are > 0)", file=sys.stderr)
+    encode_type = (encode_type or "").strip()
+    if encode_type.startswith("."):
+        raise SpecError(f"encode_type {encode_type!r}: give the type without a dot, e.g. jpg or png")
+    encoding_flag = encoded or bool(encode_type)
+    if check_size and encoding_flag:
+        raise SpecError("check_size compares raw pixel sizes and cannot be used with encoded "
+                        "output (convert_imageset aborts on this combination) -- drop one of them")
+    threads = _default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise SpecError(f"threads must be >= 1, got {threads}")
+
+    root_b = os.fsencode(os.fspath(root))
+    if root_b and os.path.isdir(root_b) and not root_b.endswith(b"/"):
+        root_b += b"/"
+    entries = parse_list_file(listfile)
+    if not entries:
+        raise SpecError(f"{listfile}: the list is empty -- write one `path label` per line")
+    if encoded and not encode_type:
+        for i, (name, _) in enumerate(entries):
+            if b"." not in name:
+                raise SpecError(f"{listfile}: line {i + 1}: cannot guess the encoding of "
+                                f"{os.fsdecode(name)!r} (no extension) -- pass --encode-type jpg|png")
+    used_seed = None
+    if shuffle:
+        used_seed = secrets.randbits(32) if seed is None else int(seed) & 0xFFFFFFFF
+        entries = caffe_shuffle(entries, used_seed)
+
+    def encoding_for(name):
+        if encode_type:
+            return encode_type.encode()
+        if encoded:  # guessed from the list entry, dot included
+            return name[name.rfind(b"."):].lower()
+        return b""
+
+    def work(line_id):
+        name, label = entries[line_id]
+        try:
+            return read_image_to_datum(root_b + name, label, resize_height, resize_width,
+                                       not gray, encoding_for(name))
+        except ImageReadError as exc:
+            return exc
+
+    total = len(entries)
+    result = ConvertResult(db_path=os.fspath(db_path), backend=backend, total=total, count=0,
+                           seed=used_seed, encoded=encoding_flag)
+    start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="convert", file=sys.stderr, dynamic_ncols=True,
+                   smoothing=0.1)
+    try:
+        with atomic_db(db_path, overwrite) as tmp, ThreadPoolExecutor(threads) as pool:
+            writer = DBWriter(tmp, backend)
+            try:
+                data_size = None
+                pending = []
+                window = collections.deque()
+                next_id = 0
+                while next_id < total and len(window) < threads * 8:
+                    window.append(pool.submit(work, next_id))
+                    next_id += 1
+                for line_id in range(total):
+                    out = window.popleft().result()
+                    if next_id < total:
+                        window.append(pool.submit(work, next_id))
+                        next_id += 1
+                    name = entries[line_id][0]
+                    if isinstance(out, ImageReadError):
+                        result.failures.append(Failure(line_id, os.fsdecode(name),
+                                                       os.fsdecode(root_b + name), str(out)))
+                    else:
+                        if check_size:
+                            size, chw = _datum_data_size(out)
+                            if data_size is None:
+                                data_size = chw
+                            elif size != data_size:
+                                raise CaffeDataError(
+                                    f"{os.fsdecode(root_b + name)} (line {line_id + 1}): "
+                                    f"{size} pixel bytes, but the first image has {data_size} "
+                                    f"-- resize all images to one size with --resize-height/"
+                                    f"--resize-width, or drop --check-size")
+                        key = b"%08d_" % line_id + name
+                        if writer.max_key is not None and len(key) > writer.max_key:
+                            raise DatabaseError(
+                                f"{listfile}: line {line_id + 1}: key {os.fsdecode(key)!r} is "
+                                f"{len(key)} bytes, over LMDB's limit of {writer.max_key} -- "
+                                f"shorten the paths in the list or use --backend leveldb")
+                        pending.append((key, out))
+                        result.count += 1
+                        if len(pending) >= COMMIT_EVERY:
+                            writer.write(pending)
+                            pending = []
+                    if bar is not None:
+                        bar.update(1)
+                writer.write(pending)
+                if result.count == 0:
+                    first = result.failures[0]
+                    raise CaffeDataError(
+                        f"{listfile}: none of the {total} images could be read (first: {first}) "
+                        f"-- check ROOT (it is prefixed to every path in the list)")
+            except BaseException:
+                for fut in window:
+                    fut.cancel()
+                raise
+            finally:
+                writer.close()
+    except Exception as exc:
+        if isinstance(exc, CaffeDataError) or not _is_storage_error(exc):
+            raise
+        raise DatabaseError(f"{db_path}: cannot write the database ({exc}) -- check the folder's "
+                            f"permissions and free space") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
