@@ -1,0 +1,159 @@
+"""compute_image_mean: bit-identical float32 sequential mean and compute_image_mean's exact bytes."""
+import struct
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+lmdb = pytest.importorskip("lmdb")
+plyvel = pytest.importorskip("plyvel")
+
+from caffedata.compute_mean import compute_image_mean  # noqa: E402
+from caffedata.errors import CaffeDataError, RecordError  # noqa: E402
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def raw_datum(chw, label=0):
+    c, h, w = chw.shape
+    data = chw.astype(np.uint8).tobytes()
+    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x22"
+            + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x00")
+
+
+def float_datum(chw, label=0):
+    """caffe.io.array_to_datum for a float array: unpacked float_data (tag 0x35 per value)."""
+    c, h, w = chw.shape
+    body = b"".join(b"\x35" + struct.pack("<f", v) for v in chw.astype(np.float32).ravel())
+    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x28"
+            + varint(label) + body)
+
+
+def encoded_datum(payload, label=0):
+    return b"\x22" + varint(len(payload)) + payload + b"\x28" + varint(label) + b"\x38\x01"
+
+
+def write_lmdb(path, values):
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, v in enumerate(values):
+            txn.put(b"%08d" % i, v)
+    env.close()
+
+
+def write_leveldb(path, values):
+    db = plyvel.DB(str(path), create_if_missing=True)
+    for i, v in enumerate(values):
+        db.put(b"%08d" % i, v)
+    db.close()
+
+
+def sequential_mean(records):
+    """compute_image_mean by the letter: one float32 scalar addition per element and record."""
+    flat = [r.ravel() for r in records]
+    acc = [np.float32(0)] * flat[0].size
+    for r in flat:
+        for i, x in enumerate(r):
+            acc[i] = np.float32(acc[i] + np.float32(x))
+    n = np.float32(len(records))
+    return np.array([a / n for a in acc], np.float32).reshape(records[0].shape)
+
+
+def parse_legacy_blob(raw):
+    """Split compute_image_mean's file into its header fields and float payload by hand."""
+    pos, fields = 0, {}
+    for tag in (0x08, 0x10, 0x18, 0x20):
+        assert raw[pos] == tag
+        pos += 1
+        value, shift = 0, 0
+        while True:
+            b = raw[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        fields[tag] = value
+    assert raw[pos] == 0x2A
+    pos += 1
+    length, shift = 0, 0
+    while True:
+        b = raw[pos]
+        pos += 1
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    assert len(raw) == pos + length
+    return fields, np.frombuffer(raw[pos:], "<f4")
+
+
+def test_float_data_mean_is_bit_identical(tmp_path):
+    rng = np.random.default_rng(3)
+    records = [rng.normal(100, 60, (2, 3, 4)).astype(np.float32) for _ in range(300)]
+    write_lmdb(tmp_path / "db", [float_datum(r) for r in records])
+    res = compute_image_mean(tmp_path / "db", tmp_path / "m.binaryproto", progress=False)
+    expect = sequential_mean(records)
+    assert res.count == 300
+    assert res.mean.dtype == np.float32
+    assert res.mean.tobytes() == expect.tobytes()
+    # the test bites: a float64 (or pairwise) mean differs in some element
+    assert not np.array_equal(np.mean(np.stack(records), axis=0, dtype=np.float64).astype(np.float32),
+                              expect)
+    fields, data = parse_legacy_blob((tmp_path / "m.binaryproto").read_bytes())
+    assert fields == {0x08: 1, 0x10: 2, 0x18: 3, 0x20: 4}
+    assert data.tobytes() == expect.tobytes()
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_uint8_mean_bytes_and_npy(tmp_path, backend):
+    rng = np.random.default_rng(1)
+    records = [rng.integers(0, 256, (3, 5, 7), dtype=np.uint8) for _ in range(37)]
+    (write_lmdb if backend == "lmdb" else write_leveldb)(tmp_path / "db",
+                                                        [raw_datum(r, i) for i, r in enumerate(records)])
+    res = compute_image_mean(tmp_path / "db", tmp_path / "mean.binaryproto", backend=backend,
+                             npy=tmp_path / "mean.npy", progress=False)
+    expect = sequential_mean(records)
+    raw = (tmp_path / "mean.binaryproto").read_bytes()
+    header = bytes([0x08, 1, 0x10, 3, 0x18, 5, 0x20, 7, 0x2A]) + varint(3 * 5 * 7 * 4)
+    assert raw == header + expect.astype("<f4").tobytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "mean.npy"), expect)
+    # per-channel means as the tool logs them: float32 running sum / (H*W)
+    for c in range(3):
+        s = np.float32(0)
+        for v in expect[c].ravel():
+            s = np.float32(s + v)
+        assert res.channel_means[c] == pytest.approx(float(s / np.float32(35)), abs=0, rel=0)
+
+
+def test_encoded_records_are_decoded_natively(tmp_path):
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, (6, 5, 4), dtype=np.uint8) for _ in range(4)]  # BGRA PNGs
+    values = [encoded_datum(cv2.imencode(".png", im)[1].tobytes(), i) for i, im in enumerate(imgs)]
+    write_lmdb(tmp_path / "db", values)
+    res = compute_image_mean(tmp_path / "db", None, progress=False)
+    assert res.mean.shape == (4, 6, 5)  # native channels kept, alpha included
+    expect = sequential_mean([im.transpose(2, 0, 1) for im in imgs])
+    assert res.mean.tobytes() == expect.tobytes()
+
+
+def test_size_mismatch_names_the_record(tmp_path):
+    write_lmdb(tmp_path / "db", [raw_datum(np.zeros((1, 2, 2))), raw_datum(np.zeros((1, 2, 3)))])
+    with pytest.raises(RecordError, match=r"db: record '00000001' \(#1\): holds 6 values \(1x2x3\), "
+                                          r"the first record has 1x2x2 = 4 -- "):
+        compute_image_mean(tmp_path / "db", tmp_path / "m.binaryproto", progress=False)
+    assert not (tmp_path / "m.binaryproto").exists()
+
+
+def test_empty_db_is_an_error(tmp_path):
+    write_lmdb(tmp_path / "db", [])
+    with pytest.raises(CaffeDataError, match="holds no records"):
+        compute_image_mean(tmp_path / "db", None, progress=False)
