@@ -62,7 +62,7 @@ extensions = [
         "caffedata._fast",
         ["caffedata/_fast.pyx"],
         include_dirs=[numpy.get_include()],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

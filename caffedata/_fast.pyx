@@ -1,2 +1,400 @@
-# cython: language_level=3
-"""Placeholder; the real kernels land with the core pipeline."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The Cython core: Datum wire parsing and the fused Caffe transform.
+
+Everything here runs without the GIL and trusts its caller (``kernels.py``)
+for argument shapes and dtypes.  What it never trusts is the bytes of a
+record: every read of a Datum is bounds-checked, and a malformed record comes
+back as an error code, never as an out-of-bounds read.
+
+The transform is Caffe 1.0's DataTransformer::Transform, fused into one pass:
+crop window, mirror through the output index, mean at the *source* position,
+then scale, in the output dtype's arithmetic (float32: ``fl(fl(x - m) * s)``).
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+# Error codes of parse_datum (messages in DATUM_ERRORS).
+cdef enum:
+    OK = 0
+    ERR_TRUNCATED_VARINT = 1
+    ERR_TRUNCATED_FIELD = 2
+    ERR_BAD_WIRETYPE = 3
+    ERR_BAD_LENGTH = 4
+    ERR_GROUP = 5
+
+DATUM_ERRORS = {
+    ERR_TRUNCATED_VARINT: "truncated varint (the record ends inside a number)",
+    ERR_TRUNCATED_FIELD: "truncated field (a length or fixed-size value runs past the end of the record)",
+    ERR_BAD_WIRETYPE: "invalid protobuf wire type (the bytes are not a Datum)",
+    ERR_BAD_LENGTH: "invalid length prefix",
+    ERR_GROUP: "unterminated protobuf group",
+}
+
+# float_data layouts
+cdef enum FloatLayout:
+    FLOAT_NONE = 0
+    FLOAT_PACKED = 1      # contiguous little-endian floats
+    FLOAT_UNPACKED = 2    # one 0x35 tag byte before each float: stride 5
+    FLOAT_SCATTERED = 3   # present but not one contiguous run: caller falls back to protobuf
+
+FLOAT_LAYOUTS = {"none": FLOAT_NONE, "packed": FLOAT_PACKED, "unpacked": FLOAT_UNPACKED,
+                 "scattered": FLOAT_SCATTERED}
+
+cdef struct DatumView:
+    int64_t channels
+    int64_t height
+    int64_t width
+    int64_t label
+    Py_ssize_t data_off
+    Py_ssize_t data_len      # -1 when absent
+    Py_ssize_t float_off     # first float's byte offset
+    Py_ssize_t float_count
+    int float_layout
+    int encoded
+
+
+cdef inline int read_varint(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef uint8_t b
+    while True:
+        if pos[0] >= n or shift > 63:
+            return ERR_TRUNCATED_VARINT
+        b = p[pos[0]]
+        pos[0] += 1
+        result |= (<uint64_t>(b & 0x7F)) << shift
+        if b < 0x80:
+            out[0] = result
+            return OK
+        shift += 7
+
+
+cdef int skip_field(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint32_t wiretype,
+                    uint64_t field, int depth) noexcept nogil:
+    """Skip one unknown field by the protobuf wire rules."""
+    cdef uint64_t v
+    cdef uint64_t tag
+    cdef int err
+    if wiretype == 0:
+        return read_varint(p, n, pos, &v)
+    elif wiretype == 1:
+        if n - pos[0] < 8:
+            return ERR_TRUNCATED_FIELD
+        pos[0] += 8
+    elif wiretype == 5:
+        if n - pos[0] < 4:
+            return ERR_TRUNCATED_FIELD
+        pos[0] += 4
+    elif wiretype == 2:
+        err = read_varint(p, n, pos, &v)
+        if err:
+            return err
+        if v > <uint64_t>(n - pos[0]):
+            return ERR_TRUNCATED_FIELD
+        pos[0] += <Py_ssize_t>v
+    elif wiretype == 3:  # start group: skip until the matching end group
+        if depth > 32:
+            return ERR_GROUP
+        while True:
+            err = read_varint(p, n, pos, &tag)
+            if err:
+                return ERR_GROUP
+            if (tag & 7) == 4:
+                return OK if (tag >> 3) == field else ERR_GROUP
+            err = skip_field(p, n, pos, <uint32_t>(tag & 7), tag >> 3, depth + 1)
+            if err:
+                return err
+    else:
+        return ERR_BAD_WIRETYPE
+    return OK
+
+
+cdef int parse_datum(const uint8_t* p, Py_ssize_t n, DatumView* d) noexcept nogil:
+    """Parse the seven Datum fields; optional fields keep the last occurrence."""
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t end
+    cdef uint64_t tag, v, field
+    cdef uint32_t wt
+    cdef int err
+    d.channels = 0
+    d.height = 0
+    d.width = 0
+    d.label = 0
+    d.data_off = 0
+    d.data_len = -1
+    d.float_off = 0
+    d.float_count = 0
+    d.float_layout = FLOAT_NONE
+    d.encoded = 0
+    while pos < n:
+        err = read_varint(p, n, &pos, &tag)
+        if err:
+            return err
+        field = tag >> 3
+        wt = <uint32_t>(tag & 7)
+        if field == 0:
+            return ERR_BAD_WIRETYPE
+        if wt == 0 and (field == 1 or field == 2 or field == 3 or field == 5 or field == 7):
+            err = read_varint(p, n, &pos, &v)
+            if err:
+                return err
+            if field == 1:
+                d.channels = <int32_t>v
+            elif field == 2:
+                d.height = <int32_t>v
+            elif field == 3:
+                d.width = <int32_t>v
+            elif field == 5:
+                d.label = <int32_t>v
+            else:
+                d.encoded = v != 0
+        elif wt == 2 and field == 4:
+            err = read_varint(p, n, &pos, &v)
+            if err:
+                return err
+            if v > <uint64_t>(n - pos):
+                return ERR_TRUNCATED_FIELD
+            d.data_off = pos
+            d.data_len = <Py_ssize_t>v
+            pos += <Py_ssize_t>v
+        elif wt == 5 and field == 6:
+            if n - pos < 4:
+                return ERR_TRUNCATED_FIELD
+            if d.float_layout == FLOAT_NONE:
+                d.float_layout = FLOAT_UNPACKED
+                d.float_off = pos
+            elif d.float_layout != FLOAT_UNPACKED or pos != d.float_off + 5 * d.float_count:
+                d.float_layout = FLOAT_SCATTERED
+            d.float_count += 1
+            pos += 4
+        elif wt == 2 and field == 6:
+            err = read_varint(p, n, &pos, &v)
+            if err:
+                return err
+            if v > <uint64_t>(n - pos) or v % 4 != 0:
+                return ERR_BAD_LENGTH if v % 4 != 0 else ERR_TRUNCATED_FIELD
+            if d.float_layout == FLOAT_NONE:
+                d.float_layout = FLOAT_PACKED
+                d.float_off = pos
+            elif v > 0:
+                d.float_layout = FLOAT_SCATTERED
+            d.float_count += <Py_ssize_t>(v // 4)
+            pos += <Py_ssize_t>v
+        else:
+            err = skip_field(p, n, &pos, wt, field, 0)
+            if err:
+                return err
+    return OK
+
+
+def datum_header(const uint8_t[::1] buf):
+    """Parse a serialized Datum's header without copying its payload.
+
+    Returns ``(error_code, channels, height, width, label, encoded, data_off,
+    data_len, float_off, float_count, float_layout)``; ``error_code`` 0 is
+    success, otherwise ``DATUM_ERRORS[error_code]`` explains it.
+    """
+    cdef DatumView d
+    cdef int err
+    cdef Py_ssize_t n = buf.shape[0]
+    with nogil:
+        err = parse_datum(&buf[0] if n > 0 else NULL, n, &d)
+    return (err, d.channels, d.height, d.width, d.label, d.encoded, d.data_off, d.data_len,
+            d.float_off, d.float_count, d.float_layout)
+
+
+# ---------------------------------------------------------------------------
+# The fused transform
+
+ctypedef fused out_t:
+    float
+    double
+
+# source layouts
+LAYOUT_CHW_U8 = 0      # Datum.data
+LAYOUT_CHW_F32 = 1     # packed float_data (possibly unaligned)
+LAYOUT_CHW_F32_TAGGED = 2  # unpacked float_data, stride 5 bytes
+LAYOUT_HWC_U8 = 3      # a decoded image, interleaved BGR(A)
+
+cdef enum MeanKind:
+    MEAN_NONE = 0
+    MEAN_FILE = 1
+    MEAN_VALUES = 2
+
+
+cdef inline float load_f32(const uint8_t* p) noexcept nogil:
+    cdef float f
+    memcpy(&f, p, 4)
+    return f
+
+
+cdef void transform_one(const uint8_t* src, int layout, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out, Py_ssize_t w_out,
+                        bint mirror, int mean_kind, const float* mean, const float* mean_values,
+                        out_t scale, out_t* out) noexcept nogil:
+    """Caffe's per-element formula for one record into ``out`` (C, h_out, w_out)."""
+    cdef Py_ssize_t c, h, w, s, t, row_out, sh
+    cdef out_t x, m
+    for c in range(C):
+        for h in range(h_out):
+            sh = h_off + h
+            row_out = (c * h_out + h) * w_out
+            for w in range(w_out):
+                if layout == 0:
+                    s = (c * H + sh) * W + w_off + w
+                    x = <out_t>src[s]
+                elif layout == 3:
+                    s = (c * H + sh) * W + w_off + w   # mean index, CHW
+                    x = <out_t>src[(sh * W + w_off + w) * C + c]
+                elif layout == 1:
+                    s = (c * H + sh) * W + w_off + w
+                    x = <out_t>load_f32(src + 4 * s)
+                else:
+                    s = (c * H + sh) * W + w_off + w
+                    x = <out_t>load_f32(src + 5 * s)
+                t = row_out + (w_out - 1 - w if mirror else w)
+                if mean_kind == MEAN_FILE:
+                    m = <out_t>mean[s]
+                    out[t] = (x - m) * scale
+                elif mean_kind == MEAN_VALUES:
+                    m = <out_t>mean_values[c]
+                    out[t] = (x - m) * scale
+                else:
+                    out[t] = x * scale
+
+
+cdef void transform_chw_u8_fast(const uint8_t* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out,
+                                Py_ssize_t w_out, bint mirror, int mean_kind, const float* mean,
+                                const float* mean_values, float scale, float* out) noexcept nogil:
+    """The common float32 case for raw uint8 records, with branch-free inner loops that vectorise."""
+    cdef Py_ssize_t c, h, w, base
+    cdef const uint8_t* srow
+    cdef const float* mrow
+    cdef float* orow
+    cdef float mv
+    for c in range(C):
+        mv = mean_values[c] if mean_kind == MEAN_VALUES else 0.0
+        for h in range(h_out):
+            base = (c * H + h_off + h) * W + w_off
+            srow = src + base
+            mrow = mean + base if mean_kind == MEAN_FILE else NULL
+            orow = out + (c * h_out + h) * w_out
+            if mean_kind == MEAN_FILE:
+                if mirror:
+                    for w in range(w_out):
+                        orow[w_out - 1 - w] = (<float>srow[w] - mrow[w]) * scale
+                else:
+                    for w in range(w_out):
+                        orow[w] = (<float>srow[w] - mrow[w]) * scale
+            elif mean_kind == MEAN_VALUES:
+                if mirror:
+                    for w in range(w_out):
+                        orow[w_out - 1 - w] = (<float>srow[w] - mv) * scale
+                else:
+                    for w in range(w_out):
+                        orow[w] = (<float>srow[w] - mv) * scale
+            else:
+                if mirror:
+                    for w in range(w_out):
+                        orow[w_out - 1 - w] = <float>srow[w] * scale
+                else:
+                    for w in range(w_out):
+                        orow[w] = <float>srow[w] * scale
+
+
+def transform_into(const uint8_t[::1] src, int layout, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                   Py_ssize_t h_off, Py_ssize_t w_off, bint mirror,
+                   const float[::1] mean, const float[::1] mean_values, double scale,
+                   out_t[:, :, ::1] out):
+    """Transform one record (already validated by the caller) into ``out``.
+
+    ``src`` starts at the record's pixels.  ``mean`` is the flattened (C,H,W)
+    mean file or empty; ``mean_values`` has C entries or is empty.
+    """
+    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
+    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
+    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t h_out = out.shape[1], w_out = out.shape[2]
+    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    with nogil:
+        if out_t is float and layout == 0:
+            transform_chw_u8_fast(&src[0], C, H, W, h_off, w_off, h_out, w_out, mirror,
+                                  mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
+        else:
+            transform_one(&src[0], layout, C, H, W, h_off, w_off, h_out, w_out, mirror,
+                          mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
+
+
+def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
+                        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop, bint random_crop,
+                        bint use_mirror, const uint32_t[:, ::1] draws,
+                        const float[::1] mean, const float[::1] mean_values, double scale,
+                        out_t[:, :, :, ::1] out, out_t[::1] labels):
+    """Fast path over raw (non-encoded) records ``values[start:stop]``.
+
+    Fills ``out[i]`` and ``labels[i]`` for each record whose header is exactly
+    (C, H, W) with uint8 ``data`` or contiguous float_data.  Stops at the
+    first record that needs the general path (encoded, other size, error) and
+    returns its index into ``values``; returns ``stop`` when all were done.
+    ``draws[i]`` holds the raw 32-bit draws (mirror, h, w) for record i: the
+    offsets are Caffe's ``Rand(n) = draw % n``.
+    """
+    cdef DatumView d
+    cdef int err, layout
+    cdef Py_ssize_t i, n, h_off, w_off, px_off
+    cdef const uint8_t[::1] buf
+    cdef const uint8_t* p
+    cdef bint mirror
+    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
+    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
+    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    for i in range(start, stop):
+        buf = values[i]
+        n = buf.shape[0]
+        if n == 0:
+            return i
+        p = &buf[0]
+        with nogil:
+            err = parse_datum(p, n, &d)
+        if err or d.encoded or d.channels != C or d.height != H or d.width != W:
+            return i
+        if d.data_len > 0:
+            if d.data_len != C * H * W:
+                return i
+            layout = 0
+            px_off = d.data_off
+        elif d.float_layout == FLOAT_PACKED or d.float_layout == FLOAT_UNPACKED:
+            if d.float_count != C * H * W:
+                return i
+            layout = 1 if d.float_layout == FLOAT_PACKED else 2
+            px_off = d.float_off
+        else:
+            return i
+        mirror = use_mirror and (draws[i, 0] % 2) != 0
+        if crop:
+            if random_crop:
+                h_off = draws[i, 1] % (H - crop + 1)
+                w_off = draws[i, 2] % (W - crop + 1)
+            else:
+                h_off = (H - crop) // 2
+                w_off = (W - crop) // 2
+        else:
+            h_off = 0
+            w_off = 0
+        with nogil:
+            if out_t is float and layout == 0:
+                transform_chw_u8_fast(p + px_off, C, H, W, h_off, w_off, h_out, w_out, mirror,
+                                      mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+            else:
+                transform_one(p + px_off, layout, C, H, W, h_off, w_off, h_out, w_out, mirror,
+                              mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+        labels[i] = <out_t>d.label
+    return stop

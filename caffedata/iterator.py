@@ -1,0 +1,108 @@
+"""``CaffeDataIter``: a Caffe ``Data`` layer as an ``mx.io.DataIter``.
+
+A thin adapter over ``pipeline.CaffePipeline``: MXNet names, ``DataDesc``
+shapes known before the first batch, ``DataBatch.pad``, ``reset()``.
+"""
+import mxnet as mx
+import numpy as np
+
+from .errors import SpecError
+from .pipeline import CaffePipeline
+from .prototxt import data_layer_spec
+
+
+class CaffeDataIter(mx.io.DataIter):
+    """Iterate a Caffe LMDB/LevelDB dataset exactly as Caffe's Data layer transforms it.
+
+    Parameters (the old plugin's first, then ImageRecordIter's words)
+    ----------
+    prototxt : str
+        A Caffe data layer in protobuf text, e.g. ``layer { type: "Data" top: "data"
+        top: "label" include { phase: TEST } transform_param { scale: 0.00390625 }
+        data_param { source: "mnist_test_lmdb" batch_size: 100 backend: LMDB } }``,
+        or the path of a file holding it.  Legacy ``layers { type: DATA ... }`` works.
+    flat : bool
+        Report data as (N, C*H*W) instead of (N, C, H, W).
+    num_examples : int, optional
+        Records per epoch (default: all records).  Larger than the database wraps
+        around it, as Caffe's cursor does.
+    data_name, label_name : str
+        Names in ``provide_data`` / ``provide_label``.
+    dtype : 'float32' or 'float64'
+        Data and label dtype.
+    shuffle : bool
+        A fresh permutation of the records every pass (default off: Caffe's key order).
+    seed : int
+        Seed of the random crops/mirrors (an ``std::mt19937(seed)`` stream drawn in
+        Caffe's order) and of the shuffle.  The same seed gives the same batches,
+        whatever ``preprocess_threads`` is.
+    preprocess_threads : int
+        Threads that read, decode and transform (they run without the GIL).
+    prefetch_buffer : int
+        Batches prepared ahead (default ``data_param.prefetch``, i.e. 4).
+    last_batch_handle : 'pad', 'discard' or 'roll_over'
+        What happens to a last partial batch, as in ``mx.io.NDArrayIter``.
+        With 'pad' it is completed with the epoch's first records and
+        ``DataBatch.pad`` counts them.
+
+    Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
+    and hold exactly ``num_examples`` records (plus padding).  The arrays of a
+    batch are new NDArrays that stay valid for as long as you hold them.
+    """
+
+    def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
+                 label_name="softmax_label", dtype=None, shuffle=False, seed=0,
+                 preprocess_threads=1, prefetch_buffer=None, last_batch_handle="pad", **kwargs):
+        unknown = set(kwargs) - {"ctx"}  # the old plugin accepted (and ignored) ctx
+        if unknown:
+            raise SpecError(f"CaffeDataIter got unknown arguments {sorted(unknown)}")
+        spec = data_layer_spec(prototxt)
+        self._dtype = np.dtype(dtype or "float32")
+        self._pipeline = CaffePipeline(
+            spec, num_examples=num_examples, dtype=self._dtype, shuffle=shuffle, seed=seed,
+            preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
+            last_batch_handle=last_batch_handle, flat=flat)
+        super().__init__(spec.batch_size)
+        self.spec = spec
+        self.data_name, self.label_name = data_name, label_name
+        self.num_examples = self._pipeline.num_examples
+        layout = "NC" if flat else "NCHW"
+        self._provide_data = [mx.io.DataDesc(data_name, self._pipeline.data_shape, self._dtype,
+                                             layout=layout)]
+        self._provide_label = ([mx.io.DataDesc(label_name, self._pipeline.label_shape, self._dtype,
+                                               layout="N")] if spec.has_label else [])
+        self._epoch_started = False
+
+    @property
+    def provide_data(self):
+        return self._provide_data
+
+    @property
+    def provide_label(self):
+        return self._provide_label
+
+    def reset(self):
+        """Start the next epoch at the first record (drops any prefetched batches)."""
+        self._pipeline.start_epoch()
+        self._epoch_started = True
+
+    def next(self):
+        if not self._epoch_started:
+            self.reset()
+        data, label, pad = self._pipeline.next_batch()
+        arrays = [mx.nd.array(data, dtype=self._dtype)]
+        labels = [mx.nd.array(label, dtype=self._dtype)] if self.spec.has_label else []
+        return mx.io.DataBatch(data=arrays, label=labels, pad=pad, index=None,
+                               provide_data=self._provide_data if data.shape == self._provide_data[0].shape
+                               else [mx.io.DataDesc(self.data_name, data.shape, self._dtype)],
+                               provide_label=self._provide_label)
+
+    def close(self):
+        """Stop the worker threads and close the database."""
+        self._pipeline.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

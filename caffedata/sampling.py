@@ -1,0 +1,114 @@
+"""Which records each batch of an epoch holds, and the random draws that go with them.
+
+Framework-neutral and deterministic: everything here is a function of the
+seed, the epoch number and the options, never of thread timing.
+
+Epochs.  Epoch ``e`` covers ``num_examples`` record positions starting at the
+first key (so every validation epoch sees the same records).  Position ``i``
+holds record ``order[i % N]`` of the current pass over the ``N`` records;
+a ``num_examples`` larger than the database wraps around it, as Caffe's cursor
+does.  With ``shuffle`` every pass is a fresh permutation.
+
+The last partial batch follows ``last_batch_handle`` (NDArrayIter's words):
+
+=============  ==========================================================
+``pad``        filled with the epoch's first records; ``DataBatch.pad``
+               says how many trailing items are padding
+``discard``    dropped
+``roll_over``  its records start the next epoch's first batch
+=============  ==========================================================
+
+Random draws.  The engine is MT19937 seeded exactly like C++'s
+``std::mt19937(seed)`` (and Caffe's ``boost::mt19937``).  Per record, in
+Caffe's order, it draws the mirror bit (if mirror) and then the crop offsets
+(TRAIN with crop_size), each used as ``draw % n``.  An epoch's draws are made
+at its start for all its slots, so a mid-epoch ``reset()`` leaves the stream
+where a full epoch would.  With ``seed`` equal to a Caffe transformer's engine
+seed, crops and mirrors match that Caffe run record for record.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SpecError
+from .kernels import draw_count, expand_draws
+
+LAST_BATCH_HANDLES = ("pad", "discard", "roll_over")
+
+
+def caffe_engine(seed):
+    """An MT19937 bit generator seeded like ``std::mt19937(seed)``."""
+    engine = np.random.MT19937(0)
+    engine._legacy_seeding(int(seed) & 0xFFFFFFFF)
+    return engine
+
+
+@dataclass
+class Batch:
+    """One planned batch: record indices, raw draws (B, 3) and how many items are padding."""
+
+    epoch: int
+    number: int
+    records: np.ndarray
+    draws: np.ndarray
+    pad: int
+
+
+class EpochPlanner:
+    def __init__(self, num_records, num_examples, batch_size, transform, shuffle=False,
+                 seed=0, last_batch_handle="pad"):
+        if last_batch_handle not in LAST_BATCH_HANDLES:
+            raise SpecError(f"last_batch_handle must be one of {LAST_BATCH_HANDLES}, "
+                            f"got {last_batch_handle!r}")
+        if num_records <= 0:
+            raise SpecError("the database holds no records")
+        self.num_records = int(num_records)
+        self.num_examples = int(num_examples)
+        self.batch_size = int(batch_size)
+        self.transform = transform
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.last_batch_handle = last_batch_handle
+        self.engine = caffe_engine(seed)
+        self.shuffle_rng = np.random.default_rng(seed)
+        self.carry = np.zeros(0, dtype=np.int64)  # roll_over leftovers
+
+    def _order(self):
+        """Record indices of one epoch, num_examples long."""
+        n, total = self.num_records, self.num_examples
+        if not self.shuffle:
+            return np.arange(total, dtype=np.int64) % n
+        passes = -(-total // n)
+        return np.concatenate([self.shuffle_rng.permutation(n) for _ in range(passes)])[:total]
+
+    def plan_epoch(self, epoch):
+        """The epoch's batches, in order.  Advances the random streams by a whole epoch."""
+        order = self._order()
+        if self.last_batch_handle == "roll_over" and len(self.carry):
+            order = np.concatenate([self.carry, order])
+        B = self.batch_size
+        full, rest = divmod(len(order), B)
+        pads = []
+        if rest:
+            if self.last_batch_handle == "pad":
+                fill = np.resize(order, B - rest) if len(order) else order
+                order = np.concatenate([order, fill[:B - rest]])
+                full += 1
+                pads = [B - rest]
+            elif self.last_batch_handle == "roll_over":
+                self.carry = order[full * B:]
+                order = order[:full * B]
+            else:
+                order = order[:full * B]
+        if not (self.last_batch_handle == "roll_over" and rest):
+            self.carry = np.zeros(0, dtype=np.int64)
+        k = draw_count(self.transform)
+        raw = (self.engine.random_raw(len(order) * k).astype(np.uint32).reshape(len(order), k)
+               if k else np.zeros((len(order), 0), dtype=np.uint32))
+        draws = expand_draws(raw, self.transform)
+        batches = []
+        for b in range(full):
+            sl = slice(b * B, (b + 1) * B)
+            pad = pads[0] if (pads and b == full - 1) else 0
+            batches.append(Batch(epoch, b, order[sl], np.ascontiguousarray(draws[sl]), pad))
+        return batches
