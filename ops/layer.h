@@ -154,8 +154,16 @@ class Layer {
 
   const ProtoNode& param() const { return param_; }
 
+  // Number of tops the op was built with (num_out), set by the glue before
+  // the first Reshape; -1 when unknown (then produce the minimal set).
+  // Layers with optional tops (SoftmaxWithLoss' prob, Accuracy's per-class
+  // top) size their top list from it.
+  void set_num_tops(int n) { num_tops_ = n; }
+  int num_tops() const { return num_tops_; }
+
  protected:
   ProtoNode param_;  // the whole `layer { ... }` node
+  int num_tops_ = -1;
 };
 
 // Registry: type string -> factory, filled by REGISTER_LAYER in each .cc file.

@@ -251,6 +251,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     OpConfig c = read_config(attrs, LOSS);
     ProtoNode node = layer_node(c.prototxt);
     auto L = make_layer<float>(node);
+    L->set_num_tops(c.num_out);
     check_counts(*L, c.num_data, c.num_out);
     std::vector<Shape> bottom;
     for (int i = 0; i < c.num_data; ++i) {
@@ -320,6 +321,7 @@ template <typename Dtype>
 class CaffeState : public CustomStatefulOp {
  public:
   CaffeState(const OpConfig& c, const ProtoNode& node) : c_(c), node_(node), layer_(make_layer<Dtype>(node)) {
+    layer_->set_num_tops(c_.num_out);
     check_counts(*layer_, c_.num_data, c_.num_out);
     no_grad_ = layer_->NoGradBottoms();
     state_ = layer_->StateBlobs();
