@@ -6,6 +6,7 @@ opened by whoever reads it (a worker thread), never held across a fork:
 ``RecordSource`` objects are cheap to open and must be closed.
 """
 import os
+import threading
 
 from .errors import DatabaseError
 from .spec import Backend
@@ -67,19 +68,45 @@ class RecordSource:
         self.close()
 
 
+# LMDB allows one environment per file per process (py-lmdb refuses a second
+# open), so sources of the same file share one, reference-counted.
+_lmdb_envs = {}
+_lmdb_lock = threading.Lock()
+
+
+def _acquire_lmdb_env(path):
+    import lmdb
+
+    real = os.path.realpath(path)
+    with _lmdb_lock:
+        entry = _lmdb_envs.get(real)
+        if entry is None:
+            try:
+                # subdir follows the path: Caffe's DBs are folders, but a bare
+                # data.mdb copied on its own is readable too.
+                env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path),
+                                readahead=False, max_readers=1024, map_size=0)
+            except lmdb.Error as exc:
+                raise DatabaseError(f"{path}: cannot open as LMDB ({exc}) -- check that it is an "
+                                    f"LMDB folder holding data.mdb and that it is readable") from exc
+            entry = _lmdb_envs[real] = [env, 0]
+        entry[1] += 1
+        return real, entry[0]
+
+
+def _release_lmdb_env(real):
+    with _lmdb_lock:
+        entry = _lmdb_envs[real]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _lmdb_envs[real]
+            entry[0].close()
+
+
 class LMDBSource(RecordSource):
     def __init__(self, path):
-        import lmdb
-
         self.path = path
-        try:
-            # subdir follows the path: Caffe's DBs are folders, but a bare
-            # data.mdb copied on its own is readable too.
-            self.env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path),
-                                 readahead=False, max_readers=512, map_size=0)
-        except lmdb.Error as exc:
-            raise DatabaseError(f"{path}: cannot open as LMDB ({exc}) -- check that it is an LMDB "
-                                f"folder holding data.mdb and that it is readable") from exc
+        self._real, self.env = _acquire_lmdb_env(path)
         self._txn = None
 
     def __len__(self):
@@ -107,7 +134,9 @@ class LMDBSource(RecordSource):
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
-        self.env.close()
+        if self.env is not None:
+            self.env = None
+            _release_lmdb_env(self._real)
 
 
 class LevelDBSource(RecordSource):

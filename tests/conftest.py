@@ -1,0 +1,105 @@
+"""Fixtures that write real, small Caffe databases into temporary folders.
+
+Records are written with protobuf's own Datum class (not caffedata's writer),
+so the reader is checked against an independent producer.  Each record's
+pixels are a function of its id and its label is the id, so a batch says
+exactly which records it holds.
+"""
+import cv2
+import lmdb
+import numpy as np
+import plyvel
+import pytest
+
+from caffedata.proto import Datum
+
+
+def record_pixels(record_id, c, h, w):
+    """The uint8 CHW image of record ``record_id``: distinct per record and position."""
+    cc, hh, ww = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+    return ((record_id * 7 + cc * 31 + hh * 5 + ww * 3) % 256).astype(np.uint8)
+
+
+def raw_datum(pixels, label):
+    c, h, w = pixels.shape
+    d = Datum(channels=c, height=h, width=w, data=pixels.tobytes(), label=label, encoded=False)
+    return d.SerializeToString()
+
+
+def float_datum(values, label):
+    c, h, w = values.shape
+    d = Datum(channels=c, height=h, width=w, label=label)
+    d.float_data.extend(values.ravel().tolist())
+    return d.SerializeToString()
+
+
+def encoded_datum(file_bytes, label):
+    return Datum(data=file_bytes, label=label, encoded=True).SerializeToString()
+
+
+def write_db(path, items, backend="lmdb"):
+    """Write (key, value) pairs to an LMDB or LevelDB folder at ``path``."""
+    path = str(path)
+    if backend == "lmdb":
+        env = lmdb.open(path, map_size=1 << 28)
+        with env.begin(write=True) as txn:
+            for k, v in items:
+                txn.put(k, v)
+        env.close()
+    else:
+        db = plyvel.DB(path, create_if_missing=True)
+        with db.write_batch() as wb:
+            for k, v in items:
+                wb.put(k, v)
+        db.close()
+    return path
+
+
+def key(i):
+    return b"%08d" % i
+
+
+def data_prototxt(source, batch_size, backend="LMDB", phase="TEST", transform="", extra=""):
+    return (f'layer {{ name: "data" type: "Data" top: "data" top: "label" '
+            f'include {{ phase: {phase} }} transform_param {{ {transform} }} '
+            f'data_param {{ source: "{source}" batch_size: {batch_size} backend: {backend} {extra} }} }}')
+
+
+@pytest.fixture
+def raw_db(tmp_path):
+    """Factory: an LMDB/LevelDB of ``n`` raw uint8 Datums of shape (c, h, w); label = id."""
+
+    def make(n=23, c=3, h=6, w=5, backend="lmdb", name="db"):
+        items = [(key(i), raw_datum(record_pixels(i, c, h, w), i)) for i in range(n)]
+        return write_db(tmp_path / name, items, backend)
+
+    return make
+
+
+def png_bytes(image):
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def jpeg_bytes(image, quality=90):
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_threads():
+    """Every test must leave no caffedata worker thread running."""
+    import threading
+
+    yield
+    import gc
+
+    gc.collect()
+    for t in threading.enumerate():
+        if t.name.startswith("caffedata-worker"):
+            t.join(timeout=5)
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("caffedata-worker")]
+    assert not alive, f"worker threads left running: {alive}"
+
