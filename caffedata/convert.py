@@ -425,6 +425,7 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
     result = ConvertResult(db_path=os.fspath(db_path), backend=backend, total=total, count=0,
                            seed=used_seed, encoded=encoding_flag)
     start = time.perf_counter()
+    building = atomic_db(db_path, overwrite)  # refuses an existing target before any work
     bar = None
     if progress:
         from tqdm import tqdm
@@ -432,7 +433,7 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
         bar = tqdm(total=total, unit="img", desc="convert", file=sys.stderr, dynamic_ncols=True,
                    smoothing=0.1)
     try:
-        with atomic_db(db_path, overwrite) as tmp, ThreadPoolExecutor(threads) as pool:
+        with building as tmp, ThreadPoolExecutor(threads) as pool:
             writer = DBWriter(tmp, backend)
             try:
                 data_size = None
