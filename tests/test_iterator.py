@@ -1,0 +1,147 @@
+"""mx.io.CaffeDataIter as users call it: the FAQ snippet verbatim, Module.fit, lifecycle."""
+import gzip
+import os
+import subprocess
+import sys
+import textwrap
+import traceback
+
+import mxnet as mx
+import numpy as np
+import pytest
+from conftest import data_prototxt, key, raw_datum, record_pixels, write_db
+
+import caffedata  # noqa: F401  (registers mx.io.CaffeDataIter)
+from caffedata.errors import RecordError
+
+DIGITS = os.path.join(os.path.dirname(caffedata.__file__), "data", "digits.csv.gz")
+
+
+def test_import_registers_the_iterator():
+    assert mx.io.CaffeDataIter is caffedata.CaffeDataIter
+    assert issubclass(mx.io.CaffeDataIter, mx.io.DataIter)
+
+
+def test_faq_snippet_runs_verbatim(tmp_path, monkeypatch, caplog):
+    n = 1000
+    os.makedirs(tmp_path / "caffe/examples/mnist")
+    items = [(key(i), raw_datum(record_pixels(i, 1, 28, 28), i % 10)) for i in range(n)]
+    write_db(tmp_path / "caffe/examples/mnist/mnist_test_lmdb", items)
+    monkeypatch.chdir(tmp_path)
+    flat = True
+    # --- the MXNet FAQ's code, verbatim ---
+    train = mx.io.CaffeDataIter(
+        prototxt =
+        'layer { \
+            name: "mnist" \
+            type: "Data" \
+            top: "data" \
+            top: "label" \
+            include { \
+                phase: TEST \
+            } \
+            transform_param { \
+                scale: 0.00390625 \
+            } \
+            data_param { \
+                source: "caffe/examples/mnist/mnist_test_lmdb" \
+                batch_size: 100 \
+                backend: LMDB \
+            } \
+        }',
+        flat           = flat,
+        num_examples   = 60000,
+    )
+    # --- end of the FAQ's code ---
+    assert "wraps around" in caplog.text  # 60000 > 1000 records
+    assert train.provide_data == [mx.io.DataDesc("data", (100, 784), np.float32, layout="NC")]
+    assert train.provide_label == [mx.io.DataDesc("softmax_label", (100,), np.float32)]
+    count = 0
+    for batch in train:
+        if count == 0:
+            want = np.stack([record_pixels(i, 1, 28, 28).ravel() for i in range(100)]) * np.float32(1 / 256)
+            np.testing.assert_array_equal(batch.data[0].asnumpy(), want)
+            np.testing.assert_array_equal(batch.label[0].asnumpy(), np.arange(100) % 10)
+        assert batch.pad == 0
+        count += 1
+    assert count == 600
+    train.close()
+
+
+def test_provide_data_known_before_reading_and_names(raw_db):
+    db = raw_db(n=10, c=3, h=8, w=7)
+    it = mx.io.CaffeDataIter(prototxt=data_prototxt(db, 4, transform="crop_size: 5"), data_name="img",
+                             label_name="lbl", dtype="float64")
+    assert it.provide_data[0].name == "img" and it.provide_data[0].shape == (4, 3, 5, 5)
+    assert it.provide_data[0].layout == "NCHW" and it.provide_data[0].dtype == np.float64
+    assert it.provide_label[0].name == "lbl" and it.provide_label[0].shape == (4,)
+    batch = it.next()
+    assert batch.data[0].dtype == np.float64 and batch.label[0].dtype == np.float64
+    pads = [batch.pad] + [b.pad for b in it]
+    assert pads == [0, 0, 2]
+    it.close()
+
+
+def test_worker_error_reaches_next_with_traceback(tmp_path):
+    good = raw_datum(record_pixels(0, 1, 4, 4), 0)
+    items = [(key(i), good) for i in range(8)] + [(b"00000008_bad", good[:-3])]
+    db = write_db(tmp_path / "bad", items)
+    it = mx.io.CaffeDataIter(prototxt=data_prototxt(db, 3), preprocess_threads=2)
+    with pytest.raises(RecordError, match="00000008_bad") as info:
+        for _ in it:
+            pass
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert any(f.name == "_build_batch" for f in frames)  # the worker's own frames travel along
+    it.close()
+
+
+def test_interpreter_exit_does_not_hang(raw_db):
+    db = raw_db(n=200, h=16, w=16)
+    code = textwrap.dedent(f"""
+        import mxnet as mx, caffedata
+        it = mx.io.CaffeDataIter(prototxt={data_prototxt(db, 2)!r}, preprocess_threads=2,
+                                 prefetch_buffer=8)
+        it.next()
+        print("done")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert "done" in out.stdout
+
+
+def digits_lmdbs(tmp_path):
+    """Real handwritten digits (UCI optical digits, bundled) as Caffe LMDBs: 1500 train, 297 val."""
+    with gzip.open(DIGITS, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    images = np.clip(table[:, :64] * 16, 0, 255).astype(np.uint8).reshape(-1, 1, 8, 8)
+    labels = table[:, 64].astype(int)
+    order = np.random.default_rng(0).permutation(len(labels))
+    images, labels = images[order], labels[order]
+    train = write_db(tmp_path / "digits_train_lmdb",
+                     [(key(i), raw_datum(images[i], labels[i])) for i in range(1500)])
+    val = write_db(tmp_path / "digits_val_lmdb",
+                   [(key(i), raw_datum(images[1500 + i], labels[1500 + i])) for i in range(len(labels) - 1500)])
+    return train, val
+
+
+def test_module_fit_reaches_90_percent_on_real_digits(tmp_path):
+    train_db, val_db = digits_lmdbs(tmp_path)
+    train = mx.io.CaffeDataIter(prototxt=data_prototxt(train_db, 64, phase="TRAIN",
+                                                       transform="scale: 0.00390625"),
+                                flat=True, shuffle=True, seed=1, preprocess_threads=2)
+    val = mx.io.CaffeDataIter(prototxt=data_prototxt(val_db, 100, transform="scale: 0.00390625"),
+                              flat=True)
+    data = mx.sym.Variable("data")
+    net = mx.sym.FullyConnected(data, num_hidden=64, name="fc1")
+    net = mx.sym.Activation(net, act_type="relu")
+    net = mx.sym.FullyConnected(net, num_hidden=10, name="fc2")
+    net = mx.sym.SoftmaxOutput(net, name="softmax")
+    mx.random.seed(0)
+    mod = mx.mod.Module(net, context=mx.cpu())
+    mod.fit(train, eval_data=val, num_epoch=15, optimizer="sgd",
+            optimizer_params={"learning_rate": 0.2, "momentum": 0.9},
+            initializer=mx.init.Xavier(), eval_metric="acc")
+    acc = dict(mod.score(val, "acc"))["accuracy"]
+    train.close(), val.close()
+    assert acc >= 0.90, acc
