@@ -1,0 +1,156 @@
+"""The `caffedata` command line: exit codes, one-line errors, and the demo end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+lmdb = pytest.importorskip("lmdb")
+
+from caffedata.cli import main  # noqa: E402
+from caffedata.proto import BlobProto, Datum  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(argv):
+    """(exit code, stdout, stderr) of main(argv), catching SystemExit like the shell would."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    lines = []
+    arrays = []
+    for i in range(6):
+        a = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"{i}.png"), a)
+        arrays.append(a)
+        lines.append(f"{i}.png {i % 2}\n")
+    lines.insert(2, "gone.png 1\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    return folder, tmp_path / "list.txt", arrays
+
+
+def one_line_error(err):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("caffedata: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_convert_mean_inspect_roundtrip(tmp_path, images):
+    folder, listfile, arrays = images
+    db = tmp_path / "db"
+    code, out, err = run_cli(["convert", str(folder), str(listfile), str(db), "--quiet"])
+    assert code == 0
+    assert "wrote 6 of 7 images" in out
+    assert "1 image(s) could not be read" in err and "line 3:" in err and "gone.png" in err
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor()]
+        first = Datum.FromString(txn.get(b"00000000_0.png"))
+    env.close()
+    assert keys == [b"00000000_0.png", b"00000001_1.png", b"00000003_2.png", b"00000004_3.png",
+                    b"00000005_4.png", b"00000006_5.png"]
+    np.testing.assert_array_equal(np.frombuffer(first.data, np.uint8).reshape(3, 5, 4),
+                                  arrays[0].transpose(2, 0, 1))
+
+    code, out, err = run_cli(["mean", str(db), str(tmp_path / "m.binaryproto"), "--npy", "--quiet"])
+    assert code == 0 and "mean_value channel [2]" in out
+    blob = BlobProto.FromString((tmp_path / "m.binaryproto").read_bytes())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 5, 4)
+    acc = np.zeros((3, 5, 4), np.float32)
+    for a in arrays:
+        acc += a.transpose(2, 0, 1)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), acc / np.float32(6))
+
+    code, out, err = run_cli(["inspect", str(db), "--json"])
+    assert code == 0
+    report = json.loads(out)
+    assert report["count"] == 6 and report["labels"] == {"0": 3, "1": 3}
+    assert report["shapes"] == {"3x5x4": 6}
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path, images):
+    folder, listfile, _ = images
+    db = tmp_path / "db"
+    assert run_cli(["convert", str(folder), str(listfile), str(db), "--quiet"])[0] == 0
+
+    code, _, err = run_cli(["convert", str(folder), str(listfile), str(db), "--quiet"])
+    assert code == 1 and "already exists" in one_line_error(err) and "--overwrite" in err
+
+    code, _, err = run_cli(["convert", str(folder), str(tmp_path / "nolist.txt"), str(tmp_path / "x")])
+    assert code == 1 and "nolist.txt: cannot read the list file" in one_line_error(err)
+
+    code, _, err = run_cli(["mean", str(tmp_path / "missing")])
+    assert code == 1 and "missing: no such database" in one_line_error(err)
+
+    code, _, err = run_cli(["inspect", str(tmp_path / "missing")])
+    assert code == 1 and "no such file or folder" in one_line_error(err)
+
+    code, _, err = run_cli(["convert", "--resize-height", "x"])
+    assert code == 2 and "see `caffedata convert --help`" in one_line_error(err)
+
+    code, _, err = run_cli(["convert", str(folder), str(listfile), str(tmp_path / "y"), "--seed", "3"])
+    assert code == 2 and "--seed only applies with --shuffle" in one_line_error(err)
+    assert not (tmp_path / "y").exists()
+
+    code, _, err = run_cli(["nonsense"])
+    assert code == 2 and "invalid choice" in one_line_error(err)
+
+
+def test_module_entry_point_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "caffedata", "inspect", str(tmp_path / "nope")],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"caffedata: {tmp_path / 'nope'}: no such file or folder -- give a DB folder, a "
+        f".binaryproto or a prototxt"]
+
+
+def test_bench_json(tmp_path, images):
+    folder, listfile, _ = images
+    db = tmp_path / "db"
+    assert run_cli(["convert", str(folder), str(listfile), str(db), "--quiet"])[0] == 0
+    code, out, err = run_cli(["bench", "--db", str(db), "--batch-size", "4", "--crop-size", "3",
+                              "--mirror", "--threads", "2", "--batches", "3", "--warmup", "1",
+                              "--repeats", "1", "--json", str(tmp_path / "b.json")])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert [r["threads"] for r in saved["results"]] == [1, 2]
+    assert all(r["images_per_second"] > 0 and r["data_shape"] == [4, 3, 3, 3]
+               for r in saved["results"])
+    assert "images/s" in out
+
+
+def test_demo_short_run(tmp_path):
+    pytest.importorskip("mxnet")
+    code, out, err = run_cli(["demo", "--epochs", "3", "--workdir", str(tmp_path / "w")])
+    assert code == 0, err
+    assert "epoch  3:" in out
+    acc = float(out.rsplit("validation accuracy ", 1)[1].split()[0])
+    assert acc >= 0.9
+    w = tmp_path / "w"
+    for name in ("digits_train_lmdb", "digits_test_lmdb", "mean.binaryproto", "train.prototxt",
+                 "test.prototxt", "train.txt", "test.txt"):
+        assert (w / name).exists(), name
+    env = lmdb.open(str(w / "digits_test_lmdb"), readonly=True, lock=False)
+    assert env.stat()["entries"] == 360  # every 5th of the 1797 digits
+    env.close()
