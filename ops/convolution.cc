@@ -1,0 +1,401 @@
+// Convolution and Deconvolution, as Caffe 1.0's base_conv_layer.cpp,
+// conv_layer.cpp, deconv_layer.cpp and util/im2col.cpp: N spatial axes, per-axis
+// kernel/stride/pad (kernel_h/w etc. for 2-D), dilation, group, bias_term.
+// Each image is lowered with im2col and multiplied with a BLAS GEMM per group.
+#include <sstream>
+
+#include "layer.h"
+#include "math.h"
+
+namespace caffedata {
+
+namespace {
+
+// Caffe's im2col_cpu (2-D, with dilation).
+template <typename Dtype>
+void im2col_2d(const Dtype* im, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+               int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
+               Dtype* col) {
+  const int64_t plane = height * width;
+  for (int64_t c = 0; c < channels; ++c, im += plane) {
+    for (int64_t ki = 0; ki < kh; ++ki) {
+      for (int64_t kj = 0; kj < kw; ++kj) {
+        int64_t in_row = -ph + ki * dh;
+        for (int64_t r = 0; r < oh; ++r, in_row += sh) {
+          if (in_row < 0 || in_row >= height) {
+            for (int64_t q = 0; q < ow; ++q) *col++ = 0;
+            continue;
+          }
+          const Dtype* row = im + in_row * width;
+          int64_t in_col = -pw + kj * dw;
+          if (sw == 1 && in_col >= 0 && in_col + ow <= width) {
+            copy<Dtype>(ow, row + in_col, col);
+            col += ow;
+            continue;
+          }
+          for (int64_t q = 0; q < ow; ++q, in_col += sw) *col++ = (in_col >= 0 && in_col < width) ? row[in_col] : Dtype(0);
+        }
+      }
+    }
+  }
+}
+
+// Caffe's col2im_cpu: accumulates into a zeroed image.
+template <typename Dtype>
+void col2im_2d(const Dtype* col, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+               int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
+               Dtype* im) {
+  set<Dtype>(channels * height * width, Dtype(0), im);
+  const int64_t plane = height * width;
+  for (int64_t c = 0; c < channels; ++c, im += plane) {
+    for (int64_t ki = 0; ki < kh; ++ki) {
+      for (int64_t kj = 0; kj < kw; ++kj) {
+        int64_t in_row = -ph + ki * dh;
+        for (int64_t r = 0; r < oh; ++r, in_row += sh) {
+          if (in_row < 0 || in_row >= height) {
+            col += ow;
+            continue;
+          }
+          Dtype* row = im + in_row * width;
+          int64_t in_col = -pw + kj * dw;
+          for (int64_t q = 0; q < ow; ++q, in_col += sw, ++col)
+            if (in_col >= 0 && in_col < width) row[in_col] += *col;
+        }
+      }
+    }
+  }
+}
+
+// Caffe's im2col_nd_core_cpu, both directions (col2im accumulates; caller zeroes).
+template <typename Dtype, bool IM2COL>
+void im2col_nd(const Dtype* im_in, Dtype* col, Dtype* im_out, int64_t channels, const Shape& im_shape,
+               const Shape& col_shape, const Shape& kernel, const Shape& pad, const Shape& stride,
+               const Shape& dil) {
+  const size_t n = kernel.size();
+  int64_t kernel_size = shape_count(kernel);
+  int64_t col_spatial = shape_count(col_shape);
+  std::vector<int64_t> d_offset(n), d_iter(n);
+  const int64_t channels_col = channels * kernel_size;
+  for (int64_t c_col = 0; c_col < channels_col; ++c_col) {
+    int64_t offset = c_col;
+    for (int64_t d = static_cast<int64_t>(n) - 1; d >= 0; --d) {
+      if (d < static_cast<int64_t>(n) - 1) offset /= kernel[d + 1];
+      d_offset[d] = offset % kernel[d];
+    }
+    const int64_t c_im = c_col / kernel_size;
+    std::fill(d_iter.begin(), d_iter.end(), 0);
+    for (int64_t index_col = c_col * col_spatial, k = 0; k < col_spatial; ++k, ++index_col) {
+      int64_t index_im = c_im;
+      bool in_range = true;
+      for (size_t d = 0; d < n; ++d) {
+        const int64_t d_im = d_iter[d] * stride[d] - pad[d] + d_offset[d] * dil[d];
+        in_range = in_range && d_im >= 0 && d_im < im_shape[d];
+        index_im = index_im * im_shape[d] + d_im;
+      }
+      if (IM2COL) {
+        col[index_col] = in_range ? im_in[index_im] : Dtype(0);
+      } else if (in_range) {
+        im_out[index_im] += col[index_col];
+      }
+      for (int64_t d = static_cast<int64_t>(n) - 1; d >= 0; --d) {
+        if (++d_iter[d] < col_shape[d]) break;
+        d_iter[d] = 0;
+      }
+    }
+  }
+}
+
+Shape per_axis(const ProtoNode& cp, const char* name, const char* name_h, const char* name_w, int64_t dflt,
+               size_t num_spatial) {
+  Shape out(num_spatial, dflt);
+  if (cp.has(name_h) || cp.has(name_w)) {
+    if (num_spatial != 2) {
+      std::ostringstream os;
+      os << name_h << "/" << name_w << " can only be used for 2D convolution, this one has " << num_spatial
+         << " spatial axes";
+      throw LayerError(os.str());
+    }
+    if (cp.count(name)) {
+      throw LayerError(std::string("either ") + name + " or " + name_h + "/" + name_w + " should be specified; not both");
+    }
+    if (std::string(name) == "kernel_size" && !(cp.has(name_h) && cp.has(name_w)))
+      throw LayerError("for non-square filters both kernel_h and kernel_w are required");
+    out[0] = cp.get_int(name_h, dflt);
+    out[1] = cp.get_int(name_w, dflt);
+    return out;
+  }
+  std::vector<int64_t> v = cp.get_ints(name);
+  if (v.empty()) {
+    if (std::string(name) == "kernel_size") throw LayerError("kernel_size (or kernel_h and kernel_w) is required");
+    return out;
+  }
+  if (v.size() != 1 && v.size() != num_spatial) {
+    std::ostringstream os;
+    os << name << " must be specified once, or once per spatial dimension (" << name << " specified " << v.size()
+       << " times; " << num_spatial << " spatial dims)";
+    throw LayerError(os.str());
+  }
+  for (size_t i = 0; i < num_spatial; ++i) out[i] = v.size() == 1 ? v[0] : v[i];
+  return out;
+}
+
+}  // namespace
+
+template <typename Dtype, bool DECONV>
+class ConvLayerT : public Layer<Dtype> {
+ public:
+  explicit ConvLayerT(const ProtoNode& p) : Layer<Dtype>(p) {
+    const ProtoNode& cp = p.child("convolution_param");
+    num_output_ = cp.get_int("num_output", 0);
+    if (num_output_ <= 0) throw LayerError("convolution_param.num_output must be set (> 0)");
+    bias_term_ = cp.get_bool("bias_term", true);
+    group_ = cp.get_int("group", 1);
+    if (group_ <= 0) throw LayerError("convolution_param.group must be > 0");
+    axis_param_ = static_cast<int>(cp.get_int("axis", 1));
+    // Checked now so a bad prototxt fails before any shape is known.
+    if (cp.count("kernel_size") == 0 && !(cp.has("kernel_h") && cp.has("kernel_w")))
+      throw LayerError("kernel_size (or kernel_h and kernel_w) is required");
+  }
+  const char* type() const override { return DECONV ? "Deconvolution" : "Convolution"; }
+  int MinBottomBlobs() const override { return 1; }
+  int MinTopBlobs() const override { return 1; }
+  int ExactNumTopBlobs() const override { return -1; }
+
+  std::vector<int> BlobNumAxes(int bottom0_axes) const override {
+    const ProtoNode& cp = this->param().child("convolution_param");
+    int ns;
+    if (cp.has("kernel_h") || cp.has("kernel_w")) {
+      ns = 2;
+    } else if (cp.count("kernel_size") > 1) {
+      ns = cp.count("kernel_size");
+    } else {
+      int axis = axis_param_ < 0 ? axis_param_ + bottom0_axes : axis_param_;
+      ns = bottom0_axes - axis - 1;
+      if (ns < 1) ns = 2;
+    }
+    std::vector<int> v{ns + 2};
+    if (bias_term_) v.push_back(1);
+    return v;
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs, std::vector<Shape>* top) override {
+    const ProtoNode& cp = this->param().child("convolution_param");
+    const int nax = static_cast<int>(bottom[0].size());
+    channel_axis_ = canonical_axis(axis_param_, nax);
+    const int64_t ns = nax - channel_axis_ - 1;
+    if (ns < 1) throw LayerError("convolution input " + shape_str(bottom[0]) + " has no spatial axes after axis " +
+                                 std::to_string(channel_axis_));
+    num_spatial_ = static_cast<size_t>(ns);
+    kernel_ = per_axis(cp, "kernel_size", "kernel_h", "kernel_w", 0, num_spatial_);
+    stride_ = per_axis(cp, "stride", "stride_h", "stride_w", 1, num_spatial_);
+    pad_ = per_axis(cp, "pad", "pad_h", "pad_w", 0, num_spatial_);
+    dilation_ = Shape(num_spatial_, 1);
+    {
+      std::vector<int64_t> v = cp.get_ints("dilation");
+      if (!v.empty() && v.size() != 1 && v.size() != num_spatial_)
+        throw LayerError("dilation must be specified once, or once per spatial dimension");
+      for (size_t i = 0; i < num_spatial_ && !v.empty(); ++i) dilation_[i] = v.size() == 1 ? v[0] : v[i];
+    }
+    for (size_t i = 0; i < num_spatial_; ++i) {
+      if (kernel_[i] <= 0) throw LayerError("filter dimensions must be nonzero");
+      if (stride_[i] <= 0) throw LayerError("stride dimensions must be nonzero");
+      if (pad_[i] < 0) throw LayerError("pad must be >= 0");
+      if (dilation_[i] <= 0) throw LayerError("dilation must be > 0");
+    }
+    const Shape& b0 = bottom[0];
+    channels_ = b0[channel_axis_];
+    if (channels_ % group_) throw LayerError("number of input channels " + std::to_string(channels_) +
+                                             " is not a multiple of group " + std::to_string(group_));
+    if (num_output_ % group_) throw LayerError("num_output should be a multiple of group");
+    conv_out_channels_ = DECONV ? channels_ : num_output_;
+    conv_in_channels_ = DECONV ? num_output_ : channels_;
+    for (size_t i = 1; i < bottom.size(); ++i) {
+      if (bottom[i] != b0) throw LayerError("all inputs must have the same shape, got " + shape_str(b0) + " and " +
+                                            shape_str(bottom[i]));
+    }
+    num_ = shape_count(b0, 0, channel_axis_);
+    in_spatial_.assign(b0.begin() + channel_axis_ + 1, b0.end());
+    out_spatial_.resize(num_spatial_);
+    for (size_t i = 0; i < num_spatial_; ++i) {
+      const int64_t ext = dilation_[i] * (kernel_[i] - 1) + 1;
+      if (DECONV) {
+        out_spatial_[i] = stride_[i] * (in_spatial_[i] - 1) + ext - 2 * pad_[i];
+      } else {
+        out_spatial_[i] = (in_spatial_[i] + 2 * pad_[i] - ext) / stride_[i] + 1;
+      }
+      if (out_spatial_[i] <= 0)
+        throw LayerError("input " + shape_str(b0) + " is too small for the kernel: output size " +
+                         std::to_string(out_spatial_[i]) + " on spatial axis " + std::to_string(i));
+    }
+    Shape ts(b0.begin(), b0.begin() + channel_axis_);
+    ts.push_back(num_output_);
+    ts.insert(ts.end(), out_spatial_.begin(), out_spatial_.end());
+    top->assign(bottom.size(), ts);
+    // im2col geometry (for Deconvolution the "image" is the top).
+    conv_in_spatial_ = DECONV ? out_spatial_ : in_spatial_;
+    col_spatial_ = DECONV ? in_spatial_ : out_spatial_;
+    conv_out_spatial_dim_ = shape_count(col_spatial_);
+    kernel_dim_ = conv_in_channels_ / group_ * shape_count(kernel_);
+    weight_offset_ = conv_out_channels_ * kernel_dim_ / group_;
+    col_offset_ = kernel_dim_ * conv_out_spatial_dim_;
+    output_offset_ = conv_out_channels_ * conv_out_spatial_dim_ / group_;
+    bottom_dim_ = shape_count(b0, channel_axis_);
+    top_dim_ = shape_count(ts, channel_axis_);
+    out_spatial_dim_ = shape_count(out_spatial_);
+    is_1x1_ = true;
+    for (size_t i = 0; i < num_spatial_; ++i)
+      is_1x1_ = is_1x1_ && kernel_[i] == 1 && stride_[i] == 1 && pad_[i] == 0;
+    Shape ws{conv_out_channels_, conv_in_channels_ / group_};
+    ws.insert(ws.end(), kernel_.begin(), kernel_.end());
+    blobs->clear();
+    blobs->push_back(ws);
+    if (bias_term_) blobs->push_back(Shape{num_output_});
+    col_buffer_.resize(static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_));
+  }
+
+  void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs,
+               const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
+    const Dtype* w = blobs[0]->data;
+    for (size_t i = 0; i < bottom.size(); ++i) {
+      const Dtype* x = bottom[i]->data;
+      Dtype* y = top[i]->data;
+      for (int64_t n = 0; n < num_; ++n) {
+        if (DECONV) {
+          backward_gemm(x + n * bottom_dim_, w, y + n * top_dim_);
+        } else {
+          forward_gemm(x + n * bottom_dim_, w, y + n * top_dim_);
+        }
+        if (bias_term_) {
+          const Dtype* b = blobs[1]->data;
+          Dtype* yn = y + n * top_dim_;
+          for (int64_t c = 0; c < num_output_; ++c) {
+            Dtype* p = yn + c * out_spatial_dim_;
+            for (int64_t s = 0; s < out_spatial_dim_; ++s) p[s] += b[c];
+          }
+        }
+      }
+    }
+  }
+
+  void Backward(const std::vector<Blob<Dtype>*>& top, const std::vector<bool>& propagate_down,
+                const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs, Phase) override {
+    const Dtype* w = blobs[0]->data;
+    Dtype* wd = blobs[0]->diff;
+    for (size_t i = 0; i < top.size(); ++i) {
+      const Dtype* dy = top[i]->diff;
+      const Dtype* x = bottom[i]->data;
+      if (bias_term_ && blobs[1]->diff) {
+        Dtype* bd = blobs[1]->diff;
+        for (int64_t n = 0; n < num_; ++n) {
+          const Dtype* dyn = dy + n * top_dim_;
+          for (int64_t c = 0; c < num_output_; ++c) {
+            const Dtype* p = dyn + c * out_spatial_dim_;
+            Dtype s = 0;
+            for (int64_t k = 0; k < out_spatial_dim_; ++k) s += p[k];
+            bd[c] += s;
+          }
+        }
+      }
+      const bool pd = propagate_down[i] && bottom[i]->diff;
+      if (!wd && !pd) continue;
+      for (int64_t n = 0; n < num_; ++n) {
+        if (DECONV) {
+          // gradient w.r.t. weight: im2col(top diff) x bottom data.
+          if (wd) weight_gemm(dy + n * top_dim_, x + n * bottom_dim_, wd);
+          // gradient w.r.t. bottom: a forward convolution of top diff.
+          if (pd) forward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, wd != nullptr);
+        } else {
+          if (wd) weight_gemm(x + n * bottom_dim_, dy + n * top_dim_, wd);
+          if (pd) backward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_);
+        }
+      }
+    }
+  }
+
+ private:
+  int64_t num_output_ = 0, group_ = 1;
+  bool bias_term_ = true;
+  int axis_param_ = 1;
+  int channel_axis_ = 1;
+  size_t num_spatial_ = 0;
+  Shape kernel_, stride_, pad_, dilation_, in_spatial_, out_spatial_, conv_in_spatial_, col_spatial_;
+  int64_t channels_ = 0, conv_out_channels_ = 0, conv_in_channels_ = 0, num_ = 0;
+  int64_t conv_out_spatial_dim_ = 0, kernel_dim_ = 0, weight_offset_ = 0, col_offset_ = 0, output_offset_ = 0;
+  int64_t bottom_dim_ = 0, top_dim_ = 0, out_spatial_dim_ = 0;
+  bool is_1x1_ = false;
+  std::vector<Dtype> col_buffer_;
+
+  void im2col(const Dtype* im, Dtype* col) {
+    if (num_spatial_ == 2) {
+      im2col_2d(im, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], kernel_[0], kernel_[1], pad_[0],
+                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], col);
+    } else {
+      im2col_nd<Dtype, true>(im, col, nullptr, conv_in_channels_, conv_in_spatial_, col_spatial_, kernel_, pad_,
+                             stride_, dilation_);
+    }
+  }
+
+  void col2im(const Dtype* col, Dtype* im) {
+    if (num_spatial_ == 2) {
+      col2im_2d(col, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], kernel_[0], kernel_[1], pad_[0],
+                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], im);
+    } else {
+      set<Dtype>(conv_in_channels_ * shape_count(conv_in_spatial_), Dtype(0), im);
+      im2col_nd<Dtype, false>(nullptr, const_cast<Dtype*>(col), im, conv_in_channels_, conv_in_spatial_,
+                              col_spatial_, kernel_, pad_, stride_, dilation_);
+    }
+  }
+
+  // output = W x im2col(input)   (Caffe's forward_cpu_gemm)
+  void forward_gemm(const Dtype* input, const Dtype* w, Dtype* output, bool unused = false) {
+    (void)unused;
+    const Dtype* col = input;
+    if (!is_1x1_) {
+      im2col(input, col_buffer_.data());
+      col = col_buffer_.data();
+    }
+    for (int64_t g = 0; g < group_; ++g) {
+      gemm(Trans::No, Trans::No, conv_out_channels_ / group_, conv_out_spatial_dim_, kernel_dim_, Dtype(1),
+           w + weight_offset_ * g, col + col_offset_ * g, Dtype(0), output + output_offset_ * g);
+    }
+  }
+
+  // input = col2im(W^T x output)   (Caffe's backward_cpu_gemm)
+  void backward_gemm(const Dtype* output, const Dtype* w, Dtype* input) {
+    Dtype* col = is_1x1_ ? input : col_buffer_.data();
+    for (int64_t g = 0; g < group_; ++g) {
+      gemm(Trans::Yes, Trans::No, kernel_dim_, conv_out_spatial_dim_, conv_out_channels_ / group_, Dtype(1),
+           w + weight_offset_ * g, output + output_offset_ * g, Dtype(0), col + col_offset_ * g);
+    }
+    if (!is_1x1_) col2im(col, input);
+  }
+
+  // dW += output x im2col(input)^T   (Caffe's weight_cpu_gemm)
+  void weight_gemm(const Dtype* input, const Dtype* output, Dtype* wd) {
+    const Dtype* col = input;
+    if (!is_1x1_) {
+      im2col(input, col_buffer_.data());
+      col = col_buffer_.data();
+    }
+    for (int64_t g = 0; g < group_; ++g) {
+      gemm(Trans::No, Trans::Yes, conv_out_channels_ / group_, kernel_dim_, conv_out_spatial_dim_, Dtype(1),
+           output + output_offset_ * g, col + col_offset_ * g, Dtype(1), wd + weight_offset_ * g);
+    }
+  }
+};
+
+template <typename Dtype>
+class ConvolutionLayer : public ConvLayerT<Dtype, false> {
+ public:
+  using ConvLayerT<Dtype, false>::ConvLayerT;
+};
+template <typename Dtype>
+class DeconvolutionLayer : public ConvLayerT<Dtype, true> {
+ public:
+  using ConvLayerT<Dtype, true>::ConvLayerT;
+};
+
+CAFFEDATA_REGISTER_LAYER("Convolution", ConvolutionLayer)
+CAFFEDATA_REGISTER_LAYER("Deconvolution", DeconvolutionLayer)
+
+}  // namespace caffedata
