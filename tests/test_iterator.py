@@ -95,7 +95,7 @@ def test_worker_error_reaches_next_with_traceback(tmp_path):
     it.close()
 
 
-def test_interpreter_exit_does_not_hang(raw_db):
+def test_interpreter_exit_does_not_hang(raw_db, tmp_path):
     db = raw_db(n=200, h=16, w=16)
     code = textwrap.dedent(f"""
         import mxnet as mx, caffedata
@@ -105,7 +105,7 @@ def test_interpreter_exit_does_not_hang(raw_db):
         print("done")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "done" in out.stdout
 
