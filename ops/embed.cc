@@ -5,8 +5,8 @@
 // (input_dim, num_output) and, with bias_term (default true), bias
 // (num_output,).  top[..., :] = weight[index, :] (+ bias).
 //
-// Caffe only DCHECKs the indices (debug builds); here an index that is not an
-// integer in [0, input_dim) is an error.  Caffe has no gradient for the
+// Indices are truncated to integers as Caffe's static_cast<int> does; Caffe
+// only DCHECKs their range (debug builds), here an out-of-range one is an error.  Caffe has no gradient for the
 // indices: like Caffe, the layer refuses to backpropagate to them (the glue
 // sees NoGradBottoms() = {0} and hands MXNet a zero gradient).
 #include <cmath>
@@ -95,15 +95,16 @@ class EmbedLayer : public Layer<Dtype> {
   }
 
  private:
+  // Caffe: index = static_cast<int>(bottom_data[n]) (truncation); its range
+  // DCHECKs are compiled out of release builds, here they are errors.
   int64_t checked_index(Dtype v, int64_t n) const {
-    const int64_t index = static_cast<int64_t>(v);
-    if (!(v >= 0) || index >= input_dim_ || static_cast<Dtype>(index) != v) {
+    if (!(v > Dtype(-1) && v < Dtype(input_dim_))) {
       std::ostringstream os;
-      os << "Embed: input " << n << " is " << v << "; indices must be integers in [0, input_dim="
+      os << "Embed: index " << v << " at input " << n << " is out of range [0, input_dim="
          << input_dim_ << ")";
       throw LayerError(os.str());
     }
-    return index;
+    return static_cast<int64_t>(v);
   }
 
   int64_t num_output_, input_dim_;
