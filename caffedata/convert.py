@@ -72,7 +72,7 @@ COMMIT_EVERY = 1000  # convert_imageset commits every 1000 successful images
 # Caffe's LevelDB options (db_leveldb.cpp); compression is LevelDB's default, Snappy.
 LEVELDB_OPTIONS = dict(block_size=65536, write_buffer_size=268435456, max_open_files=100,
                        compression="snappy")
-LMDB_INITIAL_MAP_SIZE = 1 << 26  # doubled on MDB_MAP_FULL, as Caffe 1.0 does
+LMDB_INITIAL_MAP_SIZE = 1 << 30  # address space only (the file grows as used); doubled on MDB_MAP_FULL as Caffe 1.0 does
 
 
 class ImageReadError(Exception):
