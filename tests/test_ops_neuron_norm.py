@@ -537,3 +537,40 @@ def test_embed_index_range_and_truncation():
     for bad in (3.0, -1.0, np.nan):
         with pytest.raises(LAYER_ERRORS, match="out of range"):
             fwd(proto, [np.array([0.0, bad])], [w])
+
+
+# ---------------------------------------------------------------------------
+# phase switching in mx.nd: TRAIN inside autograd.record(), TEST outside
+
+def test_phase_follows_autograd_train_mode():
+    x = RNG.standard_normal((4, 3, 2, 2))
+    xs = mx.nd.array(x, dtype=F64)
+    stats = [mx.nd.zeros(3, dtype=F64), mx.nd.zeros(3, dtype=F64), mx.nd.zeros(1, dtype=F64)]
+    bn = 'layer { type: "BatchNorm" }'
+    eps = F64(np.float32(1e-5))
+    with mx.autograd.record():  # TRAIN: batch statistics, running sums updated in place
+        y = mx.nd.CaffeOp(xs, *stats, num_data=1, num_weight=3, prototxt=bn)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(y.asnumpy(), bn_ref(x, mean, var, eps), rtol=1e-10)
+    np.testing.assert_allclose(stats[0].asnumpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(stats[2].asnumpy(), [1.0])
+    # TEST (no recording, or recording with train_mode=False): stored statistics, no update
+    x2 = RNG.standard_normal((4, 3, 2, 2))
+    m = x.size // 3
+    for scope in (None, mx.autograd.record(train_mode=False)):
+        if scope is None:
+            y = mx.nd.CaffeOp(mx.nd.array(x2, dtype=F64), *stats, num_data=1, num_weight=3,
+                              prototxt=bn)
+        else:
+            with scope:
+                y = mx.nd.CaffeOp(mx.nd.array(x2, dtype=F64), *stats, num_data=1, num_weight=3,
+                                  prototxt=bn)
+        np.testing.assert_allclose(y.asnumpy(), bn_ref(x2, mean, var * m / (m - 1), eps),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(stats[2].asnumpy(), [1.0])
+    ones = mx.nd.ones((1000,), dtype=F64)
+    dropout = 'layer { type: "Dropout" }'
+    np.testing.assert_array_equal(mx.nd.CaffeOp(ones, prototxt=dropout).asnumpy(), 1.0)
+    with mx.autograd.record():
+        y = mx.nd.CaffeOp(ones, prototxt=dropout).asnumpy()
+    assert set(np.unique(y)) == {0.0, 2.0}
