@@ -1,0 +1,674 @@
+"""CaffeOp / CaffeLoss core: glue, InnerProduct, Convolution, Deconvolution,
+Pooling, Softmax, SoftmaxWithLoss, fillers, multipliers, normalisation,
+phase, library loading, Module / mx.nd / Gluon.
+
+Expectations come from MXNet's own ops (where Caffe agrees), NumPy references
+of Caffe's formulas, hand-computed values and numeric gradients.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mxnet")
+import caffedata  # noqa: E402
+from caffedata import ops  # noqa: E402
+from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402
+
+if not os.path.isfile(ops.library_path()):
+    pytest.skip("ops library not built (python setup.py build_ext --inplace)", allow_module_level=True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ip(n, extra=""):
+    return 'layer{type:"InnerProduct" inner_product_param{num_output:%d %s}}' % (n, extra)
+
+
+def conv(kind, extra):
+    return 'layer{type:"%s" convolution_param{%s}}' % (kind, extra)
+
+
+def pool(extra):
+    return 'layer{type:"Pooling" pooling_param{%s}}' % extra
+
+
+# ---------------------------------------------------------------------------
+# Library, registry, parser, names.
+
+def test_library_loaded_and_layers_registered():
+    types = ops.supported_layers()
+    for t in ("InnerProduct", "Convolution", "Deconvolution", "Pooling", "Softmax", "SoftmaxWithLoss"):
+        assert t in types
+    info = ops.blas_info()
+    assert "OpenBLAS" in info  # the GEMM is the wheel's OpenBLAS, kernel named in the string
+
+
+def test_unsupported_layer_lists_supported_ones():
+    with pytest.raises(SpecError, match=r"unsupported Caffe layer type 'NoSuchLayer'.*InnerProduct"):
+        mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt='layer{type:"NoSuchLayer"}')
+
+
+def test_bad_prototxt_errors():
+    with pytest.raises(SpecError, match="invalid prototxt"):
+        mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt='layer{type:"ReLU" relu_param{')
+    with pytest.raises(SpecError, match="exactly one"):
+        mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt='layer{type:"ReLU"} layer{type:"ReLU"}')
+    # The C++ parser reports the position.
+    with pytest.raises(SpecError, match="line 2, column"):
+        ops.layer_info('layer {\n  type: "InnerProduct" inner_product_param { num_output: }\n}')
+
+
+def test_cpp_parser_handles_text_format_variants():
+    text = """# comment
+    layer { name: 'fc' type: "Inner\\x50roduct";  # hex escape -> P
+      inner_product_param: { num_output: 7, bias_term: false axis: -1 }
+      param { lr_mult: 1e0 } }"""
+    blobs, tops = ops.layer_shapes(text, [(2, 3, 5)])
+    assert blobs == [(7, 5)]  # no bias, axis -1
+    assert tops == [(2, 3, 7)]
+
+
+def test_names_and_shapes():
+    data = mx.sym.Variable("data")
+    fc1 = mx.sym.CaffeOp(data_0=data, num_weight=2, name="fc1", prototxt=ip(16))
+    assert fc1.list_arguments() == ["data", "fc1_0_weight", "fc1_1_bias"]
+    assert fc1.list_outputs() == ["fc1_output"]
+    args, outs, _ = fc1.infer_shape(data=(4, 3, 5))
+    assert args == [(4, 3, 5), (16, 15), (16,)]
+    assert outs == [(4, 16)]
+    # positional symbols, several tops: output0.. (MAX pooling with its mask top)
+    p = mx.sym.CaffeOp(data, num_out=2, name="p", prototxt=pool("pool:MAX kernel_size:2 stride:2"))
+    assert p.list_outputs() == ["p_output0", "p_output1"]
+    cv = mx.sym.CaffeOp(data, num_weight=2, name="c", prototxt=conv("Convolution", "num_output:4 kernel_size:3"))
+    args, outs, _ = cv.infer_shape(data=(2, 3, 9, 9))
+    assert args[1:] == [(4, 3, 3, 3), (4,)] and outs == [(2, 4, 7, 7)]
+
+
+def test_num_weight_mismatch_is_clear():
+    data = mx.sym.Variable("data")
+    with pytest.raises(SpecError, match=r"2 parameter blob\(s\) but num_weight=1"):
+        mx.sym.CaffeOp(data_0=data, num_weight=1, prototxt=ip(3))
+    # The C++ check (e.g. a raw op) names both numbers too.
+    x = mx.nd.ones((2, 4))
+    w = mx.nd.ones((3, 4))
+    with pytest.raises(mx.base.MXNetError, match=r"2 parameter blob\(s\) but num_weight=1"):
+        mx.nd._internal._caffedata_op(x, w, num_weight=1, prototxt=ip(3)).wait_to_read()
+
+
+def test_weight_shape_mismatch_is_clear():
+    data = mx.sym.Variable("data")
+    w = mx.sym.Variable("w", shape=(3, 5))
+    b = mx.sym.Variable("b", shape=(3,))
+    s = mx.sym.CaffeOp(data, w, b, num_weight=2, prototxt=ip(3))
+    with pytest.raises(mx.base.MXNetError, match=r"parameter blob 0 has shape \(3, 5\) but the layer needs \(3, 4\)"):
+        s.infer_shape(data=(2, 4))
+
+
+def test_dtype_other_than_float_is_rejected():
+    with pytest.raises(mx.base.MXNetError, match="float32 or float64 only"):
+        mx.nd.CaffeOp(mx.nd.ones((2, 2), dtype="int32"), prototxt='layer{type:"Softmax"}').wait_to_read()
+
+
+# ---------------------------------------------------------------------------
+# Forward/backward against MXNet native ops (mx.nd + autograd).
+
+def _fwd_bwd(fn, arrays, og):
+    for a in arrays:
+        a.attach_grad()
+    with mx.autograd.record():
+        y = fn(*arrays)
+    y.backward(og)
+    return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float64", 1e-10)])
+def test_inner_product_matches_fully_connected(dtype, tol):
+    rng = np.random.RandomState(0)
+    x = mx.nd.array(rng.randn(5, 3, 4), dtype=dtype)
+    w = mx.nd.array(rng.randn(6, 12), dtype=dtype)
+    b = mx.nd.array(rng.randn(6), dtype=dtype)
+    og = mx.nd.array(rng.randn(5, 6), dtype=dtype)
+    got = _fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=ip(6)), [x, w, b], og)
+    ref = _fwd_bwd(lambda x, w, b: mx.nd.FullyConnected(x, w, b, num_hidden=6), [x, w, b], og)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+
+
+def test_inner_product_axis_and_transpose_numpy():
+    rng = np.random.RandomState(1)
+    x = rng.randn(2, 3, 4)
+    w = rng.randn(4, 5)  # transpose: true -> (K, N)
+    xs, ws = mx.nd.array(x, dtype="float64"), mx.nd.array(w, dtype="float64")
+    y = mx.nd.CaffeOp(xs, ws, num_weight=1, prototxt=ip(5, "axis: 2 transpose: true bias_term: false"))
+    np.testing.assert_allclose(y.asnumpy(), x @ w, rtol=1e-12)
+
+
+CONV_CASES = [
+    dict(no=6, k=(3, 3), s=(2, 2), p=(1, 1), d=(1, 1), g=2),
+    dict(no=4, k=(3, 2), s=(1, 2), p=(0, 1), d=(2, 1), g=1),
+    dict(no=5, k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1), g=1),
+]
+
+
+def _conv_proto(kind, c):
+    return conv(kind, "num_output:%d kernel_h:%d kernel_w:%d stride_h:%d stride_w:%d pad_h:%d pad_w:%d "
+                "group:%d %s" % (c["no"], *c["k"], *c["s"], *c["p"], c["g"],
+                                 " ".join("dilation:%d" % v for v in c["d"])))
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_convolution_matches_mxnet(case):
+    rng = np.random.RandomState(2)
+    x = mx.nd.array(rng.randn(2, 4, 9, 8), dtype="float64")
+    w = mx.nd.array(rng.randn(case["no"], 4 // case["g"], *case["k"]), dtype="float64")
+    b = mx.nd.array(rng.randn(case["no"]), dtype="float64")
+    proto = _conv_proto("Convolution", case)
+    y0 = mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto)
+    og = mx.nd.array(rng.randn(*y0.shape), dtype="float64")
+    got = _fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto), [x, w, b], og)
+    ref = _fwd_bwd(lambda x, w, b: mx.nd.Convolution(x, w, b, kernel=case["k"], stride=case["s"], pad=case["p"],
+                                                     dilate=case["d"], num_filter=case["no"],
+                                                     num_group=case["g"]), [x, w, b], og)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:1] + [dict(no=3, k=(4, 4), s=(2, 2), p=(1, 1), d=(1, 1), g=1)])
+def test_deconvolution_matches_mxnet(case):
+    rng = np.random.RandomState(3)
+    x = mx.nd.array(rng.randn(2, 4, 5, 6), dtype="float64")
+    w = mx.nd.array(rng.randn(4, case["no"] // case["g"], *case["k"]), dtype="float64")
+    b = mx.nd.array(rng.randn(case["no"]), dtype="float64")
+    proto = _conv_proto("Deconvolution", case)
+    y0 = mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto)
+    og = mx.nd.array(rng.randn(*y0.shape), dtype="float64")
+    got = _fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto), [x, w, b], og)
+    ref = _fwd_bwd(lambda x, w, b: mx.nd.Deconvolution(x, w, b, kernel=case["k"], stride=case["s"], pad=case["p"],
+                                                       dilate=case["d"], num_filter=case["no"],
+                                                       num_group=case["g"], no_bias=False), [x, w, b], og)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_convolution_3d_matches_mxnet():
+    rng = np.random.RandomState(4)
+    x = mx.nd.array(rng.randn(1, 2, 5, 4, 6), dtype="float64")
+    w = mx.nd.array(rng.randn(3, 2, 2, 3, 2), dtype="float64")
+    proto = conv("Convolution", "num_output:3 kernel_size:2 kernel_size:3 kernel_size:2 stride:2 pad:1 bias_term:false")
+    y = mx.nd.CaffeOp(x, w, num_weight=1, prototxt=proto)
+    r = mx.nd.Convolution(x, w, kernel=(2, 3, 2), stride=(2, 2, 2), pad=(1, 1, 1), num_filter=3, no_bias=True)
+    np.testing.assert_allclose(y.asnumpy(), r.asnumpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_max_pooling_matches_mxnet_without_padding():
+    rng = np.random.RandomState(5)
+    x = mx.nd.array(rng.randn(2, 3, 7, 7), dtype="float64")
+    og = mx.nd.array(rng.randn(2, 3, 3, 3), dtype="float64")
+    got = _fwd_bwd(lambda x: mx.nd.CaffeOp(x, prototxt=pool("pool:MAX kernel_size:3 stride:2")), [x], og)
+    ref = _fwd_bwd(lambda x: mx.nd.Pooling(x, kernel=(3, 3), stride=(2, 2), pool_type="max",
+                                           pooling_convention="full"), [x], og)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Pooling edge cases by hand.
+
+def _pool_out(x, proto, num_out=1):
+    y = mx.nd.CaffeOp(mx.nd.array(x, dtype="float64"), num_out=num_out, prototxt=pool(proto))
+    return [a.asnumpy() for a in y] if num_out > 1 else y.asnumpy()
+
+
+def test_pooling_ceil_rounding():
+    x = np.arange(36.0).reshape(1, 1, 6, 6)
+    y = _pool_out(x, "pool:MAX kernel_size:3 stride:2")  # ceil((6-3)/2)+1 = 3 (floor would give 2)
+    assert y.shape == (1, 1, 3, 3)
+    np.testing.assert_array_equal(y[0, 0], [[14, 16, 17], [26, 28, 29], [32, 34, 35]])
+
+
+def test_pooling_trims_window_starting_in_padding():
+    # n=3, k=2, s=2, p=1: ceil((3+2-2)/2)+1 = 3, but window 2 would start at 4-1=3 >= 3+1-... -> trimmed to 2.
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    y = _pool_out(x, "pool:MAX kernel_size:2 stride:2 pad:1")
+    assert y.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(y[0, 0], [[0, 2], [6, 8]])
+
+
+def test_ave_pooling_divisor_clipped_to_padded_bounds():
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    y = _pool_out(x, "pool:AVE kernel_size:2 stride:2 pad:1")
+    # Each window counts the padding it covers (size 4), even the corner one.
+    np.testing.assert_allclose(y[0, 0], [[0 / 4, (1 + 2) / 4], [(3 + 6) / 4, (4 + 5 + 7 + 8) / 4]])
+    # k=3, s=2, p=1 on 4x4: 3 windows per axis starting at -1, 1, 3.  The last one covers
+    # rows 3..5 but is clipped to height+pad = 5, so its divisor counts 2 rows, not 3.
+    x = np.ones((1, 1, 4, 4))
+    y = _pool_out(x, "pool:AVE kernel_size:3 stride:2 pad:1")
+    inside, size = np.array([2, 3, 1]), np.array([3, 3, 2])
+    np.testing.assert_allclose(y[0, 0], np.outer(inside, inside) / np.outer(size, size))
+
+
+def test_global_pooling_and_mask_top():
+    x = np.random.RandomState(6).randn(2, 3, 4, 5)
+    y = _pool_out(x, "pool:AVE global_pooling:true")
+    np.testing.assert_allclose(y[:, :, 0, 0], x.mean(axis=(2, 3)))
+    y, mask = _pool_out(x, "pool:MAX global_pooling:true", num_out=2)
+    np.testing.assert_allclose(y[:, :, 0, 0], x.max(axis=(2, 3)))
+    np.testing.assert_array_equal(mask[:, :, 0, 0], x.reshape(2, 3, -1).argmax(-1))
+
+
+def test_pooling_errors():
+    with pytest.raises(SpecError, match="STOCHASTIC"):
+        ops.layer_info(pool("pool:STOCHASTIC kernel_size:2"))
+    with pytest.raises(SpecError, match="pad must be smaller than the kernel"):
+        ops.layer_info(pool("pool:MAX kernel_size:1 stride:2 pad:1"))
+
+
+# ---------------------------------------------------------------------------
+# Numeric gradients (float64).
+
+def _numgrad(sym, shapes, grad_nodes=None, seed=0, **kw):
+    rng = np.random.RandomState(seed)
+    loc = {k: rng.randn(*s) for k, s in shapes.items()}
+    mx.test_utils.check_numeric_gradient(sym, loc, grad_nodes=grad_nodes, numeric_eps=1e-6, rtol=1e-4,
+                                         atol=1e-6, dtype=np.float64, **kw)
+
+
+def test_numeric_gradient_inner_product():
+    d = mx.sym.Variable("data")
+    s = mx.sym.CaffeOp(d, num_weight=2, name="fc", prototxt=ip(4, "transpose: true"))
+    _numgrad(s, {"data": (3, 5), "fc_0_weight": (5, 4), "fc_1_bias": (4,)})
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_numeric_gradient_convolution(kind):
+    d = mx.sym.Variable("data")
+    proto = conv(kind, "num_output:4 kernel_size:3 stride:2 pad:1 group:2 dilation:1")
+    s = mx.sym.CaffeOp(d, num_weight=2, name="c", prototxt=proto)
+    wshape = (4, 2, 3, 3)
+    _numgrad(s, {"data": (2, 4, 5, 5), "c_0_weight": wshape, "c_1_bias": (4,)})
+
+
+@pytest.mark.parametrize("proto", ["pool:MAX kernel_size:3 stride:2 pad:1", "pool:AVE kernel_size:3 stride:2 pad:1"])
+def test_numeric_gradient_pooling(proto):
+    d = mx.sym.Variable("data")
+    _numgrad(mx.sym.CaffeOp(d, prototxt=pool(proto)), {"data": (2, 2, 5, 5)})
+
+
+def test_numeric_gradient_softmax():
+    d = mx.sym.Variable("data")
+    _numgrad(mx.sym.CaffeOp(d, prototxt='layer{type:"Softmax" softmax_param{axis: 2}}'), {"data": (2, 3, 4)})
+
+
+def test_numeric_gradient_softmax_with_loss():
+    d = mx.sym.Variable("data")
+    lab = mx.sym.Variable("label", shape=(0, 0))
+    # As a plain CaffeOp the head gradient is the loss weight, so this is Caffe's exact gradient.
+    s = mx.sym.CaffeOp(d, lab, num_data=2, prototxt='layer{type:"SoftmaxWithLoss" loss_param{ignore_label: 1}}')
+    rng = np.random.RandomState(7)
+    loc = {"data": rng.randn(3, 4, 2), "label": rng.randint(0, 4, size=(3, 2)).astype(np.float64)}
+    mx.test_utils.check_numeric_gradient(s, loc, grad_nodes=["data"], numeric_eps=1e-6, rtol=1e-4, atol=1e-6,
+                                         dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------
+# SoftmaxWithLoss normalisation by hand; CaffeLoss scaling.
+
+def _softmax_np(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize("loss_param,norm", [
+    ("", "valid"), ("normalization: FULL", "full"), ("normalization: VALID", "valid"),
+    ("normalization: BATCH_SIZE", "batch"), ("normalization: NONE", "none"),
+    ("normalize: false", "batch"), ("normalize: true", "valid")])
+def test_softmax_with_loss_normalization(loss_param, norm):
+    rng = np.random.RandomState(8)
+    x = rng.randn(3, 4, 2)  # N=3, C=4, inner=2
+    lab = np.array([[0, 2], [2, 3], [1, 2]], dtype=np.float64)
+    proto = 'layer{type:"SoftmaxWithLoss" loss_param{ignore_label: 2 %s}}' % loss_param
+    xs = mx.nd.array(x, dtype="float64")
+    xs.attach_grad()
+    with mx.autograd.record():
+        loss = mx.nd.CaffeOp(xs, mx.nd.array(lab, dtype="float64"), num_data=2, prototxt=proto)
+    loss.backward(mx.nd.array([1.5], dtype="float64"))  # top diff = loss weight
+    p = _softmax_np(x, 1)
+    valid = lab != 2
+    nll = -sum(np.log(p[i, int(lab[i, j]), j]) for i in range(3) for j in range(2) if valid[i, j])
+    denom = {"full": 6, "valid": valid.sum(), "batch": 3, "none": 1}[norm]
+    assert loss.shape == (1,)
+    np.testing.assert_allclose(loss.asnumpy()[0], nll / denom, rtol=1e-12)
+    g = p.copy()
+    for i in range(3):
+        for j in range(2):
+            if valid[i, j]:
+                g[i, int(lab[i, j]), j] -= 1
+            else:
+                g[i, :, j] = 0
+    np.testing.assert_allclose(xs.grad.asnumpy(), 1.5 * g / denom, rtol=1e-10, atol=1e-14)
+
+
+def test_softmax_with_loss_prob_top_and_axis():
+    rng = np.random.RandomState(9)
+    x = rng.randn(2, 3, 5)
+    lab = rng.randint(0, 5, size=(2, 3)).astype(np.float64)
+    loss, prob = mx.nd.CaffeOp(mx.nd.array(x, dtype="float64"), mx.nd.array(lab, dtype="float64"), num_data=2,
+                               num_out=2, prototxt='layer{type:"SoftmaxWithLoss" softmax_param{axis: -1}}')
+    p = _softmax_np(x, -1)
+    np.testing.assert_allclose(prob.asnumpy(), p, rtol=1e-12)
+    ref = -np.mean([np.log(p[i, j, int(lab[i, j])]) for i in range(2) for j in range(3)])
+    np.testing.assert_allclose(loss.asnumpy()[0], ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("grad_scale,loss_weight,expect", [(1.0, None, 1.0), (0.5, None, 0.5), (0.5, 2.0, 2.0)])
+def test_caffe_loss_gradient_is_scaled_caffe_gradient_times_batch(grad_scale, loss_weight, expect):
+    rng = np.random.RandomState(10)
+    x = rng.randn(4, 3)
+    lab = np.array([0, 2, 1, 1.0])
+    lw = "" if loss_weight is None else "loss_weight: %g" % loss_weight
+    xs = mx.nd.array(x, dtype="float64")
+    xs.attach_grad()
+    with mx.autograd.record():
+        out = mx.nd.CaffeLoss(data=xs, label=mx.nd.array(lab, dtype="float64"), grad_scale=grad_scale,
+                              prototxt='layer{type:"SoftmaxWithLoss" %s}' % lw)
+    out.backward()
+    p = _softmax_np(x, 1)
+    np.testing.assert_allclose(out.asnumpy()[0], -np.mean(np.log(p[np.arange(4), lab.astype(int)])), rtol=1e-12)
+    g = p.copy()
+    g[np.arange(4), lab.astype(int)] -= 1
+    np.testing.assert_allclose(xs.grad.asnumpy(), expect * 4 * g / 4, rtol=1e-10)  # x N / VALID count N
+
+
+def test_caffe_loss_symbol_names_and_label_keywords():
+    fc = mx.sym.Variable("fc")
+    loss = mx.sym.CaffeLoss(data=fc, label=mx.sym.Variable("softmax_label"), name="softmax",
+                            prototxt='layer{type:"SoftmaxWithLoss"}')
+    assert loss.list_arguments() == ["fc", "softmax_label"]
+    assert loss.list_outputs() == ["softmax_output"]
+    assert loss.infer_shape(fc=(8, 10), softmax_label=(8,))[1] == [(1,)]
+    loss2 = mx.sym.CaffeLoss(data_0=fc, data_1=mx.sym.Variable("softmax_label"),
+                             prototxt='layer{type:"SoftmaxWithLoss"}')
+    assert loss2.list_arguments() == ["fc", "softmax_label"]
+
+
+# ---------------------------------------------------------------------------
+# Fillers and multipliers.
+
+def _init_module(sym, data_shape):
+    mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", data_shape)], for_training=True)
+    mx.random.seed(0)
+    mod.init_params(initializer=mx.init.Constant(123.0))  # used only where no filler is given
+    return {k: v.asnumpy() for k, v in mod.get_params()[0].items()}
+
+
+def test_fillers_become_initializers():
+    d = mx.sym.Variable("data")
+    layers = {
+        "c": 'weight_filler{type:"constant" value: 0.25} bias_filler{type:"constant" value: -2}',
+        "u": 'weight_filler{type:"uniform" min: -0.5 max: 0.1}',
+        "g": 'weight_filler{type:"gaussian" std: 0.02}',
+        "x": 'weight_filler{type:"xavier"}',
+        "xo": 'weight_filler{type:"xavier" variance_norm: FAN_OUT}',
+        "m": 'weight_filler{type:"msra" variance_norm: AVERAGE}',
+        "n": '',
+    }
+    outs = [mx.sym.CaffeOp(d, num_weight=2, name=k, prototxt=ip(300, v)) for k, v in layers.items()]
+    p = _init_module(mx.sym.Group(outs), (2, 200))
+    assert np.all(p["c_0_weight"] == 0.25) and np.all(p["c_1_bias"] == -2)
+    assert p["u_0_weight"].min() >= -0.5 and p["u_0_weight"].max() <= 0.1
+    assert abs(p["g_0_weight"].std() - 0.02) < 0.002
+    # Caffe fans: fan_in = count/num = 200, fan_out = count/channels = 300.
+    assert abs(np.abs(p["x_0_weight"]).max() - np.sqrt(3 / 200)) < 0.002
+    assert np.abs(p["x_0_weight"]).max() <= np.sqrt(3 / 200)
+    assert abs(np.abs(p["xo_0_weight"]).max() - np.sqrt(3 / 300)) < 0.002
+    assert abs(p["m_0_weight"].std() - np.sqrt(2 / 250)) < 0.003
+    assert np.all(p["n_0_weight"] == 123.0)  # no filler: the Module's initializer decides
+    assert np.all(p["x_1_bias"] == 0.0)  # MXNet initializers zero *_bias
+
+
+def test_lr_and_decay_multipliers():
+    d = mx.sym.Variable("data")
+    s = mx.sym.CaffeOp(d, num_weight=2, name="fc",
+                       prototxt=ip(3, "") [:-1] + " param{lr_mult: 1 decay_mult: 1} param{lr_mult: 2 decay_mult: 0}}")
+    attrs = s.attr_dict()
+    assert float(attrs["fc_0_weight"]["__lr_mult__"]) == 1.0
+    assert float(attrs["fc_1_bias"]["__lr_mult__"]) == 2.0
+    assert float(attrs["fc_1_bias"]["__wd_mult__"]) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# One Module SGD step equals Caffe's solver step.
+
+def test_module_sgd_step_equals_caffe_solver_step():
+    rng = np.random.RandomState(11)
+    n, k, c = 6, 5, 3
+    x = rng.randn(n, k).astype(np.float32)
+    y = rng.randint(0, c, size=n).astype(np.float32)
+    w0 = rng.randn(c, k).astype(np.float32) * 0.1
+    b0 = rng.randn(c).astype(np.float32) * 0.1
+    lr, mom, wd = 0.1, 0.9, 0.01
+    data = mx.sym.Variable("data")
+    fc = mx.sym.CaffeOp(data, num_weight=2, name="fc", prototxt=ip(c, "") [:-1] + " param{lr_mult: 1} "
+                        "param{lr_mult: 2 decay_mult: 0}}")
+    loss = mx.sym.CaffeLoss(data=fc, label=mx.sym.Variable("softmax_label"), name="softmax",
+                            prototxt='layer{type:"SoftmaxWithLoss"}')
+    mod = mx.mod.Module(loss, context=mx.cpu())
+    mod.bind(data_shapes=[("data", (n, k))], label_shapes=[("softmax_label", (n,))])
+    mod.init_params(arg_params={"fc_0_weight": mx.nd.array(w0), "fc_1_bias": mx.nd.array(b0)})
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": lr, "momentum": mom, "wd": wd})
+    batch = mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(y)])
+
+    # Caffe: diff = dL/dW (normalised by N in the loss) + wd*decay_mult*W; V = mom*V + lr*lr_mult*diff; W -= V
+    w, b = w0.astype(np.float64), b0.astype(np.float64)
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(2):
+        mod.forward_backward(batch)
+        mod.update()
+        logits = x @ w.T + b
+        p = _softmax_np(logits, 1)
+        p[np.arange(n), y.astype(int)] -= 1
+        gw, gb = p.T @ x / n, p.sum(0) / n
+        vw = mom * vw + lr * 1 * (gw + wd * 1 * w)
+        vb = mom * vb + lr * 2 * (gb + wd * 0 * b)
+        w, b = w - vw, b - vb
+    args = mod.get_params()[0]
+    np.testing.assert_allclose(args["fc_0_weight"].asnumpy(), w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(args["fc_1_bias"].asnumpy(), b, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Phase follows is_train.
+
+DROPOUT = 'layer{type:"Dropout" dropout_param{dropout_ratio: 0.5}}'
+
+
+@pytest.mark.skipif("Dropout" not in ops.supported_layers(), reason="Dropout layer (layers-A) not built")
+def test_phase_follows_is_train_module_and_autograd():
+    x = np.ones((4, 50), dtype=np.float32)
+    data = mx.sym.Variable("data")
+    # A trainable parameter in the graph: an executor bound without any gradient
+    # runs its ops as inference even for forward(is_train=True) -- MXNet's own
+    # Dropout behaves the same way there, and so does the phase signal.
+    s = mx.sym.Group([mx.sym.CaffeOp(data, prototxt=DROPOUT), mx.sym.FullyConnected(data, num_hidden=2)])
+    mod = mx.mod.Module(s, label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", x.shape)], for_training=True)
+    mod.init_params()
+    batch = mx.io.DataBatch([mx.nd.array(x)])
+    for is_train in (True, False, True, False):
+        mod.forward(batch, is_train=is_train)
+        out = mod.get_outputs()[0].asnumpy()
+        if is_train:  # TRAIN: Caffe's dropout scales kept units by 1/(1-p)
+            assert set(np.unique(out)) <= {0.0, 2.0} and (out == 0).any()
+        else:         # TEST: identity
+            np.testing.assert_array_equal(out, x)
+    xs = mx.nd.array(x)
+    np.testing.assert_array_equal(mx.nd.CaffeOp(xs, prototxt=DROPOUT).asnumpy(), x)  # not recording: TEST
+    with mx.autograd.record():
+        out = mx.nd.CaffeOp(xs, prototxt=DROPOUT).asnumpy()
+    assert (out == 0).any()
+    with mx.autograd.record(train_mode=False):
+        np.testing.assert_array_equal(mx.nd.CaffeOp(xs, prototxt=DROPOUT).asnumpy(), x)
+
+
+# ---------------------------------------------------------------------------
+# Library missing / broken: import still works, CaffeOp says how to rebuild.
+
+def _copy_package(tmp_path, lib_bytes):
+    dst = tmp_path / "pkg" / "caffedata"
+    shutil.copytree(os.path.join(REPO, "caffedata"), dst,
+                    ignore=shutil.ignore_patterns("libcaffedata_ops.so", "__pycache__"))
+    if lib_bytes is not None:
+        (dst / "libcaffedata_ops.so").write_bytes(lib_bytes)
+    return dst.parent
+
+
+@pytest.mark.parametrize("lib_bytes", [None, b"not an ELF file"])
+def test_missing_or_broken_library(tmp_path, lib_bytes):
+    root = _copy_package(tmp_path, lib_bytes)
+    code = textwrap.dedent("""
+        import mxnet as mx
+        import caffedata
+        from caffedata.errors import OpsLibraryError
+        try:
+            mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt='layer{type:"ReLU"}')
+        except OpsLibraryError as e:
+            print("OK", e)
+        try:
+            mx.nd.CaffeLoss(mx.nd.ones((1, 2)), mx.nd.ones((1,)), prototxt='layer{type:"SoftmaxWithLoss"}')
+        except OpsLibraryError as e:
+            print("OK2")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout and "OK2" in r.stdout
+    assert "pip install ." in r.stdout and "build_ext --inplace" in r.stdout
+
+
+def test_install_is_idempotent():
+    assert ops.install() is True
+    assert ops.install() is True
+    y = mx.nd.CaffeOp(mx.nd.ones((2, 3)), prototxt='layer{type:"Softmax"}')
+    np.testing.assert_allclose(y.asnumpy(), 1 / 3, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Gluon, hybridized and not.
+
+class _GluonNet(mx.gluon.HybridBlock):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        with self.name_scope():
+            self.w1 = self.params.get("fc1_0_weight", shape=(16, 0), allow_deferred_init=True)
+            self.b1 = self.params.get("fc1_1_bias", shape=(16,), init=mx.init.Zero())
+            self.w2 = self.params.get("fc2_0_weight", shape=(3, 16))
+            self.b2 = self.params.get("fc2_1_bias", shape=(3,), init=mx.init.Zero())
+
+    def hybrid_forward(self, F, x, label, w1, b1, w2, b2):
+        h = F.tanh(F.CaffeOp(x, w1, b1, num_weight=2, prototxt=ip(16)))
+        out = F.CaffeOp(h, w2, b2, num_weight=2, prototxt=ip(3))
+        return F.CaffeLoss(out, label, prototxt='layer{type:"SoftmaxWithLoss"}')
+
+
+def _gluon_train(hybridize):
+    rng = np.random.RandomState(12)
+    x = rng.randn(60, 4).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32) + (x[:, 1] > 0)
+    mx.random.seed(1)
+    net = _GluonNet()
+    net.initialize(mx.init.Xavier())
+    if hybridize:
+        net.hybridize()
+    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
+    losses = []
+    for _ in range(30):
+        with mx.autograd.record():
+            loss = net(mx.nd.array(x), mx.nd.array(y))
+        loss.backward()
+        trainer.step(60)
+        losses.append(float(loss.asscalar()))
+    return losses
+
+
+def test_gluon_hybridized_and_not_agree_and_train():
+    a = _gluon_train(False)
+    b = _gluon_train(True)
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert a[-1] < 0.5 * a[0]
+
+
+# ---------------------------------------------------------------------------
+# Module.fit: the FAQ's MLP and a LeNet on the bundled handwritten digits.
+
+def _digits():
+    """Bundled UCI digits (caffedata.datasets), scaled as the FAQ (1/256); fixed split."""
+    from caffedata.datasets import load_digits
+
+    images, labels = load_digits()
+    x = images.astype(np.float32)[:, None] * 0.00390625
+    y = labels.astype(np.float32)
+    idx = np.random.RandomState(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def _fit_and_score(net, feat_name, flat, epochs, lr):
+    (xt, yt), (xv, yv) = _digits()
+    if flat:
+        xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
+    mx.random.seed(3)
+    np.random.seed(3)
+    train = mx.io.NDArrayIter(xt, yt, batch_size=50, shuffle=True)
+    mod = mx.mod.Module(net, context=mx.cpu())
+    mod.fit(train, num_epoch=epochs, optimizer="sgd",
+            optimizer_params={"learning_rate": lr, "momentum": 0.9, "wd": 0.00001},
+            initializer=mx.init.Xavier(factor_type="in", magnitude=2.34), eval_metric=mx.metric.Caffe())
+    feat = net.get_internals()[feat_name]
+    pm = mx.mod.Module(feat, label_names=None, context=mx.cpu())
+    val = mx.io.NDArrayIter(xv, None, batch_size=50)
+    pm.bind(data_shapes=val.provide_data, for_training=False)
+    pm.set_params(*mod.get_params())
+    pred = pm.predict(val).asnumpy().argmax(axis=1)
+    return (pred == yv).mean()
+
+
+def _tanh(x):
+    # TanH is a layers-A layer; use it when built, else MXNet's tanh.
+    if "TanH" in ops.supported_layers():
+        return mx.sym.CaffeOp(data_0=x, prototxt='layer{type:"TanH"}')
+    return mx.sym.tanh(x)
+
+
+def test_module_fit_faq_mlp_on_digits():
+    data = mx.sym.Variable("data")
+    fc1 = mx.sym.CaffeOp(data_0=data, num_weight=2, name="fc1", prototxt=ip(128))
+    act1 = _tanh(fc1)
+    fc2 = mx.sym.CaffeOp(data_0=act1, num_weight=2, name="fc2", prototxt=ip(64))
+    act2 = _tanh(fc2)
+    fc3 = mx.sym.CaffeOp(data_0=act2, num_weight=2, name="fc3", prototxt=ip(10))
+    mlp = mx.sym.CaffeLoss(data=fc3, label=mx.sym.Variable("softmax_label"), grad_scale=1, name="softmax",
+                           prototxt='layer{type:"SoftmaxWithLoss"}')
+    assert _fit_and_score(mlp, "fc3_output", flat=True, epochs=10, lr=0.1) >= 0.95
+
+
+def test_module_fit_lenet_on_digits():
+    # LeNet shrunk to 8x8 inputs: conv(20,k3,p1)-tanh-maxpool2-conv(50,k3,p1)-tanh-maxpool2-ip(500)-tanh-ip(10)
+    data = mx.sym.Variable("data")
+    c1 = mx.sym.CaffeOp(data_0=data, num_weight=2, name="conv1",
+                        prototxt=conv("Convolution", "num_output:20 kernel_size:3 pad:1"))
+    p1 = mx.sym.CaffeOp(data_0=_tanh(c1), prototxt=pool("pool:MAX kernel_size:2 stride:2"))
+    c2 = mx.sym.CaffeOp(data_0=p1, num_weight=2, name="conv2",
+                        prototxt=conv("Convolution", "num_output:50 kernel_size:3 pad:1"))
+    p2 = mx.sym.CaffeOp(data_0=_tanh(c2), prototxt=pool("pool:MAX kernel_size:2 stride:2"))
+    f1 = mx.sym.CaffeOp(data_0=p2, num_weight=2, name="ip1", prototxt=ip(500))
+    f2 = mx.sym.CaffeOp(data_0=_tanh(f1), num_weight=2, name="ip2", prototxt=ip(10))
+    lenet = mx.sym.CaffeLoss(data=f2, label=mx.sym.Variable("softmax_label"), name="softmax",
+                             prototxt='layer{type:"SoftmaxWithLoss"}')
+    assert _fit_and_score(lenet, "ip2_output", flat=False, epochs=6, lr=0.05) >= 0.95
