@@ -622,3 +622,24 @@ def test_caffeloss_scales_euclidean_gradient_by_batch():
     loss.backward()
     np.testing.assert_allclose(loss.asnumpy(), [np.sum((a - b) ** 2) / 8], rtol=1e-12)
     np.testing.assert_allclose(x.grad.asnumpy(), 0.5 * 4 * (a - b) / 4, rtol=1e-12)
+
+
+@pytest.mark.skipif(not hasattr(mx.nd, "CaffeLoss"), reason="CaffeLoss wrapper not available")
+def test_caffeloss_three_input_losses():
+    n = 6
+    a, b = RNG.uniform(-0.5, 0.5, (n, 3)), RNG.uniform(-0.5, 0.5, (n, 3))
+    y = np.array([1, 0, 0, 1, 0, 0.0])
+    x = mx.nd.array(a, dtype=np.float64)
+    x.attach_grad()
+    proto = layer("ContrastiveLoss", "contrastive_loss_param { legacy_version: true margin: 10 }")
+    with mx.autograd.record():
+        loss = mx.nd.CaffeLoss(x, mx.nd.array(b, dtype=np.float64), mx.nd.array(y, dtype=np.float64),
+                               num_data=3, grad_scale=0.5, prototxt=proto)
+    loss.backward()
+    d2 = ((a - b) ** 2).sum(1)  # all < margin: every dissimilar pair is active
+    np.testing.assert_allclose(loss.asnumpy(), [np.where(y > 0, d2, 10 - d2).sum() / n / 2], rtol=1e-12)
+    caffe_grad = np.where(y > 0, 1.0, -1.0)[:, None] * (a - b) / n
+    np.testing.assert_allclose(x.grad.asnumpy(), 0.5 * n * caffe_grad, rtol=1e-12)
+    sym = mx.sym.CaffeLoss(mx.sym.Variable("p"), mx.sym.Variable("l"), mx.sym.Variable("H"), num_data=3,
+                           prototxt=layer("InfogainLoss"))
+    assert sym.infer_shape(p=(4, 3), l=(4,), H=(3, 3))[1] == [(1,)]
