@@ -268,44 +268,162 @@ cdef void transform_one(const uint8_t* src, int layout, Py_ssize_t C, Py_ssize_t
                     out[t] = x * scale
 
 
-cdef void transform_chw_u8_fast(const uint8_t* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                                Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out,
-                                Py_ssize_t w_out, bint mirror, int mean_kind, const float* mean,
-                                const float* mean_values, float scale, float* out) noexcept nogil:
-    """The common float32 case for raw uint8 records, with branch-free inner loops that vectorise."""
-    cdef Py_ssize_t c, h, w, base
-    cdef const uint8_t* srow
-    cdef const float* mrow
-    cdef float* orow
-    cdef float mv
-    for c in range(C):
-        mv = mean_values[c] if mean_kind == MEAN_VALUES else 0.0
-        for h in range(h_out):
-            base = (c * H + h_off + h) * W + w_off
-            srow = src + base
-            mrow = mean + base if mean_kind == MEAN_FILE else NULL
-            orow = out + (c * h_out + h) * w_out
-            if mean_kind == MEAN_FILE:
-                if mirror:
-                    for w in range(w_out):
-                        orow[w_out - 1 - w] = (<float>srow[w] - mrow[w]) * scale
-                else:
-                    for w in range(w_out):
-                        orow[w] = (<float>srow[w] - mrow[w]) * scale
-            elif mean_kind == MEAN_VALUES:
-                if mirror:
-                    for w in range(w_out):
-                        orow[w_out - 1 - w] = (<float>srow[w] - mv) * scale
-                else:
-                    for w in range(w_out):
-                        orow[w] = (<float>srow[w] - mv) * scale
-            else:
-                if mirror:
-                    for w in range(w_out):
-                        orow[w_out - 1 - w] = <float>srow[w] * scale
-                else:
-                    for w in range(w_out):
-                        orow[w] = <float>srow[w] * scale
+cdef extern from *:
+    """
+    /* Row kernels of the float32 transform (raw CHW uint8 and decoded HWC uint8).
+
+       Each output row is computed forward, in the order Caffe computes it:
+       fl(fl(x - m) * s) per element, with no FMA (the file is built with
+       -ffp-contract=off), so SIMD width changes nothing in the bits.  A
+       mirrored row is computed forward into a small stack buffer and copied
+       reversed with SSE2 shuffles: reversed stores do not vectorise. */
+    #include <stdint.h>
+    #include <stddef.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define CD_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define CD_CLONES
+    #endif
+    #define CD_ROW_CHUNK 1024
+
+    /* o[0..n) = (s[k*stride] - mean) * scale, mean from m[k] (m != NULL) or mv. */
+    CD_CLONES static void cd_row_chw(const uint8_t* __restrict s, const float* __restrict m,
+                                     float mv, float scale, float* __restrict o, ptrdiff_t n) {
+        ptrdiff_t w;
+        if (m) {
+            for (w = 0; w < n; w++) o[w] = ((float)s[w] - m[w]) * scale;
+        } else {
+            for (w = 0; w < n; w++) o[w] = ((float)s[w] - mv) * scale;
+        }
+    }
+
+    CD_CLONES static void cd_row_noscale_chw(const uint8_t* __restrict s, float scale,
+                                             float* __restrict o, ptrdiff_t n) {
+        ptrdiff_t w;
+        for (w = 0; w < n; w++) o[w] = (float)s[w] * scale;
+    }
+
+    /* Three channel rows of an interleaved BGR row. m0..m2 NULL: mean values. */
+    CD_CLONES static void cd_row_hwc3(const uint8_t* __restrict s,
+                                      const float* __restrict m0, const float* __restrict m1,
+                                      const float* __restrict m2, const float* mv, int has_mean,
+                                      float scale, float* __restrict o0, float* __restrict o1,
+                                      float* __restrict o2, ptrdiff_t n) {
+        ptrdiff_t w;
+        if (m0) {
+            for (w = 0; w < n; w++) {
+                o0[w] = ((float)s[3 * w] - m0[w]) * scale;
+                o1[w] = ((float)s[3 * w + 1] - m1[w]) * scale;
+                o2[w] = ((float)s[3 * w + 2] - m2[w]) * scale;
+            }
+        } else if (has_mean) {
+            const float a = mv[0], b = mv[1], c = mv[2];
+            for (w = 0; w < n; w++) {
+                o0[w] = ((float)s[3 * w] - a) * scale;
+                o1[w] = ((float)s[3 * w + 1] - b) * scale;
+                o2[w] = ((float)s[3 * w + 2] - c) * scale;
+            }
+        } else {
+            for (w = 0; w < n; w++) {
+                o0[w] = (float)s[3 * w] * scale;
+                o1[w] = (float)s[3 * w + 1] * scale;
+                o2[w] = (float)s[3 * w + 2] * scale;
+            }
+        }
+    }
+
+    /* dst[n-1-k] = src[k] */
+    static void cd_reverse_copy(const float* __restrict src, float* __restrict dst, ptrdiff_t n) {
+        ptrdiff_t k = 0;
+    #if defined(__SSE2__)
+        for (; k + 4 <= n; k += 4) {
+            __m128 v = _mm_loadu_ps(src + k);
+            _mm_storeu_ps(dst + n - 4 - k, _mm_shuffle_ps(v, v, _MM_SHUFFLE(0, 1, 2, 3)));
+        }
+    #endif
+        for (; k < n; k++) dst[n - 1 - k] = src[k];
+    }
+
+    /* One raw CHW uint8 record, float32 out.  mean_kind: 0 none, 1 file, 2 values. */
+    static void cd_transform_chw_u8(const uint8_t* src, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                    ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
+                                    ptrdiff_t w_out, int mirror, int mean_kind, const float* mean,
+                                    const float* mean_values, float scale, float* out) {
+        float tmp[CD_ROW_CHUNK];
+        ptrdiff_t c, h, base, k, len;
+        for (c = 0; c < C; c++) {
+            const float mv = mean_kind == 2 ? mean_values[c] : 0.0f;
+            for (h = 0; h < h_out; h++) {
+                base = (c * H + h_off + h) * W + w_off;
+                float* orow = out + (c * h_out + h) * w_out;
+                const float* mrow = mean_kind == 1 ? mean + base : NULL;
+                if (!mirror) {
+                    if (mean_kind) cd_row_chw(src + base, mrow, mv, scale, orow, w_out);
+                    else cd_row_noscale_chw(src + base, scale, orow, w_out);
+                    continue;
+                }
+                /* mirrored: source chunk [k, k+len) lands at out[w_out-k-len, w_out-k) */
+                for (k = 0; k < w_out; k += len) {
+                    len = w_out - k < CD_ROW_CHUNK ? w_out - k : CD_ROW_CHUNK;
+                    if (mean_kind) cd_row_chw(src + base + k, mrow ? mrow + k : NULL, mv, scale, tmp, len);
+                    else cd_row_noscale_chw(src + base + k, scale, tmp, len);
+                    cd_reverse_copy(tmp, orow + w_out - k - len, len);
+                }
+            }
+        }
+    }
+
+    /* One decoded 3-channel HWC uint8 image, float32 out (mean indexed CHW at the source). */
+    static void cd_transform_hwc3_u8(const uint8_t* src, ptrdiff_t H, ptrdiff_t W,
+                                     ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
+                                     ptrdiff_t w_out, int mirror, int mean_kind, const float* mean,
+                                     const float* mean_values, float scale, float* out) {
+        float tmp[3 * CD_ROW_CHUNK];
+        ptrdiff_t h, k, len, c;
+        const ptrdiff_t plane = h_out * w_out, mplane = H * W;
+        for (h = 0; h < h_out; h++) {
+            const ptrdiff_t sh = h_off + h;
+            const uint8_t* srow = src + (sh * W + w_off) * 3;
+            const float* m0 = mean_kind == 1 ? mean + sh * W + w_off : NULL;
+            float* o0 = out + h * w_out;
+            for (k = 0; k < w_out; k += len) {
+                len = w_out - k < CD_ROW_CHUNK ? w_out - k : CD_ROW_CHUNK;
+                const float* mk = m0 ? m0 + k : NULL;
+                if (!mirror) {
+                    cd_row_hwc3(srow + 3 * k, mk, mk ? mk + mplane : NULL, mk ? mk + 2 * mplane : NULL,
+                                mean_values, mean_kind == 2, scale, o0 + k, o0 + plane + k,
+                                o0 + 2 * plane + k, len);
+                } else {
+                    cd_row_hwc3(srow + 3 * k, mk, mk ? mk + mplane : NULL, mk ? mk + 2 * mplane : NULL,
+                                mean_values, mean_kind == 2, scale, tmp, tmp + CD_ROW_CHUNK,
+                                tmp + 2 * CD_ROW_CHUNK, len);
+                    for (c = 0; c < 3; c++)
+                        cd_reverse_copy(tmp + c * CD_ROW_CHUNK, o0 + c * plane + w_out - k - len, len);
+                }
+            }
+        }
+    }
+    """
+    void cd_transform_chw_u8(const uint8_t* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out,
+                             Py_ssize_t w_out, int mirror, int mean_kind, const float* mean,
+                             const float* mean_values, float scale, float* out) nogil
+    void cd_transform_hwc3_u8(const uint8_t* src, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out,
+                              Py_ssize_t w_out, int mirror, int mean_kind, const float* mean,
+                              const float* mean_values, float scale, float* out) nogil
+
+
+cdef inline void transform_chw_u8_fast(const uint8_t* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                       Py_ssize_t h_off, Py_ssize_t w_off, Py_ssize_t h_out,
+                                       Py_ssize_t w_out, bint mirror, int mean_kind, const float* mean,
+                                       const float* mean_values, float scale, float* out) noexcept nogil:
+    """The common float32 case for raw uint8 records (SIMD row kernels above)."""
+    cd_transform_chw_u8(src, C, H, W, h_off, w_off, h_out, w_out, mirror, mean_kind, mean,
+                        mean_values, scale, out)
 
 
 def transform_into(const uint8_t[::1] src, int layout, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -326,6 +444,9 @@ def transform_into(const uint8_t[::1] src, int layout, Py_ssize_t C, Py_ssize_t 
         if out_t is float and layout == 0:
             transform_chw_u8_fast(&src[0], C, H, W, h_off, w_off, h_out, w_out, mirror,
                                   mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
+        elif out_t is float and layout == 3 and C == 3:
+            cd_transform_hwc3_u8(&src[0], H, W, h_off, w_off, h_out, w_out, mirror,
+                                 mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
         else:
             transform_one(&src[0], layout, C, H, W, h_off, w_off, h_out, w_out, mirror,
                           mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
