@@ -413,7 +413,8 @@ class MVNLayer : public Layer<Dtype> {
         const Dtype* gr = dy + r * dim;
         Dtype* dr = dx + r * dim;
         Dtype mean = 0;
-        for (int64_t j = 0; j < dim; ++j) mean += Dtype(1. / dim) * gr[j];
+        for (int64_t j = 0; j < dim; ++j) mean += gr[j];
+        mean *= Dtype(1. / dim);
         for (int64_t j = 0; j < dim; ++j) dr[j] = gr[j] + Dtype(-1) * mean;
       }
     }
@@ -429,12 +430,15 @@ class MVNLayer : public Layer<Dtype> {
     for (int64_t r = 0; r < num; ++r) {
       const Dtype* xr = x + r * dim;
       Dtype* yr = y + r * dim;
+      // gemv with alpha = 1/dim: sum first, then scale
       Dtype mean = 0;
-      for (int64_t j = 0; j < dim; ++j) mean += Dtype(1. / dim) * xr[j];  // EX
+      for (int64_t j = 0; j < dim; ++j) mean += xr[j];
+      mean *= Dtype(1. / dim);  // EX
       for (int64_t j = 0; j < dim; ++j) yr[j] = xr[j] + Dtype(-1) * mean;  // X - EX
       if (normalize_variance_) {
         Dtype var = 0;
-        for (int64_t j = 0; j < dim; ++j) var += Dtype(1. / dim) * std::pow(yr[j], Dtype(2));
+        for (int64_t j = 0; j < dim; ++j) var += std::pow(yr[j], Dtype(2));
+        var *= Dtype(1. / dim);
         Dtype sd = std::pow(var, Dtype(0.5));
         sd += eps_;
         variance_[r] = sd;
@@ -558,8 +562,8 @@ class BatchNormLayer : public Layer<Dtype> {
         for (int64_t c = 0; c < channels; ++c) {
           const Dtype* xr = x + (n * channels + c) * spatial;
           Dtype s = 0;
-          for (int64_t i = 0; i < spatial; ++i) s += inv * xr[i];
-          mean[c] += s;
+          for (int64_t i = 0; i < spatial; ++i) s += xr[i];
+          mean[c] += inv * s;
         }
       }
     }
@@ -575,8 +579,8 @@ class BatchNormLayer : public Layer<Dtype> {
         for (int64_t c = 0; c < channels; ++c) {
           const Dtype* yr = out + (n * channels + c) * spatial;
           Dtype s = 0;
-          for (int64_t i = 0; i < spatial; ++i) s += inv * (yr[i] * yr[i]);
-          var[c] += s;
+          for (int64_t i = 0; i < spatial; ++i) s += yr[i] * yr[i];
+          var[c] += inv * s;
         }
       }
       if (update) {
