@@ -521,7 +521,8 @@ def test_phase_follows_is_train_module_and_autograd():
 
 def _copy_package(tmp_path, lib_bytes):
     dst = tmp_path / "pkg" / "caffedata"
-    shutil.copytree(os.path.join(REPO, "caffedata"), dst,
+    # Copy the package under test (installed, or the in-place build), minus the ops library.
+    shutil.copytree(os.path.dirname(caffedata.__file__), dst,
                     ignore=shutil.ignore_patterns("libcaffedata_ops.so", "__pycache__"))
     if lib_bytes is not None:
         (dst / "libcaffedata_ops.so").write_bytes(lib_bytes)
