@@ -519,3 +519,107 @@ def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
                               mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
         labels[i] = <out_t>d.label
     return stop
+
+
+# ---------------------------------------------------------------------------
+# LMDB records by address: one nogil pass over a whole batch
+
+def resolve_values(object get, list keys, const int64_t[::1] records, int64_t[::1] addr,
+                   int64_t[::1] size):
+    """Fill ``addr[r]``/``size[r]`` for each ``r`` in ``records`` not resolved yet (addr 0).
+
+    ``get(key)`` must return a buffer that stays valid, at the same address,
+    for as long as the caller keeps ``addr`` (an LMDB value read with
+    ``buffers=True`` from a read-only environment that stays open).  Returns
+    the position in ``records`` of the first record whose ``get`` gave None,
+    or -1.  Empty values are stored as size 0 with a non-zero sentinel address.
+    """
+    cdef Py_ssize_t i, r, n = records.shape[0]
+    cdef const uint8_t[::1] buf
+    for i in range(n):
+        r = records[i]
+        if addr[r] != 0:
+            continue
+        value = get(keys[r])
+        if value is None:
+            return i
+        buf = value
+        if buf.shape[0] == 0:
+            size[r] = 0
+            addr[r] = 1
+        else:
+            size[r] = buf.shape[0]
+            addr[r] = <int64_t><size_t>&buf[0]
+    return -1
+
+
+def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
+                          const int64_t[::1] size, Py_ssize_t start, Py_ssize_t stop,
+                          Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop,
+                          bint random_crop, bint use_mirror, const uint32_t[:, ::1] draws,
+                          const float[::1] mean, const float[::1] mean_values, double scale,
+                          out_t[:, :, :, ::1] out, out_t[::1] labels):
+    """``transform_raw_batch`` over resolved record addresses, in one nogil loop.
+
+    Item ``i`` is record ``records[i]`` at ``addr``/``size`` (see
+    ``resolve_values``).  Stops at the first item that needs the general path
+    (encoded, other size, float runs, corrupt) and returns its index; returns
+    ``stop`` when all were done.
+    """
+    cdef DatumView d
+    cdef int err, layout
+    cdef Py_ssize_t i, r, n, h_off, w_off, px_off
+    cdef const uint8_t* p
+    cdef bint mirror
+    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
+    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
+    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    cdef Py_ssize_t result = stop
+    with nogil:
+        for i in range(start, stop):
+            r = records[i]
+            n = size[r]
+            if n <= 0 or addr[r] == 0:
+                result = i
+                break
+            p = <const uint8_t*><size_t>addr[r]
+            err = parse_datum(p, n, &d)
+            if err or d.encoded or d.channels != C or d.height != H or d.width != W:
+                result = i
+                break
+            if d.data_len > 0:
+                if d.data_len != C * H * W:
+                    result = i
+                    break
+                layout = 0
+                px_off = d.data_off
+            elif d.float_layout == FLOAT_PACKED or d.float_layout == FLOAT_UNPACKED:
+                if d.float_count != C * H * W:
+                    result = i
+                    break
+                layout = 1 if d.float_layout == FLOAT_PACKED else 2
+                px_off = d.float_off
+            else:
+                result = i
+                break
+            mirror = use_mirror and (draws[i, 0] % 2) != 0
+            if crop:
+                if random_crop:
+                    h_off = draws[i, 1] % (H - crop + 1)
+                    w_off = draws[i, 2] % (W - crop + 1)
+                else:
+                    h_off = (H - crop) // 2
+                    w_off = (W - crop) // 2
+            else:
+                h_off = 0
+                w_off = 0
+            if out_t is float and layout == 0:
+                transform_chw_u8_fast(p + px_off, C, H, W, h_off, w_off, h_out, w_out, mirror,
+                                      mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+            else:
+                transform_one(p + px_off, layout, C, H, W, h_off, w_off, h_out, w_out, mirror,
+                              mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+            labels[i] = <out_t>d.label
+    return result

@@ -179,6 +179,32 @@ class BatchAssembler:
             labels[i] = rec.label
             i += 1
 
+    def fill_resolved(self, records, addr, size, get_value, keys, indices, draws, out, labels,
+                      batch_chw):
+        """``fill`` for records already resolved to addresses (``_fast.resolve_values``).
+
+        ``records[i]`` indexes ``addr``/``size``; the raw records of the batch are
+        transformed in one nogil call.  ``get_value(i)`` returns item ``i``'s
+        serialized Datum for the general path (encoded, other size, errors).
+        """
+        t = self.transform
+        c, h, w = batch_chw
+        mean_values = self.mean_values
+        if len(mean_values) == 1 and c > 1:
+            mean_values = np.repeat(mean_values, c)
+        i, n = 0, len(records)
+        while i < n:
+            i = _fast.transform_raw_records(records, addr, size, i, n, c, h, w, t.crop_size,
+                                            t.random_crop, t.mirror, draws, self.mean_flat,
+                                            mean_values, self.scale, out, labels)
+            if i >= n:
+                break
+            rec = self.parse(get_value(i), keys[i], indices[i])
+            self.check(rec, keys[i], indices[i], batch_chw)
+            self.transform_record(rec, draws[i], out[i])
+            labels[i] = rec.label
+            i += 1
+
     def transform_record(self, rec, draw, out_item):
         t = self.transform
         crop = t.crop_size

@@ -13,10 +13,12 @@ stops the threads and closes the database.
 """
 import logging
 import os
+import sys
 import threading
 
 import numpy as np
 
+from . import _fast
 from .db import open_source
 from .errors import RecordError, SpecError
 from .kernels import BatchAssembler
@@ -38,22 +40,35 @@ def output_shapes(spec, first_chw, flat=False):
 
 
 class _SharedSource:
-    """One database handle per pipeline, opened on first use by a worker."""
+    """One database handle per pipeline, opened on first use by a worker.
 
-    def __init__(self, path, backend):
+    For LMDB it also keeps where each record's value lies in the read-only
+    memory map (``addr``/``size``, filled lazily by the workers), so that a
+    batch of raw records is parsed and transformed in one nogil call with no
+    per-record Python.  The map stays valid, at the same addresses, until the
+    environment closes; the database must not be written while it is read.
+    """
+
+    def __init__(self, path, backend, num_records=0):
         self.path, self.backend = path, backend
+        self.num_records = num_records
         self._source = None
+        self.addr = self.size = None
         self._lock = threading.Lock()
 
     def get(self):
         with self._lock:
             if self._source is None:
                 self._source = open_source(self.path, self.backend)
+                if hasattr(self._source, "env"):
+                    self.addr = np.zeros(self.num_records, dtype=np.int64)
+                    self.size = np.zeros(self.num_records, dtype=np.int64)
             return self._source
 
     def close(self):
         with self._lock:
             if self._source is not None:
+                self.addr = self.size = None
                 self._source.close()
                 self._source = None
 
@@ -64,6 +79,7 @@ class _WorkerState:
     def __init__(self, shared):
         self.source = shared.get()
         self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
+        self.addr, self.size = shared.addr, shared.size
 
     def get(self, key):
         return self.txn.get(key) if self.txn is not None else self.source.get(key)
@@ -72,6 +88,52 @@ class _WorkerState:
         if self.txn is not None:
             self.txn.abort()
             self.txn = None
+
+
+class BufferPool:
+    """Preallocated batch buffers (data, labels), reused only when nobody holds them.
+
+    A buffer goes back into use only when the pool's own reference is the
+    last one: no queued batch, no caller, no numpy view and no MXNet NDArray
+    made from it with zero copy (``mx.nd.from_numpy`` holds a reference until
+    MXNet frees the array, which it does only after its last pending
+    operation on it has run).  So a buffer is never rewritten while anyone
+    can still read it.  Buffers that the caller keeps are dropped from the
+    pool (they live on as ordinary arrays) once the pool exceeds ``limit``.
+    """
+
+    def __init__(self, limit):
+        self.limit = max(1, int(limit))
+        self._data = []
+        self._labels = []
+        self._lock = threading.Lock()
+
+    def _is_free(self, k):
+        # list slot + getrefcount's argument; anything more is a holder.
+        return sys.getrefcount(self._data[k]) <= 2 and sys.getrefcount(self._labels[k]) <= 2
+
+    def acquire(self, data_shape, label_shape, dtype):
+        with self._lock:
+            for k in range(len(self._data)):
+                if (self._data[k].shape == data_shape and self._data[k].dtype == dtype
+                        and self._labels[k].shape == label_shape and self._is_free(k)):
+                    data, labels = self._data.pop(k), self._labels.pop(k)
+                    self._data.append(data)  # most recently used last
+                    self._labels.append(labels)
+                    return data, labels
+            data = np.empty(data_shape, dtype=dtype)
+            labels = np.empty(label_shape, dtype=dtype)
+            self._data.append(data)
+            self._labels.append(labels)
+            while len(self._data) > self.limit:
+                # forget the oldest buffer held elsewhere (or, failing that, the oldest)
+                held = [k for k in range(len(self._data) - 1) if not self._is_free(k)]
+                k = held[0] if held else 0
+                del self._data[k], self._labels[k]
+            return data, labels
+
+    def __len__(self):
+        return len(self._data)
 
 
 class CaffePipeline:
@@ -118,7 +180,10 @@ class CaffePipeline:
         self.planner = EpochPlanner(self.num_records, self.num_examples, spec.batch_size,
                                     spec.transform, shuffle=shuffle, seed=seed,
                                     last_batch_handle=last_batch_handle)
-        self._shared = _SharedSource(self.path, spec.backend)
+        self._shared = _SharedSource(self.path, spec.backend, self.num_records)
+        # Enough buffers for the queue, the running workers and the batches a
+        # consumer typically holds (Module.fit keeps the next one).
+        self._pool = BufferPool(self.depth + self.threads + 4)
         self._epoch = -1
         self._prefetcher = None
 
@@ -153,28 +218,44 @@ class CaffePipeline:
 
     # -- one batch (runs on a worker thread) --------------------------------
     def _build_batch(self, batch, state):
-        keys = [self.keys[r] for r in batch.records]
-        values = [state.get(k) for k in keys]
-        for i, v in enumerate(values):
-            if v is None:
-                raise RecordError(self.path, keys[i], int(batch.records[i]),
-                                  "record vanished while reading", "do not modify a database while "
-                                  "training from it")
-        B = len(values)
-        first = self.assembler.parse(values[0], keys[0], int(batch.records[0]))
+        records = np.ascontiguousarray(batch.records, dtype=np.int64)
+        keys = [self.keys[r] for r in records.tolist()]
+        B = len(keys)
+        if state.addr is not None:
+            # LMDB: values by address in the map, one nogil pass over the batch.
+            missing = _fast.resolve_values(state.get, self.keys, records, state.addr, state.size)
+            if missing >= 0:
+                self._vanished(keys, records, missing)
+            values = None
+            first_value = state.get(keys[0])
+        else:
+            values = [state.get(k) for k in keys]
+            for i, v in enumerate(values):
+                if v is None:
+                    self._vanished(keys, records, i)
+            first_value = values[0]
+        first = self.assembler.parse(first_value, keys[0], int(records[0]))
         chw = (first.channels, first.height, first.width)
-        self.assembler.check(first, keys[0], int(batch.records[0]), chw)
+        self.assembler.check(first, keys[0], int(records[0]), chw)
         if chw != self.first_chw and B > 1 and not self.spec.transform.crop_size:
-            raise RecordError(self.path, keys[0], int(batch.records[0]),
+            raise RecordError(self.path, keys[0], int(records[0]),
                               f"record is {'x'.join(map(str, chw))} but the first record of the "
                               f"database is {'x'.join(map(str, self.first_chw))}",
                               "records of different sizes need crop_size, or batch_size 1")
-        out = np.empty((B,) + self.assembler.out_chw(*chw), dtype=self.dtype)
-        labels = np.empty(B, dtype=self.dtype)
-        self.assembler.fill(values, keys, batch.records, batch.draws, out, labels, chw)
+        out, labels = self._pool.acquire((B,) + self.assembler.out_chw(*chw), (B,), self.dtype)
+        if values is None:
+            self.assembler.fill_resolved(records, state.addr, state.size,
+                                         lambda i: state.get(keys[i]), keys, records,
+                                         batch.draws, out, labels, chw)
+        else:
+            self.assembler.fill(values, keys, records, batch.draws, out, labels, chw)
         if self.flat:
             out = out.reshape(B, -1)
         return out, labels, batch.pad
+
+    def _vanished(self, keys, records, i):
+        raise RecordError(self.path, keys[i], int(records[i]), "record vanished while reading",
+                          "do not modify a database while training from it")
 
     # -- shutdown -----------------------------------------------------------
     def _stop_workers(self):
