@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-lmdb = pytest.importorskip("lmdb")
+import cv2  # noqa: E402
+import lmdb  # noqa: E402
 
 from caffedata.cli import main  # noqa: E402
 from caffedata.proto import BlobProto, Datum  # noqa: E402
@@ -141,7 +141,7 @@ def test_bench_json(tmp_path, images):
 
 
 def test_demo_short_run(tmp_path):
-    pytest.importorskip("mxnet")
+    import mxnet  # noqa: F401  (hard dependency)
     code, out, err = run_cli(["demo", "--epochs", "3", "--workdir", str(tmp_path / "w")])
     assert code == 0, err
     assert "epoch  3:" in out

@@ -5,9 +5,10 @@ import struct
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-lmdb = pytest.importorskip("lmdb")
-plyvel = pytest.importorskip("plyvel")
+import cv2  # noqa: E402
+import lmdb  # noqa: E402
+import plyvel  # noqa: E402
+from conftest import MT19937  # noqa: E402
 
 from caffedata.convert import caffe_atoi, caffe_shuffle, convert_imageset, parse_list_file  # noqa: E402
 from caffedata.errors import CaffeDataError, DatabaseError, SpecError  # noqa: E402
@@ -64,30 +65,6 @@ def make_images(folder, n, shape=(12, 10, 3), ext="png", seed=0, params=()):
         cv2.imwrite(str(folder / f"im{i}.{ext}"), img, list(params))
         images.append(img)
     return images
-
-
-class MT19937:
-    """Reference Mersenne Twister (Matsumoto & Nishimura), for checking the shuffle."""
-
-    def __init__(self, seed):
-        self.mt = [0] * 624
-        self.mt[0] = seed & 0xFFFFFFFF
-        for i in range(1, 624):
-            self.mt[i] = (1812433253 * (self.mt[i - 1] ^ (self.mt[i - 1] >> 30)) + i) & 0xFFFFFFFF
-        self.i = 624
-
-    def __call__(self):
-        if self.i >= 624:
-            for k in range(624):
-                y = (self.mt[k] & 0x80000000) | (self.mt[(k + 1) % 624] & 0x7FFFFFFF)
-                self.mt[k] = self.mt[(k + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
-            self.i = 0
-        y = self.mt[self.i]
-        self.i += 1
-        y ^= y >> 11
-        y ^= (y << 7) & 0x9D2C5680
-        y ^= (y << 15) & 0xEFC60000
-        return y ^ (y >> 18)
 
 
 # ----------------------------------------------------------------------------- list parsing

@@ -7,9 +7,9 @@ import zlib
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-lmdb = pytest.importorskip("lmdb")
-plyvel = pytest.importorskip("plyvel")
+import cv2  # noqa: E402
+import lmdb  # noqa: E402
+import plyvel  # noqa: E402
 
 from caffedata import inspect_db  # noqa: E402
 

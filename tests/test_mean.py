@@ -4,9 +4,9 @@ import struct
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-lmdb = pytest.importorskip("lmdb")
-plyvel = pytest.importorskip("plyvel")
+import cv2  # noqa: E402
+import lmdb  # noqa: E402
+import plyvel  # noqa: E402
 
 from caffedata.compute_mean import compute_image_mean  # noqa: E402
 from caffedata.errors import CaffeDataError, RecordError  # noqa: E402

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mxnet")
+import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402
 from caffedata import ops  # noqa: E402
 from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402

@@ -8,7 +8,7 @@ gradient check (float64) for every layer that has a backward.
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mxnet")
+import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402,F401  (installs mx.sym.CaffeOp)
 from caffedata.errors import SpecError  # noqa: E402
 

@@ -13,8 +13,8 @@ the CaffeLoss scaling is tested separately.
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mxnet")
-caffedata = pytest.importorskip("caffedata")
+import mxnet as mx  # noqa: E402
+import caffedata  # noqa: E402
 
 if not hasattr(mx.sym, "CaffeOp"):
     pytest.skip("caffedata ops library not built (python setup.py build_ext --inplace)",

@@ -1,8 +1,8 @@
 """The pipeline against a plain-NumPy reference of Caffe's DataTransformer, on real databases."""
 import numpy as np
 import pytest
-from conftest import (data_prototxt, encoded_datum, float_datum, jpeg_bytes, key, png_bytes,
-                      raw_datum, record_pixels, write_db)
+from conftest import (MT19937, data_prototxt, encoded_datum, float_datum, jpeg_bytes, key,
+                      png_bytes, raw_datum, record_pixels, write_db)
 
 import cv2
 from caffedata.errors import DatabaseError, RecordError, SpecError
@@ -12,31 +12,6 @@ from caffedata.prototxt import data_layer_spec
 
 
 # -- an independent reference ---------------------------------------------------
-
-class MT19937:
-    """Textbook MT19937 (init_genrand seeding), as std::mt19937 / boost::mt19937."""
-
-    def __init__(self, seed):
-        self.mt = [0] * 624
-        self.mt[0] = seed & 0xFFFFFFFF
-        for i in range(1, 624):
-            self.mt[i] = (1812433253 * (self.mt[i - 1] ^ (self.mt[i - 1] >> 30)) + i) & 0xFFFFFFFF
-        self.index = 624
-
-    def __call__(self):
-        if self.index >= 624:
-            for i in range(624):
-                y = (self.mt[i] & 0x80000000) | (self.mt[(i + 1) % 624] & 0x7FFFFFFF)
-                self.mt[i] = self.mt[(i + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
-            self.index = 0
-        y = self.mt[self.index]
-        self.index += 1
-        y ^= y >> 11
-        y ^= (y << 7) & 0x9D2C5680
-        y ^= (y << 15) & 0xEFC60000
-        y ^= y >> 18
-        return y
-
 
 def test_reference_mt19937_matches_known_outputs():
     mt = MT19937(5489)  # std::mt19937's default seed; known first outputs
