@@ -11,6 +11,12 @@ from .pipeline import CaffePipeline
 from .prototxt import data_layer_spec
 
 
+def _wrap(array):
+    """An NDArray over ``array``'s memory (no copy); it keeps ``array`` referenced until freed."""
+    # from_numpy marks what it wraps read-only: give it a view, not the pooled buffer.
+    return mx.nd.from_numpy(array.view(), zero_copy=True)
+
+
 class CaffeDataIter(mx.io.DataIter):
     """Iterate a Caffe LMDB/LevelDB dataset exactly as Caffe's Data layer transforms it.
 
@@ -47,7 +53,10 @@ class CaffeDataIter(mx.io.DataIter):
 
     Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
     and hold exactly ``num_examples`` records (plus padding).  The arrays of a
-    batch are new NDArrays that stay valid for as long as you hold them.
+    batch are NDArrays that stay valid for as long as you hold them: they wrap
+    the pipeline's batch buffers without a copy, and a buffer is reused only
+    after every NDArray made from it has been freed (by you and by MXNet's
+    engine, which keeps an array alive until its pending operations ran).
     """
 
     def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
@@ -90,8 +99,10 @@ class CaffeDataIter(mx.io.DataIter):
         if not self._epoch_started:
             self.reset()
         data, label, pad = self._pipeline.next_batch()
-        arrays = [mx.nd.array(data, dtype=self._dtype)]
-        labels = [mx.nd.array(label, dtype=self._dtype)] if self.spec.has_label else []
+        # Zero copy: the NDArrays wrap the pipeline's pooled buffers, which are
+        # not rewritten until MXNet and the caller have both let go of them.
+        arrays = [_wrap(data)]
+        labels = [_wrap(label)] if self.spec.has_label else []
         return mx.io.DataBatch(data=arrays, label=labels, pad=pad, index=None,
                                provide_data=self._provide_data if data.shape == self._provide_data[0].shape
                                else [mx.io.DataDesc(self.data_name, data.shape, self._dtype)],
