@@ -100,7 +100,7 @@ def load_library(path=None):
             raise err from exc
         cdll.caffedata_layer_types.argtypes = [ctypes.c_char_p, ctypes.c_int]
         cdll.caffedata_blas_info.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        cdll.caffedata_layer_info.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+        cdll.caffedata_layer_info.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
                                               ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
                                               ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         cdll.caffedata_layer_shapes.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
@@ -149,14 +149,19 @@ class LayerInfo:
         return len(self.blob_axes)
 
 
-def layer_info(prototxt, bottom0_axes=4):
-    """Parse ``prototxt`` in C++ and return a :class:`LayerInfo` (SpecError on error)."""
+def layer_info(prototxt, bottom0_axes=4, num_bottoms=-1):
+    """Parse ``prototxt`` in C++ and return a :class:`LayerInfo` (SpecError on error).
+
+    ``num_bottoms`` is the op's number of data inputs (-1: unknown; Scale and
+    Bias then count the layer's ``bottom:`` fields).
+    """
     lib = _lib()
     info = (ctypes.c_int * 10)()
     axes = (ctypes.c_int * 64)()
     state = (ctypes.c_int * 64)()
     err = ctypes.create_string_buffer(4096)
-    rc = lib.caffedata_layer_info(prototxt.encode(), int(bottom0_axes), info, axes, state, 64, err, len(err))
+    rc = lib.caffedata_layer_info(prototxt.encode(), int(bottom0_axes), int(num_bottoms), info, axes, state, 64,
+                                  err, len(err))
     if rc != 0:
         raise SpecError(f"CaffeOp prototxt: {err.value.decode()}")
     n = info[0]
@@ -439,7 +444,7 @@ def _make_caffe_op(F):
             shp = first.attr("__shape__")
             if shp:
                 axes0 = len(eval(shp, {}, {}))  # "(2, 3)" written by mx.sym.Variable
-        info = layer_info(prototxt, axes0)
+        info = layer_info(prototxt, axes0, num_data)
         if info.num_blobs != num_weight:
             raise SpecError(f"CaffeOp: layer type '{layer.type}' has {info.num_blobs} parameter blob(s) but "
                             f"num_weight={num_weight}; pass num_weight={info.num_blobs}")
@@ -530,7 +535,7 @@ def _make_caffe_loss(F):
         if len(inputs) != num_data:
             raise SpecError(f"CaffeLoss got {len(inputs)} input(s), expected num_data={num_data} "
                             "(data=..., label=...)")
-        info = layer_info(prototxt)
+        info = layer_info(prototxt, num_bottoms=num_data)
         if info.num_blobs:
             raise SpecError(f"CaffeLoss: layer type '{layer.type}' has parameter blobs; use CaffeOp")
         extra = {k: _attr_str(v) for k, v in kwargs.items()}

@@ -160,10 +160,16 @@ class Layer {
   // top) size their top list from it.
   void set_num_tops(int n) { num_tops_ = n; }
   int num_tops() const { return num_tops_; }
+  // Number of bottoms the op was built with (num_data), set by the glue right
+  // after creating the layer (also for BlobNumAxes); -1 when unknown.  Layers
+  // whose blob count depends on the bottom count (Scale, Bias) read it.
+  void set_num_bottoms(int n) { num_bottoms_ = n; }
+  int num_bottoms() const { return num_bottoms_; }
 
  protected:
   ProtoNode param_;  // the whole `layer { ... }` node
   int num_tops_ = -1;
+  int num_bottoms_ = -1;
 };
 
 // Registry: type string -> factory, filled by REGISTER_LAYER in each .cc file.

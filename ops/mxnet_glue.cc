@@ -252,6 +252,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     ProtoNode node = layer_node(c.prototxt);
     auto L = make_layer<float>(node);
     L->set_num_tops(c.num_out);
+    L->set_num_bottoms(c.num_data);
     check_counts(*L, c.num_data, c.num_out);
     std::vector<Shape> bottom;
     for (int i = 0; i < c.num_data; ++i) {
@@ -309,6 +310,7 @@ MXReturnValue mutate_inputs(const Attrs& attrs, std::vector<int>* idx) {
     OpConfig c = read_config(attrs, false);
     if (c.num_weight == 0) return;
     auto L = make_layer<float>(layer_node(c.prototxt));
+    L->set_num_bottoms(c.num_data);
     for (int s : L->StateBlobs())
       if (s < c.num_weight) idx->push_back(c.num_data + s);
   });
@@ -322,6 +324,7 @@ class CaffeState : public CustomStatefulOp {
  public:
   CaffeState(const OpConfig& c, const ProtoNode& node) : c_(c), node_(node), layer_(make_layer<Dtype>(node)) {
     layer_->set_num_tops(c_.num_out);
+    layer_->set_num_bottoms(c_.num_data);
     check_counts(*layer_, c_.num_data, c_.num_out);
     no_grad_ = layer_->NoGradBottoms();
     state_ = layer_->StateBlobs();
@@ -629,11 +632,13 @@ int caffedata_blas_info(char* buf, int len) {
 //   bottoms, info[7..9] = exact/min/max tops;
 //   axes[i] = number of axes of blob i (bottom 0 assumed to have bottom0_axes);
 //   state[i] = index of the i-th state blob.  axes/state hold up to cap entries.
-int caffedata_layer_info(const char* prototxt, int bottom0_axes, int* info, int* axes, int* state, int cap,
-                         char* err, int errlen) {
+//   num_bottoms: the op's num_data (Layer::set_num_bottoms), -1 when unknown.
+int caffedata_layer_info(const char* prototxt, int bottom0_axes, int num_bottoms, int* info, int* axes,
+                         int* state, int cap, char* err, int errlen) {
   try {
     caffedata::ProtoNode node = caffedata::layer_node(prototxt);
     auto L = caffedata::LayerRegistry<float>::Create(node);
+    L->set_num_bottoms(num_bottoms);
     std::vector<int> ax = L->BlobNumAxes(bottom0_axes);
     std::vector<int> st = L->StateBlobs();
     info[0] = static_cast<int>(ax.size());
@@ -663,6 +668,7 @@ int caffedata_layer_shapes(const char* prototxt, const int64_t* dims, const int*
   try {
     caffedata::ProtoNode node = caffedata::layer_node(prototxt);
     auto L = caffedata::LayerRegistry<double>::Create(node);
+    L->set_num_bottoms(nbottom);
     std::vector<caffedata::Shape> bottom;
     for (int i = 0, k = 0; i < nbottom; ++i) {
       bottom.emplace_back(dims + k, dims + k + ndims[i]);

@@ -13,8 +13,10 @@
 // Caffe's 0-axis (scalar) blobs are exposed with shape (1,), because MXNet
 // 1.9.1 reads a 0-dim shape as "unknown"; the arithmetic is the same.
 //
-// BlobNumAxes() cannot see the bottom count.  It assumes one bottom unless the
-// layer text lists two `bottom:` fields (as a Caffe prototxt does).
+// BlobNumAxes() cannot see the bottoms themselves.  It reads the bottom count
+// from num_bottoms() (the op's num_data, set by the glue); when that is unknown
+// it assumes one bottom unless the layer text lists two `bottom:` fields (as a
+// Caffe prototxt does).
 #include <algorithm>
 #include <sstream>
 #include <string>
@@ -133,7 +135,11 @@ void bias_grad(const Broadcast& g, const Dtype* dy, Dtype* db, bool accumulate) 
   }
 }
 
-int count_bottom_fields(const ProtoNode& p) { return p.count("bottom"); }
+// The bottom count: the glue's hint, else the `bottom:` fields of the text.
+template <typename Dtype>
+int bottom_count(const Layer<Dtype>& L) {
+  return L.num_bottoms() >= 0 ? L.num_bottoms() : L.param().count("bottom");
+}
 
 // ---------------------------------------------------------------------------
 template <typename Dtype>
@@ -149,7 +155,7 @@ class BiasLayer : public Layer<Dtype> {
   int MaxBottomBlobs() const override { return 2; }
   int ExactNumTopBlobs() const override { return 1; }
   std::vector<int> BlobNumAxes(int bottom0_axes) const override {
-    if (count_bottom_fields(this->param_) >= 2) return {};
+    if (bottom_count(*this) >= 2) return {};
     int n = num_axes_;
     if (n == -1) {
       const int a = axis_ < 0 ? axis_ + bottom0_axes : axis_;
@@ -218,7 +224,7 @@ class ScaleLayer : public Layer<Dtype> {
       n = std::max(0, bottom0_axes - a);
     }
     n = std::max(1, n);
-    if (count_bottom_fields(this->param_) >= 2) {
+    if (bottom_count(*this) >= 2) {
       // The bias spans bottom[1]'s axes, unknown here; num_axes is the guess.
       return bias_term_ ? std::vector<int>{n} : std::vector<int>{};
     }

@@ -477,6 +477,33 @@ def test_scale_two_bottoms():
     grad_check(proto, [x, s], [b])
 
 
+def test_scale_bias_two_bottoms_without_bottom_fields():
+    # The bottom count comes from num_data (Layer::num_bottoms), not `bottom:` fields.
+    x = RNG.standard_normal(X4)
+    s = RNG.standard_normal((3, 4))
+    b = RNG.standard_normal((3, 4))
+    proto = 'layer { type: "Scale" }'
+    sym = mx.sym.CaffeOp(data_0=mx.sym.Variable("data0"), data_1=mx.sym.Variable("data1"), num_data=2,
+                         prototxt=proto, name="op")
+    assert sym.list_arguments() == ["data0", "data1"]
+    s3 = RNG.standard_normal(3)
+    np.testing.assert_allclose(fwd(proto, [x, s3]), x * s3[:, None, None], rtol=1e-14)
+    grad_check(proto, [x, s3])
+    proto = 'layer { type: "Scale" scale_param { bias_term: true } }'
+    sym = mx.sym.CaffeOp(data_0=mx.sym.Variable("data0"), data_1=mx.sym.Variable("data1"), num_data=2,
+                         num_weight=1, prototxt=proto, name="op")
+    assert sym.list_arguments() == ["data0", "data1", "op_0_weight"]
+    np.testing.assert_allclose(fwd(proto, [x, s], [b]), x * s[:, :, None] + b[:, :, None], rtol=1e-14)
+    grad_check(proto, [x, s], [b])
+    proto = 'layer { type: "Bias" bias_param { axis: 2 } }'
+    sym = mx.sym.CaffeOp(data_0=mx.sym.Variable("data0"), data_1=mx.sym.Variable("data1"), num_data=2,
+                         prototxt=proto, name="op")
+    assert sym.list_arguments() == ["data0", "data1"]
+    b2 = RNG.standard_normal((4, 5))
+    np.testing.assert_allclose(fwd(proto, [x, b2]), x + b2, rtol=1e-14)
+    grad_check(proto, [x, b2])
+
+
 def test_bias():
     x = RNG.standard_normal(X4)
     b = RNG.standard_normal(3)
