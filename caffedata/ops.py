@@ -40,7 +40,9 @@ Weights.  CaffeOp creates one Variable per Caffe blob, ``<name>_0_weight``,
 number of axes (MXNet 1.9.1 crashes on fully unknown shapes of library-op
 inputs); the layer's own shape logic fills in the dims.  ``weight_filler`` /
 ``bias_filler`` become the Variables' initializers (:class:`CaffeFiller`);
-without a filler the Module's initializer decides (``*_weight`` / ``*_bias``
+without a filler the layer's Caffe default applies where Caffe has one (Scale's
+scale: 1; Bias, Scale's bias: 0; PReLU's slope: 0.25), otherwise (InnerProduct,
+Convolution, ...) the Module's initializer decides (``*_weight`` / ``*_bias``
 patterns).  ``param { lr_mult decay_mult }`` become ``lr_mult`` / ``wd_mult``.
 Running-state blobs (BatchNorm's mean, variance and factor) are auxiliary
 states, initialised to zero and never touched by the optimizer, as Caffe
@@ -455,7 +457,7 @@ def _make_caffe_op(F):
             if not symbolic:
                 raise SpecError("mx.nd.CaffeOp needs the parameter blobs passed after the data inputs "
                                 f"({num_weight} of them)")
-            inputs = inputs + _weight_variables(name, layer, info)
+            inputs = inputs + _weight_variables(name, layer, info, num_data)
         extra = {k: _attr_str(v) for k, v in kwargs.items()}
         if symbolic:
             phase = _phase_signal(F, name)
@@ -470,10 +472,12 @@ def _make_caffe_op(F):
     return CaffeOp
 
 
-def _weight_variables(name, layer, info):
+def _weight_variables(name, layer, info, num_data=1):
     import mxnet as mx
 
     fillers = _fillers(layer)
+    if layer.type == "Scale" and num_data >= 2:
+        fillers = fillers[1:]  # the scale is bottom 1: blob 0 is the bias (bias_filler)
     params = list(layer.param)
     out = []
     for i, ndim in enumerate(info.blob_axes):
@@ -485,8 +489,12 @@ def _weight_variables(name, layer, info):
             filler = fillers[i] if i < len(fillers) else None
             if filler is not None:
                 kw["init"] = CaffeFiller(**_filler_kwargs(filler))
-            elif layer.type == "Scale" and i == 0:
+            elif layer.type == "Scale" and i == 0 and num_data < 2:
                 kw["init"] = mx.init.One()  # Caffe's Scale default filler: constant 1
+            elif layer.type in ("Scale", "Bias"):
+                kw["init"] = mx.init.Zero()  # Caffe's Bias default filler (and Scale's bias): constant 0
+            elif layer.type == "PReLU":
+                kw["init"] = mx.init.Constant(0.25)  # Caffe's PReLU default filler: constant 0.25
             if i < len(params):
                 if params[i].HasField("lr_mult"):
                     kw["lr_mult"] = params[i].lr_mult

@@ -601,3 +601,49 @@ def test_phase_follows_autograd_train_mode():
     with mx.autograd.record():
         y = mx.nd.CaffeOp(ones, prototxt=dropout).asnumpy()
     assert set(np.unique(y)) == {0.0, 2.0}
+
+
+# ---------------------------------------------------------------------------
+# Default initial values without a filler (Caffe's layer defaults)
+
+def _init_params(sym, data_shapes):
+    mod = mx.mod.Module(sym, data_names=[n for n, _ in data_shapes], label_names=None, context=mx.cpu())
+    # bottom 1 (a scale) has no batch axis
+    descs = [mx.io.DataDesc(n, shp, layout="NCHW" if i == 0 else "C") for i, (n, shp) in enumerate(data_shapes)]
+    mod.bind(data_shapes=descs, for_training=True)
+    mod.init_params()  # the default initializer (Uniform(0.01))
+    args, _ = mod.get_params()
+    return {k: v.asnumpy() for k, v in args.items()}
+
+
+@pytest.mark.parametrize("proto,nbottom,expect", [
+    ('layer { type: "PReLU" }', 1, {"op_0_weight": (0.25, (3,))}),
+    ('layer { type: "PReLU" prelu_param { channel_shared: true } }', 1, {"op_0_weight": (0.25, (1,))}),
+    ('layer { type: "Bias" }', 1, {"op_0_weight": (0.0, (3,))}),
+    ('layer { type: "Scale" }', 1, {"op_0_weight": (1.0, (3,))}),
+    ('layer { type: "Scale" scale_param { bias_term: true } }', 1,
+     {"op_0_weight": (1.0, (3,)), "op_1_bias": (0.0, (3,))}),
+    ('layer { type: "Scale" scale_param { bias_term: true } }', 2, {"op_0_weight": (0.0, (3,))}),
+    ('layer { type: "Scale" scale_param { bias_term: true bias_filler { type: "constant" value: 2 } } }', 2,
+     {"op_0_weight": (2.0, (3,))}),
+    ('layer { type: "PReLU" prelu_param { filler { type: "constant" value: 0.5 } } }', 1,
+     {"op_0_weight": (0.5, (3,))}),
+])
+def test_default_initial_values(proto, nbottom, expect):
+    data = [mx.sym.Variable("data%d" % i) for i in range(nbottom)]
+    sym = mx.sym.CaffeOp(*data, num_data=nbottom, num_weight=len(expect), prototxt=proto, name="op")
+    shapes = [("data0", (2, 3, 4, 5))] + ([("data1", (3,))] if nbottom == 2 else [])
+    params = _init_params(sym, shapes)
+    assert sorted(params) == sorted(expect)
+    for k, (value, shape) in expect.items():
+        assert params[k].shape == shape
+        np.testing.assert_array_equal(params[k], np.full(shape, value, dtype=np.float32))
+
+
+def test_default_initial_values_inner_product_left_to_module_initializer():
+    proto = 'layer { type: "InnerProduct" inner_product_param { num_output: 4 } }'
+    sym = mx.sym.CaffeOp(mx.sym.Variable("data0"), num_weight=2, prototxt=proto, name="op")
+    params = _init_params(sym, [("data0", (2, 6, 1, 1))])
+    w = params["op_0_weight"]
+    assert w.shape == (4, 6) and np.all(np.abs(w) <= 0.01) and np.any(w != 0)  # Uniform(0.01)
+    np.testing.assert_array_equal(params["op_1_bias"], np.zeros(4, np.float32))
