@@ -98,6 +98,19 @@ def mnist_size_digits(n, seed):
     return out, labels[picks].astype(np.int64)
 
 
+def _write_recordio(paths, jpegs, labels, mean, crop):
+    import mxnet as mx
+
+    record = mx.recordio.MXIndexedRecordIO(paths["idx"], paths["rec"], "w")
+    for i, (j, l) in enumerate(zip(jpegs, labels)):
+        record.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, float(l), i, 0), j))
+    record.close()
+    off = (256 - crop) // 2
+    # ImageRecordIter's mean_img is in its output (RGB, cropped) space.
+    mean_rgb = mean[::-1, off:off + crop, off:off + crop].copy()
+    mx.nd.save(paths["mean_nd"], {"mean_img": mx.nd.array(mean_rgb)})
+
+
 def _write_lmdb(path, values):
     total = sum(len(v) for v in values)
     env = lmdb.open(path, map_size=max(1 << 24, 2 * total + (len(values) << 10)), subdir=True,
@@ -109,10 +122,13 @@ def _write_lmdb(path, values):
     return total
 
 
-def make_workloads(root, n_colour=512, n_digits=60000, jpeg_quality=90, crop=227, seed=0):
-    """Write the datasets (once; reused when the folder already holds them).  Returns paths."""
+def make_workloads(root, n_colour=512, n_digits=60000, jpeg_quality=90, crop=227, seed=0,
+                   recordio=True):
+    """Write the datasets (once; reused when the folder already holds them).  Returns paths.
+
+    ``recordio=False`` skips the RecordIO copy (and MXNet) for pipeline-only runs."""
     os.makedirs(root, exist_ok=True)
-    tag = os.path.join(root, f"READY-v2-{n_colour}-{n_digits}-{jpeg_quality}-{crop}-{seed}")
+    tag = os.path.join(root, f"READY-v2-{n_colour}-{n_digits}-{jpeg_quality}-{crop}-{seed}-{int(recordio)}")
     paths = {
         "w1": os.path.join(root, "w1_lmdb"),
         "w2": os.path.join(root, "w2_lmdb"),
@@ -149,17 +165,8 @@ def make_workloads(root, n_colour=512, n_digits=60000, jpeg_quality=90, crop=227
     with open(paths["mean"], "wb") as f:
         f.write(mean_to_blobproto_bytes(mean))
 
-    import mxnet as mx
-
-    record = mx.recordio.MXIndexedRecordIO(paths["idx"], paths["rec"], "w")
-    for i, (j, l) in enumerate(zip(jpegs, labels)):
-        record.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, float(l), i, 0), j))
-    record.close()
-    off = (256 - crop) // 2
-    # ImageRecordIter's mean_img is in its output (RGB, cropped) space.
-    mean_rgb = mean[::-1, off:off + crop, off:off + crop].copy()
-    mx.nd.save(paths["mean_nd"], {"mean_img": mx.nd.array(mean_rgb)})
-
+    if recordio:
+        _write_recordio(paths, jpegs, labels, mean, crop)
     digits, digit_labels = mnist_size_digits(n_digits, seed + 1)
     _write_lmdb(paths["w3"], [array_to_datum_bytes(d[None], l) for d, l in zip(digits, digit_labels)])
     open(tag, "w").close()
