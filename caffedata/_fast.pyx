@@ -335,16 +335,17 @@ cdef extern from *:
         }
     }
 
-    /* dst[n-1-k] = src[k] */
+    /* dst[k] = src[n-1-k], with ascending stores: descending stores into a cold
+       batch buffer ran at a third of the speed (W1 with mirror). */
     static void cd_reverse_copy(const float* __restrict src, float* __restrict dst, ptrdiff_t n) {
         ptrdiff_t k = 0;
     #if defined(__SSE2__)
         for (; k + 4 <= n; k += 4) {
-            __m128 v = _mm_loadu_ps(src + k);
-            _mm_storeu_ps(dst + n - 4 - k, _mm_shuffle_ps(v, v, _MM_SHUFFLE(0, 1, 2, 3)));
+            __m128 v = _mm_loadu_ps(src + n - 4 - k);
+            _mm_storeu_ps(dst + k, _mm_shuffle_ps(v, v, _MM_SHUFFLE(0, 1, 2, 3)));
         }
     #endif
-        for (; k < n; k++) dst[n - 1 - k] = src[k];
+        for (; k < n; k++) dst[k] = src[n - 1 - k];
     }
 
     /* One raw CHW uint8 record, float32 out.  mean_kind: 0 none, 1 file, 2 values. */
