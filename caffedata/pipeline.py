@@ -193,8 +193,11 @@ class CaffePipeline:
         self._stop_workers()
         self._epoch += 1
         jobs = self.planner.plan_epoch(self._epoch)
+        # Keep every thread busy: prefetch_buffer bounds the finished batches
+        # waiting, but with more threads than that, each thread needs a batch.
         self._prefetcher = Prefetcher(jobs, self._build_batch, threads=self.threads,
-                                      depth=self.depth, make_state=self._make_state,
+                                      depth=max(self.depth, self.threads),
+                                      make_state=self._make_state,
                                       close_state=_WorkerState.close)
         return len(jobs)
 
