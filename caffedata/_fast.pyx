@@ -712,3 +712,87 @@ def ndarray_handle(cnp.ndarray arr, size_t from_dlpack_fn):
     if rc != 0:
         return None
     return <size_t>out
+
+
+# ---------------------------------------------------------------------------
+# Encoded records by address: decode (cv2, GIL released inside) + fused transform
+
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+
+
+def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] addr,
+                              const int64_t[::1] size, Py_ssize_t start, Py_ssize_t stop,
+                              object imdecode, int flag, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t crop, bint random_crop, bint use_mirror,
+                              const uint32_t[:, ::1] draws, const float[::1] mean,
+                              Py_ssize_t mean_c, Py_ssize_t mean_h, Py_ssize_t mean_w,
+                              const float[::1] mean_values, double scale,
+                              out_t[:, :, :, ::1] out, out_t[::1] labels):
+    """Encoded records ``start..stop`` (see ``resolve_values``): decode and transform.
+
+    ``imdecode(buffer, flag)`` is cv2.imdecode.  Every check of the general
+    path is made here too (8-bit, channels, size vs batch and crop, mean
+    shape); the first record that fails one, or is not encoded, stops the
+    loop and its index is returned, so that the caller's general path can
+    handle it or raise its error.  Returns ``stop`` when all were done.
+    """
+    cdef DatumView d
+    cdef int err, mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
+    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
+    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t i, r, n, h, w, c, h_off, w_off
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    cdef const uint8_t* p
+    cdef const uint8_t[::1] pix
+    cdef bint mirror
+    cdef cnp.ndarray img
+    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    for i in range(start, stop):
+        r = records[i]
+        n = size[r]
+        if n <= 0 or addr[r] == 0:
+            return i
+        p = <const uint8_t*><size_t>addr[r]
+        with nogil:
+            err = parse_datum(p, n, &d)
+        if err or not d.encoded or d.data_len <= 0:
+            return i
+        payload = np.frombuffer(PyMemoryView_FromMemory(<char*>(p + d.data_off), d.data_len,
+                                                        PyBUF_READ), dtype=np.uint8)
+        result = imdecode(payload, flag)
+        if not isinstance(result, np.ndarray):
+            return i
+        img = result
+        if img.dtype != np.uint8 or not cnp.PyArray_IS_C_CONTIGUOUS(img) or img.ndim not in (2, 3):
+            return i
+        h = img.shape[0]
+        w = img.shape[1]
+        c = img.shape[2] if img.ndim == 3 else 1
+        if c != C or (not crop and (h != H or w != W)) or (crop and (h < crop or w < crop)):
+            return i
+        if mean_kind == MEAN_FILE and (mean_c != c or mean_h != h or mean_w != w):
+            return i
+        if mean_kind == MEAN_VALUES and mean_values.shape[0] != c:
+            return i
+        mirror = use_mirror and (draws[i, 0] % 2) != 0
+        if crop:
+            if random_crop:
+                h_off = draws[i, 1] % (h - crop + 1)
+                w_off = draws[i, 2] % (w - crop + 1)
+            else:
+                h_off = (h - crop) // 2
+                w_off = (w - crop) // 2
+        else:
+            h_off = 0
+            w_off = 0
+        pix = img.reshape(-1)
+        with nogil:
+            if out_t is float and c == 3:
+                cd_transform_hwc3_u8(&pix[0], h, w, h_off, w_off, h_out, w_out, mirror,
+                                     mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+            else:
+                transform_one(&pix[0], 3, c, h, w, h_off, w_off, h_out, w_out, mirror,
+                              mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
+        labels[i] = <out_t>d.label
+    return stop

@@ -64,6 +64,7 @@ class BatchAssembler:
         self.dtype = np.dtype(dtype)
         self.mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float32)
         self.mean_flat = _EMPTY if mean is None else self.mean.ravel()
+        self.mean_chw = (0, 0, 0) if mean is None else self.mean.shape
         self.mean_values = np.asarray(transform.mean_value, dtype=np.float32)
         self.flag = decode_flag(transform)
         self.scale = float(transform.scale)
@@ -199,6 +200,14 @@ class BatchAssembler:
                                             mean_values, self.scale, out, labels)
             if i >= n:
                 break
+            # Encoded records: decode + transform with the checks made in _fast.
+            j = _fast.transform_encoded_records(records, addr, size, i, n, cv2.imdecode, self.flag,
+                                                c, h, w, t.crop_size, t.random_crop, t.mirror,
+                                                draws, self.mean_flat, *self.mean_chw,
+                                                mean_values, self.scale, out, labels)
+            if j > i:
+                i = j
+                continue
             rec = self.parse(get_value(i), keys[i], indices[i])
             self.check(rec, keys[i], indices[i], batch_chw)
             self.transform_record(rec, draws[i], out[i])
