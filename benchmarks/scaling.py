@@ -3,8 +3,9 @@
 Per round and thread count it measures the caffedata pipeline (``caffedata.bench.measure``)
 and, for W2, the decode bound at the same thread count; W1 also has the naive
 reader (one thread) beside it.  Medians over rounds; speed-ups are against one
-thread in the same round.  It needs no MXNet (the pipeline is framework-neutral),
-so it runs on machines without it.
+thread in the same round.  It times the framework-neutral pipeline only, so no
+MXNet object is involved (on a machine without MXNet, register the ``caffedata``
+package path without running its ``__init__`` to use it).
 """
 import argparse
 import json
