@@ -267,6 +267,13 @@ class CaffePipeline:
             self._prefetcher = None
 
     def close(self):
+        if sys.is_finalizing():
+            # Interpreter exit: daemon workers are frozen wherever they stood, perhaps
+            # inside an LMDB call, and closing the environment would wait for them
+            # forever.  Tell them to stop and leave the rest to the operating system.
+            if self._prefetcher is not None:
+                self._prefetcher._stopped = True
+            return
         self._stop_workers()
         self._shared.close()
 
