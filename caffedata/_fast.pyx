@@ -355,6 +355,19 @@ cdef extern from *:
                                     const float* mean_values, float scale, float* out) {
         float tmp[CD_ROW_CHUNK];
         ptrdiff_t c, h, base, k, len;
+        if (!mirror && h_out == H && w_out == W) {
+            /* Whole planes are contiguous: one call per channel (small images are
+               dominated by per-row call overhead otherwise). */
+            const ptrdiff_t plane = H * W;
+            for (c = 0; c < C; c++) {
+                if (mean_kind)
+                    cd_row_chw(src + c * plane, mean_kind == 1 ? mean + c * plane : NULL,
+                               mean_kind == 2 ? mean_values[c] : 0.0f, scale, out + c * plane, plane);
+                else
+                    cd_row_noscale_chw(src + c * plane, scale, out + c * plane, plane);
+            }
+            return;
+        }
         for (c = 0; c < C; c++) {
             const float mv = mean_kind == 2 ? mean_values[c] : 0.0f;
             for (h = 0; h < h_out; h++) {
