@@ -361,3 +361,16 @@ def test_closing_stops_threads(raw_db):
     pipe.next_batch()
     pipe.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("caffedata-worker")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mean_file_without_crop_or_mirror(tmp_path, raw_db, dtype):
+    db = raw_db(n=6, c=3, h=5, w=7)
+    mean = (np.random.default_rng(2).random((3, 5, 7)) * 255).astype(np.float32)
+    (tmp_path / "mean.binaryproto").write_bytes(mean_to_blobproto_bytes(mean))
+    pipe = pipeline(db, 3, dtype=dtype, transform=f'scale: 0.3 mean_file: "{tmp_path}/mean.binaryproto"')
+    got = np.concatenate([b[0] for b in all_batches(pipe)])
+    pipe.close()
+    for i in range(6):
+        want = caffe_transform(record_pixels(i, 3, 5, 7), scale=np.float32(0.3), mean=mean, dtype=dtype)
+        np.testing.assert_array_equal(got[i], want)
