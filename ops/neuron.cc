@@ -13,21 +13,12 @@
 #include <vector>
 
 #include "layer.h"
+#include "layer_util.h"
 
 namespace caffedata {
 namespace {
 
-// A proto `float` field, rounded to float as Caffe stores it.
-inline float proto_float(const ProtoNode& node, const char* field, float dflt) {
-  return static_cast<float>(node.get_float(field, dflt));
-}
-
-template <typename Dtype>
-bool wants_diff(const std::vector<bool>& propagate_down, const std::vector<Blob<Dtype>*>& bottom,
-                size_t i) {
-  return i < propagate_down.size() && propagate_down[i] && i < bottom.size() &&
-         bottom[i]->diff != nullptr;
-}
+using namespace layer_util;  // NOLINT
 
 // Caffe's NeuronLayer: one bottom, one top of the same shape, no blobs.
 template <typename Dtype>

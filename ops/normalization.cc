@@ -12,20 +12,12 @@
 #include <vector>
 
 #include "layer.h"
+#include "layer_util.h"
 
 namespace caffedata {
 namespace {
 
-inline float proto_float(const ProtoNode& node, const char* field, float dflt) {
-  return static_cast<float>(node.get_float(field, dflt));
-}
-
-template <typename Dtype>
-bool wants_diff(const std::vector<bool>& propagate_down, const std::vector<Blob<Dtype>*>& bottom,
-                size_t i) {
-  return i < propagate_down.size() && propagate_down[i] && i < bottom.size() &&
-         bottom[i]->diff != nullptr;
-}
+using namespace layer_util;  // NOLINT
 
 void expect_one_bottom(const char* layer, const std::vector<Shape>& bottom) {
   if (bottom.size() != 1) {

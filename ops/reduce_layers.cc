@@ -9,26 +9,12 @@
 #include <vector>
 
 #include "layer.h"
+#include "layer_util.h"
 
 namespace caffedata {
 namespace {
 
-// Number of tops: the op's num_out (Layer::num_tops(), set by the glue); else
-// the size the caller gave `top`, else the prototxt's `top:` entries, else 1.
-size_t top_count(int hint, const ProtoNode& layer, const std::vector<Shape>& top) {
-  if (hint > 0) return static_cast<size_t>(hint);
-  if (!top.empty()) return top.size();
-  const int n = layer.count("top");
-  return n > 0 ? static_cast<size_t>(n) : 1;
-}
-
-void need_bottoms(const char* type, const std::vector<Shape>& bottom, size_t n) {
-  if (bottom.size() < n) {
-    std::ostringstream os;
-    os << type << " needs " << n << " input(s), got " << bottom.size();
-    throw LayerError(os.str());
-  }
-}
+using namespace layer_util;  // NOLINT
 
 // ---------------------------------------------------------------------------
 // Reduction: SUM, ASUM, SUMSQ or MEAN over all axes from `axis` on, times

@@ -23,16 +23,12 @@
 #include <vector>
 
 #include "layer.h"
+#include "layer_util.h"
 
 namespace caffedata {
 namespace {
 
-template <typename Dtype>
-bool wants_diff(const std::vector<bool>& propagate_down, const std::vector<Blob<Dtype>*>& bottom,
-                size_t i) {
-  return i < propagate_down.size() && propagate_down[i] && i < bottom.size() &&
-         bottom[i]->diff != nullptr;
-}
+using namespace layer_util;  // NOLINT
 
 // The broadcast geometry shared by Scale and Bias.
 struct Broadcast {

@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "layer.h"
+#include "layer_util.h"
 
 namespace caffedata {
 namespace {
+
+using namespace layer_util;  // NOLINT
 
 std::string join_ints(const std::vector<int64_t>& v) {
   std::ostringstream os;
@@ -24,23 +27,6 @@ std::string join_ints(const std::vector<int64_t>& v) {
 template <typename Dtype>
 void copy_n(const Dtype* src, int64_t n, Dtype* dst) {
   if (n > 0 && src != dst) std::memcpy(dst, src, sizeof(Dtype) * static_cast<size_t>(n));
-}
-
-// Number of tops: the op's num_out (Layer::num_tops(), set by the glue); else
-// the size the caller gave `top`, else the prototxt's `top:` entries, else 1.
-size_t top_count(int hint, const ProtoNode& layer, const std::vector<Shape>& top) {
-  if (hint > 0) return static_cast<size_t>(hint);
-  if (!top.empty()) return top.size();
-  const int n = layer.count("top");
-  return n > 0 ? static_cast<size_t>(n) : 1;
-}
-
-void need_bottoms(const char* type, const std::vector<Shape>& bottom, size_t n) {
-  if (bottom.size() < n) {
-    std::ostringstream os;
-    os << type << " needs " << n << " input(s), got " << bottom.size();
-    throw LayerError(os.str());
-  }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+// Small helpers shared by the layer implementations (header-only, internal linkage).
+#pragma once
+
+#include <sstream>
+#include <vector>
+
+#include "layer.h"
+
+namespace caffedata {
+namespace layer_util {
+
+// A proto `float` field, rounded to float as Caffe stores it.
+inline float proto_float(const ProtoNode& node, const char* field, float dflt) {
+  return static_cast<float>(node.get_float(field, dflt));
+}
+
+// Whether bottom i asked for a gradient and has a buffer for it.
+template <typename Dtype>
+inline bool wants_diff(const std::vector<bool>& propagate_down,
+                       const std::vector<Blob<Dtype>*>& bottom, size_t i) {
+  return i < propagate_down.size() && propagate_down[i] && i < bottom.size() &&
+         bottom[i]->diff != nullptr;
+}
+
+// Number of tops: the op's num_out (Layer::num_tops(), set by the glue); else
+// the size the caller gave `top`, else the prototxt's `top:` entries, else 1.
+inline size_t top_count(int hint, const ProtoNode& layer, const std::vector<Shape>& top) {
+  if (hint > 0) return static_cast<size_t>(hint);
+  if (!top.empty()) return top.size();
+  const int n = layer.count("top");
+  return n > 0 ? static_cast<size_t>(n) : 1;
+}
+
+inline void need_bottoms(const char* type, const std::vector<Shape>& bottom, size_t n) {
+  if (bottom.size() < n) {
+    std::ostringstream os;
+    os << type << " needs " << n << " input(s), got " << bottom.size();
+    throw LayerError(os.str());
+  }
+}
+
+}  // namespace layer_util
+}  // namespace caffedata
