@@ -128,3 +128,30 @@ def _no_stray_threads():
     alive = [t.name for t in threading.enumerate() if t.name.startswith("caffedata-worker")]
     assert not alive, f"worker threads left running: {alive}"
 
+
+# -- Datum wire bytes built by hand (independent of protobuf) --------------------
+
+def varint(n):
+    """Protobuf base-128 varint; negatives as 10-byte two's complement."""
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def wire_raw_datum(chw, label):
+    """Datum bytes as CVMatToDatum + set_label write them (fields 1,2,3,4,5,7)."""
+    c, h, w = chw.shape
+    data = chw.tobytes()
+    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x22"
+            + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x00")
+
+
+def wire_encoded_datum(payload, label):
+    """Datum bytes as ReadFileToDatum writes them: data, label, encoded=true."""
+    return b"\x22" + varint(len(payload)) + payload + b"\x28" + varint(label) + b"\x38\x01"
+

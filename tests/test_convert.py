@@ -8,7 +8,9 @@ import pytest
 import cv2  # noqa: E402
 import lmdb  # noqa: E402
 import plyvel  # noqa: E402
-from conftest import MT19937  # noqa: E402
+from conftest import MT19937, varint  # noqa: E402,F401
+from conftest import wire_encoded_datum as encoded_bytes  # noqa: E402
+from conftest import wire_raw_datum as raw_datum_bytes  # noqa: E402
 
 from caffedata.convert import caffe_atoi, caffe_shuffle, convert_imageset, parse_list_file  # noqa: E402
 from caffedata.errors import CaffeDataError, DatabaseError, SpecError  # noqa: E402
@@ -31,27 +33,10 @@ def read_db(path, backend="lmdb"):
     return items
 
 
-def varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
-def raw_datum_bytes(chw, label):
-    """Datum wire bytes as CVMatToDatum + set_label writes them, built by hand."""
-    c, h, w = chw.shape
-    data = chw.tobytes()
-    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x22"
-            + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x00")
 
 
-def encoded_bytes(payload, label):
-    return b"\x22" + varint(len(payload)) + payload + b"\x28" + varint(label) + b"\x38\x01"
 
 
 def make_images(folder, n, shape=(12, 10, 3), ext="png", seed=0, params=()):

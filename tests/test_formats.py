@@ -4,6 +4,8 @@ import struct
 import numpy as np
 import pytest
 
+from conftest import varint
+
 from caffedata import _fast
 from caffedata.errors import SpecError
 from caffedata.mean import load_mean_file, mean_to_blobproto_bytes
@@ -11,18 +13,6 @@ from caffedata.proto import BlobProto
 from caffedata.prototxt import data_layer_spec
 from caffedata.spec import Backend, Phase
 
-
-def varint(v):
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def header(buf):

@@ -12,28 +12,15 @@ import lmdb  # noqa: E402
 import plyvel  # noqa: E402
 
 from caffedata import inspect_db  # noqa: E402
+from conftest import varint  # noqa: E402,F401
+from conftest import wire_encoded_datum as enc_datum  # noqa: E402
+from conftest import wire_raw_datum as raw_datum  # noqa: E402
 
 
-def varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
-def raw_datum(chw, label):
-    c, h, w = chw.shape
-    data = chw.tobytes()
-    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x22"
-            + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x00")
 
 
-def enc_datum(payload, label):
-    return b"\x22" + varint(len(payload)) + payload + b"\x28" + varint(label) + b"\x38\x01"
 
 
 def float_datum(chw, label):
