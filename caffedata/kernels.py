@@ -9,8 +9,7 @@ import numpy as np
 
 from . import _fast
 from .datum import parse_datum
-from .errors import RecordError, SpecError
-from .spec import Phase
+from .errors import RecordError
 
 _FLOAT_PACKED = _fast.FLOAT_LAYOUTS["packed"]
 _FLOAT_UNPACKED = _fast.FLOAT_LAYOUTS["unpacked"]
@@ -94,8 +93,7 @@ class BatchAssembler:
                                   "store 8-bit images or set force_color/force_gray")
             hh, ww, cc = image.shape
             return Record(_fast.LAYOUT_HWC_U8, image.reshape(-1), cc, hh, ww, label)
-        if self.transform.force_color or self.transform.force_gray:
-            pass  # Caffe only logs an error for force_* on raw datums and ignores it
+        # force_color/force_gray do nothing to raw datums (Caffe only logs an error).
         if c <= 0 or h <= 0 or w <= 0:
             raise RecordError(self.db_path, key, index,
                               f"Datum has channels/height/width {c}/{h}/{w}",
@@ -254,4 +252,4 @@ def expand_draws(raw, transform):
 
 
 __all__ = ["BatchAssembler", "Record", "decode_image", "decode_flag", "draw_count",
-           "expand_draws", "Phase", "SpecError"]
+           "expand_draws"]
