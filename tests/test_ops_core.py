@@ -22,6 +22,8 @@ from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402
 if not os.path.isfile(ops.library_path()):
     pytest.skip("ops library not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
+from conftest import data_prototxt, key, raw_datum, write_db  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -606,38 +608,47 @@ def test_gluon_hybridized_and_not_agree_and_train():
 
 
 # ---------------------------------------------------------------------------
-# Module.fit: the FAQ's MLP and a LeNet on the bundled handwritten digits.
+# Module.fit: the FAQ's MLP and a LeNet on the bundled handwritten digits, read from
+# real LMDBs by CaffeDataIter.
 
-def _digits():
-    """Bundled UCI digits (caffedata.datasets), scaled as the FAQ (1/256); fixed split."""
+@pytest.fixture(scope="module")
+def digits_lmdbs(tmp_path_factory):
+    """The bundled UCI digits as two real Caffe LMDBs (1400 train, 397 val records); fixed split."""
     from caffedata.datasets import load_digits
 
     images, labels = load_digits()
-    x = images.astype(np.float32)[:, None] * 0.00390625
-    y = labels.astype(np.float32)
-    idx = np.random.RandomState(0).permutation(len(x))
-    x, y = x[idx], y[idx]
-    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+    idx = np.random.RandomState(0).permutation(len(images))
+    images, labels = images[idx], labels[idx]
+    root = tmp_path_factory.mktemp("digits")
+    records = [(key(i), raw_datum(images[i][None], int(labels[i]))) for i in range(len(images))]
+    train = write_db(root / "digits_train_lmdb", records[:1400])
+    val = write_db(root / "digits_val_lmdb", [(k, v) for k, v in records[1400:]])
+    return train, val, labels[1400:]
 
 
-def _fit_and_score(net, feat_name, flat, epochs, lr):
-    (xt, yt), (xv, yv) = _digits()
-    if flat:
-        xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
+def _fit_and_score(net, feat_name, flat, epochs, lr, dbs):
+    """Module.fit fed by CaffeDataIter (TRAIN, FAQ scale 1/256), then accuracy on the TEST iterator."""
+    train_db, val_db, val_labels = dbs
     mx.random.seed(3)
-    np.random.seed(3)
-    train = mx.io.NDArrayIter(xt, yt, batch_size=50, shuffle=True)
+    train = mx.io.CaffeDataIter(prototxt=data_prototxt(train_db, 50, phase="TRAIN",
+                                                       transform="scale: 0.00390625"),
+                                flat=flat, shuffle=True, seed=3)
     mod = mx.mod.Module(net, context=mx.cpu())
     mod.fit(train, num_epoch=epochs, optimizer="sgd",
             optimizer_params={"learning_rate": lr, "momentum": 0.9, "wd": 0.00001},
             initializer=mx.init.Xavier(factor_type="in", magnitude=2.34), eval_metric=mx.metric.Caffe())
     feat = net.get_internals()[feat_name]
     pm = mx.mod.Module(feat, label_names=None, context=mx.cpu())
-    val = mx.io.NDArrayIter(xv, None, batch_size=50)
+    val = mx.io.CaffeDataIter(prototxt=data_prototxt(val_db, 50, transform="scale: 0.00390625"),
+                              flat=flat)
     pm.bind(data_shapes=val.provide_data, for_training=False)
     pm.set_params(*mod.get_params())
-    pred = pm.predict(val).asnumpy().argmax(axis=1)
-    return (pred == yv).mean()
+    pred = pm.predict(val).asnumpy().argmax(axis=1)  # predict drops the padded tail
+    train.close(), val.close()
+    assert len(pred) == len(val_labels)
+    acc = (pred == val_labels).mean()
+    print(f"{feat_name}: validation accuracy {acc:.4f}")
+    return acc
 
 
 def _tanh(x):
@@ -647,7 +658,7 @@ def _tanh(x):
     return mx.sym.tanh(x)
 
 
-def test_module_fit_faq_mlp_on_digits():
+def test_module_fit_faq_mlp_on_digits(digits_lmdbs):
     data = mx.sym.Variable("data")
     fc1 = mx.sym.CaffeOp(data_0=data, num_weight=2, name="fc1", prototxt=ip(128))
     act1 = _tanh(fc1)
@@ -656,10 +667,10 @@ def test_module_fit_faq_mlp_on_digits():
     fc3 = mx.sym.CaffeOp(data_0=act2, num_weight=2, name="fc3", prototxt=ip(10))
     mlp = mx.sym.CaffeLoss(data=fc3, label=mx.sym.Variable("softmax_label"), grad_scale=1, name="softmax",
                            prototxt='layer{type:"SoftmaxWithLoss"}')
-    assert _fit_and_score(mlp, "fc3_output", flat=True, epochs=10, lr=0.1) >= 0.95
+    assert _fit_and_score(mlp, "fc3_output", flat=True, epochs=10, lr=0.1, dbs=digits_lmdbs) >= 0.95
 
 
-def test_module_fit_lenet_on_digits():
+def test_module_fit_lenet_on_digits(digits_lmdbs):
     # LeNet shrunk to 8x8 inputs: conv(20,k3,p1)-tanh-maxpool2-conv(50,k3,p1)-tanh-maxpool2-ip(500)-tanh-ip(10)
     data = mx.sym.Variable("data")
     c1 = mx.sym.CaffeOp(data_0=data, num_weight=2, name="conv1",
@@ -672,4 +683,4 @@ def test_module_fit_lenet_on_digits():
     f2 = mx.sym.CaffeOp(data_0=_tanh(f1), num_weight=2, name="ip2", prototxt=ip(10))
     lenet = mx.sym.CaffeLoss(data=f2, label=mx.sym.Variable("softmax_label"), name="softmax",
                              prototxt='layer{type:"SoftmaxWithLoss"}')
-    assert _fit_and_score(lenet, "ip2_output", flat=False, epochs=6, lr=0.05) >= 0.95
+    assert _fit_and_score(lenet, "ip2_output", flat=False, epochs=6, lr=0.05, dbs=digits_lmdbs) >= 0.95
