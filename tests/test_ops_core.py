@@ -24,7 +24,6 @@ if not os.path.isfile(ops.library_path()):
 
 from conftest import data_prototxt, key, raw_datum, write_db  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ip(n, extra=""):
