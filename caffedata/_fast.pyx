@@ -466,6 +466,24 @@ def transform_into(const uint8_t[::1] src, int layout, Py_ssize_t C, Py_ssize_t 
                           mean_kind, mean_p, mv_p, scale_t, &out[0, 0, 0])
 
 
+cdef inline bint crop_window(const uint32_t[:, ::1] draws, Py_ssize_t i, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t crop, bint random_crop, bint use_mirror,
+                             Py_ssize_t* h_off, Py_ssize_t* w_off) noexcept nogil:
+    """Caffe's per-record window from the raw draws: ``Rand(n) = draw % n``, random in
+    TRAIN, centred (floor) in TEST.  Returns the mirror flag."""
+    if crop:
+        if random_crop:
+            h_off[0] = draws[i, 1] % (H - crop + 1)
+            w_off[0] = draws[i, 2] % (W - crop + 1)
+        else:
+            h_off[0] = (H - crop) // 2
+            w_off[0] = (W - crop) // 2
+    else:
+        h_off[0] = 0
+        w_off[0] = 0
+    return use_mirror and (draws[i, 0] % 2) != 0
+
+
 def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
                         Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop, bint random_crop,
                         bint use_mirror, const uint32_t[:, ::1] draws,
@@ -513,17 +531,7 @@ def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
             px_off = d.float_off
         else:
             return i
-        mirror = use_mirror and (draws[i, 0] % 2) != 0
-        if crop:
-            if random_crop:
-                h_off = draws[i, 1] % (H - crop + 1)
-                w_off = draws[i, 2] % (W - crop + 1)
-            else:
-                h_off = (H - crop) // 2
-                w_off = (W - crop) // 2
-        else:
-            h_off = 0
-            w_off = 0
+        mirror = crop_window(draws, i, H, W, crop, random_crop, use_mirror, &h_off, &w_off)
         with nogil:
             if out_t is float and layout == 0:
                 transform_chw_u8_fast(p + px_off, C, H, W, h_off, w_off, h_out, w_out, mirror,
@@ -618,17 +626,7 @@ def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
             else:
                 result = i
                 break
-            mirror = use_mirror and (draws[i, 0] % 2) != 0
-            if crop:
-                if random_crop:
-                    h_off = draws[i, 1] % (H - crop + 1)
-                    w_off = draws[i, 2] % (W - crop + 1)
-                else:
-                    h_off = (H - crop) // 2
-                    w_off = (W - crop) // 2
-            else:
-                h_off = 0
-                w_off = 0
+            mirror = crop_window(draws, i, H, W, crop, random_crop, use_mirror, &h_off, &w_off)
             if out_t is float and layout == 0:
                 transform_chw_u8_fast(p + px_off, C, H, W, h_off, w_off, h_out, w_out, mirror,
                                       mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
@@ -788,17 +786,7 @@ def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] add
             return i
         if mean_kind == MEAN_VALUES and mean_values.shape[0] != c:
             return i
-        mirror = use_mirror and (draws[i, 0] % 2) != 0
-        if crop:
-            if random_crop:
-                h_off = draws[i, 1] % (h - crop + 1)
-                w_off = draws[i, 2] % (w - crop + 1)
-            else:
-                h_off = (h - crop) // 2
-                w_off = (w - crop) // 2
-        else:
-            h_off = 0
-            w_off = 0
+        mirror = crop_window(draws, i, h, w, crop, random_crop, use_mirror, &h_off, &w_off)
         pix = img.reshape(-1)
         with nogil:
             if out_t is float and c == 3:

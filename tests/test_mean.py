@@ -8,25 +8,17 @@ import cv2  # noqa: E402
 import lmdb  # noqa: E402
 import plyvel  # noqa: E402
 
+from conftest import varint  # noqa: E402
+from conftest import wire_raw_datum  # noqa: E402
+
 from caffedata.compute_mean import compute_image_mean  # noqa: E402
 from caffedata.errors import CaffeDataError, RecordError  # noqa: E402
 
 
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def raw_datum(chw, label=0):
-    c, h, w = chw.shape
-    data = chw.astype(np.uint8).tobytes()
-    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) + b"\x22"
-            + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x00")
+    return wire_raw_datum(np.asarray(chw).astype(np.uint8), label)
 
 
 def float_datum(chw, label=0):
