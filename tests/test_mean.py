@@ -15,8 +15,6 @@ from caffedata.compute_mean import compute_image_mean  # noqa: E402
 from caffedata.errors import CaffeDataError, RecordError  # noqa: E402
 
 
-
-
 def raw_datum(chw, label=0):
     return wire_raw_datum(np.asarray(chw).astype(np.uint8), label)
 
