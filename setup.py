@@ -3,7 +3,9 @@
 1. ``caffedata._fast``: the Cython core (Datum decoding and the fused transform).
 2. ``caffedata/libcaffedata_ops.so``: the C++ MXNet extension library built from
    ``ops/*.cc`` plus the ``lib_api.cc`` shipped inside the mxnet wheel.  It is
-   not a Python module; ``caffedata.ops`` loads it with ``mx.library.load``.
+   not a Python module; ``caffedata.mxnet.ops`` loads it with ``mx.library.load``.
+   Where mxnet is not installed (Python >= 3.12: no mxnet 1.9.1 runs there)
+   the library is skipped with a message and the core is built alone.
 """
 import glob
 import os
@@ -21,9 +23,13 @@ OPS_LIBRARY = "libcaffedata_ops.so"
 
 
 def _mxnet_dir():
-    import mxnet  # build requirement: see pyproject.toml
+    """The installed mxnet wheel's folder, found without importing mxnet (slow), or None."""
+    import importlib.util
 
-    return os.path.dirname(mxnet.__file__)
+    spec = importlib.util.find_spec("mxnet")  # build requirement on Python < 3.12
+    if spec is None or not spec.origin:
+        return None
+    return os.path.dirname(spec.origin)
 
 
 def build_ops_library(out_dir):
@@ -31,6 +37,11 @@ def build_ops_library(out_dir):
     mx_dir = _mxnet_dir()
     sources = sorted(glob.glob(os.path.join(HERE, "ops", "*.cc")))
     if not sources:
+        return None
+    if mx_dir is None:
+        print("caffedata: mxnet is not installed, so the CaffeOp/CaffeLoss library (ops/) is not "
+              "built; the framework-neutral core is. To get the MXNet side, use Python 3.11 with "
+              "mxnet==1.9.1 installed.", file=sys.stderr)
         return None
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, OPS_LIBRARY)

@@ -44,7 +44,7 @@ def memcpy_bound(in_bytes, out_bytes, images=2000, batch=64):
 
 
 def _jpeg_payloads(path, limit):
-    from caffedata.kernels import BatchAssembler  # noqa: F401  (same parser as the pipeline)
+    from caffedata.pipeline.kernels import BatchAssembler  # noqa: F401  (same parser as the pipeline)
 
     env = lmdb.open(path, readonly=True, lock=False, subdir=True)
     payloads = []

@@ -18,8 +18,8 @@ import cv2
 import lmdb
 import numpy as np
 
-from caffedata.datum import array_to_datum_bytes, encoded_datum_bytes
-from caffedata.mean import mean_to_blobproto_bytes
+from caffedata.formats.datum import array_to_datum_bytes, encoded_datum_bytes
+from caffedata.formats.mean import mean_to_blobproto_bytes
 
 COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "motorcycle_left",
                  "motorcycle_right", "retina", "rocket", "ihc", "immunohistochemistry")

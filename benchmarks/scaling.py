@@ -26,8 +26,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     import logging
 
-    from caffedata import bench
-    from caffedata.mean import load_mean_file
+    from caffedata.tools import bench
+    from caffedata.formats.mean import load_mean_file
 
     from . import baselines
     from .data import make_workloads

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from caffedata import bench
-from caffedata.mean import load_mean_file
+from caffedata.tools import bench
+from caffedata.formats.mean import load_mean_file
 
 from . import baselines
 from .data import make_workloads

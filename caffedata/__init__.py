@@ -1,28 +1,55 @@
-"""caffedata: Caffe datasets and layers, first-class in Apache MXNet 1.9.
+"""caffedata: Caffe's datasets, layers and nets, first-class in Apache MXNet 1.9 and beyond.
 
-Importing caffedata makes ``mx.io.CaffeDataIter`` available (and, when the
-compiled ops library is built, ``mx.sym.CaffeOp`` / ``mx.sym.CaffeLoss``), so
-the MXNet FAQ's Caffe examples run verbatim after ``import caffedata``.
+The package has a framework-neutral core (formats, sources, the pipeline and
+the dataset tools: numpy, no MXNet) and MXNet adapters (``caffedata.mxnet``).
+``import caffedata`` never imports mxnet.  The MXNet side is installed the
+moment both are imported, in either order: ``mx.io.CaffeDataIter``,
+``mx.sym.CaffeOp`` and ``mx.sym.CaffeLoss`` then exist, so the MXNet FAQ's
+Caffe examples run verbatim after ``import caffedata``.
+
+Heavy submodules are imported on first use (PEP 562), so the command line
+starts fast.
 """
-import mxnet as _mx
+import importlib
 
+from . import _mxnet_hook
 from .errors import CaffeDataError, DatabaseError, OpsLibraryError, RecordError, SpecError
-from .iterator import CaffeDataIter
-from .pipeline import CaffePipeline
-from .prototxt import data_layer_spec
-from .spec import Backend, DataLayerSpec, Phase, TransformSpec
+from .formats.spec import Backend, DataLayerSpec, Phase, TransformSpec
 
 __version__ = "0.1.0"
 
-_mx.io.CaffeDataIter = CaffeDataIter
+# name -> (module, attribute) of what is exported lazily
+_LAZY = {
+    "DataLayer": ("caffedata.pipeline.data_layer", "DataLayer"),
+    "CaffePipeline": ("caffedata.pipeline.data_layer", "CaffePipeline"),
+    "data_layer_spec": ("caffedata.formats.prototxt", "data_layer_spec"),
+    "convert": ("caffedata.tools.convert", "convert_imageset"),
+    "compute_mean": ("caffedata.tools.compute_mean", "compute_image_mean"),
+    "inspect_db": ("caffedata.tools.inspect_db", "inspect"),
+    "bench": ("caffedata.tools.bench", "run_bench"),
+    "load_digits": ("caffedata.datasets", "load_digits"),
+    # MXNet adapters: importing them imports mxnet.
+    "CaffeDataIter": ("caffedata.mxnet.iterator", "CaffeDataIter"),
+}
 
-try:
-    from . import ops as _ops
-except ImportError:  # the ops wrapper module is optional at this stage
-    _ops = None
-else:
-    _ops.install()
 
-__all__ = ["CaffeDataIter", "CaffePipeline", "data_layer_spec", "Backend", "DataLayerSpec", "Phase",
-           "TransformSpec", "CaffeDataError", "DatabaseError", "OpsLibraryError", "RecordError",
-           "SpecError", "__version__"]
+def __getattr__(name):
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'caffedata' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+_mxnet_hook.install_when_mxnet_is_imported()
+
+__all__ = ["DataLayer", "CaffeDataIter", "CaffePipeline", "data_layer_spec", "convert", "compute_mean",
+           "inspect_db", "bench", "load_digits", "Backend", "DataLayerSpec", "Phase", "TransformSpec",
+           "CaffeDataError", "DatabaseError", "OpsLibraryError", "RecordError", "SpecError",
+           "__version__"]

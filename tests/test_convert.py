@@ -12,7 +12,7 @@ from conftest import MT19937, varint  # noqa: E402,F401
 from conftest import wire_encoded_datum as encoded_bytes  # noqa: E402
 from conftest import wire_raw_datum as raw_datum_bytes  # noqa: E402
 
-from caffedata.convert import caffe_atoi, caffe_shuffle, convert_imageset, parse_list_file  # noqa: E402
+from caffedata.tools.convert import caffe_atoi, caffe_shuffle, convert_imageset, parse_list_file  # noqa: E402
 from caffedata.errors import CaffeDataError, DatabaseError, SpecError  # noqa: E402
 from caffedata.proto import Datum  # noqa: E402
 

@@ -8,10 +8,10 @@ from conftest import varint
 
 from caffedata import _fast
 from caffedata.errors import SpecError
-from caffedata.mean import load_mean_file, mean_to_blobproto_bytes
+from caffedata.formats.mean import load_mean_file, mean_to_blobproto_bytes
 from caffedata.proto import BlobProto
-from caffedata.prototxt import data_layer_spec
-from caffedata.spec import Backend, Phase
+from caffedata.formats.prototxt import data_layer_spec
+from caffedata.formats.spec import Backend, Phase
 
 
 

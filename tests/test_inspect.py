@@ -11,7 +11,7 @@ import cv2  # noqa: E402
 import lmdb  # noqa: E402
 import plyvel  # noqa: E402
 
-from caffedata import inspect_db  # noqa: E402
+from caffedata.tools import inspect_db  # noqa: E402
 from conftest import varint  # noqa: E402,F401
 from conftest import wire_encoded_datum as enc_datum  # noqa: E402
 from conftest import wire_raw_datum as raw_datum  # noqa: E402

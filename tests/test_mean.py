@@ -11,7 +11,7 @@ import plyvel  # noqa: E402
 from conftest import varint  # noqa: E402
 from conftest import wire_raw_datum  # noqa: E402
 
-from caffedata.compute_mean import compute_image_mean  # noqa: E402
+from caffedata.tools.compute_mean import compute_image_mean  # noqa: E402
 from caffedata.errors import CaffeDataError, RecordError  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402
-from caffedata import ops  # noqa: E402
+from caffedata.mxnet import ops  # noqa: E402
 from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402
 
 if not os.path.isfile(ops.library_path()):

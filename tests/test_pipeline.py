@@ -6,9 +6,9 @@ from conftest import (MT19937, data_prototxt, encoded_datum, float_datum, jpeg_b
 
 import cv2
 from caffedata.errors import DatabaseError, RecordError, SpecError
-from caffedata.mean import mean_to_blobproto_bytes
-from caffedata.pipeline import CaffePipeline
-from caffedata.prototxt import data_layer_spec
+from caffedata.formats.mean import mean_to_blobproto_bytes
+from caffedata.pipeline.data_layer import CaffePipeline
+from caffedata.formats.prototxt import data_layer_spec
 
 
 # -- an independent reference ---------------------------------------------------

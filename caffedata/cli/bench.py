@@ -40,9 +40,9 @@ def cmd_bench(args):
     import json
     import sys
 
-    from .. import bench
-    from ..prototxt import data_layer_spec
-    from ..spec import Phase
+    from ..tools import bench
+    from ..formats.prototxt import data_layer_spec
+    from ..formats.spec import Phase
     from . import CommandError
 
     if args.threads < 1 or args.batches < 1 or args.repeats < 1 or args.warmup < 0:

@@ -41,7 +41,7 @@ def add_parser(sub):
 
 
 def cmd_convert(args):
-    from ..convert import convert_imageset
+    from ..tools.convert import convert_imageset
     from . import CommandError
 
     if args.seed is not None and not args.shuffle:

@@ -22,7 +22,7 @@ def add_parser(sub):
 
 
 def cmd_demo(args):
-    from ..demo import run_demo
+    from ..tools.demo import run_demo
     from . import CommandError
 
     if args.epochs < 1 or args.threads < 1:

@@ -33,7 +33,7 @@ def add_parser(sub):
 def cmd_inspect(args):
     import json
 
-    from .. import inspect_db
+    from ..tools import inspect_db
     from . import CommandError
 
     if args.sample is not None and args.sample < 1:

@@ -25,7 +25,7 @@ def add_parser(sub):
 def cmd_mean(args):
     import os
 
-    from ..compute_mean import compute_image_mean
+    from ..tools.compute_mean import compute_image_mean
     from . import CommandError
 
     npy = args.npy

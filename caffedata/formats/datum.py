@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .proto import Datum
+from ..proto import Datum
 
 
 @dataclass

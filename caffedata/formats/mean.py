@@ -2,8 +2,8 @@
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .errors import SpecError
-from .proto import BlobProto
+from ..errors import SpecError
+from ..proto import BlobProto
 
 _LEGACY = ("num", "channels", "height", "width")
 

@@ -27,10 +27,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from .db import open_source
-from .errors import CaffeDataError, DatabaseError, RecordError
-from .mean import mean_to_blobproto_bytes
-from .proto import Datum
+from ..sources.db import open_source
+from ..errors import CaffeDataError, DatabaseError, RecordError
+from ..formats.mean import mean_to_blobproto_bytes
+from ..proto import Datum
 
 __all__ = ["compute_image_mean", "MeanResult", "record_pixels", "channel_means"]
 

@@ -18,11 +18,11 @@ import threading
 
 import numpy as np
 
-from . import _fast
-from .db import open_source
-from .errors import RecordError, SpecError
+from .. import _fast
+from ..sources.db import open_source
+from ..errors import RecordError, SpecError
 from .kernels import BatchAssembler
-from .mean import load_mean_file
+from ..formats.mean import load_mean_file
 from .prefetch import Prefetcher
 from .sampling import EpochPlanner
 

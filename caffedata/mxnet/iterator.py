@@ -8,10 +8,10 @@ import ctypes
 import mxnet as mx
 import numpy as np
 
-from . import _fast
-from .errors import SpecError
-from .pipeline import CaffePipeline
-from .prototxt import data_layer_spec
+from .. import _fast
+from ..errors import SpecError
+from ..pipeline.data_layer import CaffePipeline
+from ..formats.prototxt import data_layer_spec
 
 
 def _from_dlpack_address():

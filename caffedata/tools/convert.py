@@ -61,8 +61,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from .datum import array_to_datum_bytes, encoded_datum_bytes
-from .errors import CaffeDataError, DatabaseError, SpecError
+from ..formats.datum import array_to_datum_bytes, encoded_datum_bytes
+from ..errors import CaffeDataError, DatabaseError, SpecError
 
 __all__ = ["convert_imageset", "ConvertResult", "Failure", "parse_list_file", "caffe_shuffle",
            "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db"]
@@ -244,7 +244,7 @@ def read_image_to_datum(path, label, resize_height=0, resize_width=0, is_color=T
 
 def _datum_data_size(value):
     """Length of ``data`` in serialized Datum bytes (for check_size)."""
-    from .proto import Datum
+    from ..proto import Datum
 
     d = Datum.FromString(value)
     return len(d.data), d.channels * d.height * d.width

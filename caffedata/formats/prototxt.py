@@ -9,8 +9,8 @@ import os
 
 from google.protobuf import text_format
 
-from .errors import SpecError
-from .proto import LayerParameter, NetParameter
+from ..errors import SpecError
+from ..proto import LayerParameter, NetParameter
 from .spec import Backend, DataLayerSpec, Phase, TransformSpec
 
 DATA_LAYER_TYPES = ("Data",)

@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from .errors import SpecError
-from .spec import Backend, DataLayerSpec, Phase, TransformSpec
+from ..errors import SpecError
+from ..formats.spec import Backend, DataLayerSpec, Phase, TransformSpec
 
 __all__ = ["BenchPoint", "measure", "run_bench", "spec_for_db", "format_table"]
 
@@ -44,13 +44,13 @@ class BenchPoint:
 def spec_for_db(db, batch_size=64, backend="auto", phase="TRAIN", scale=1.0, mirror=False,
                 crop_size=0, mean_file=None, mean_value=(), force_color=False, force_gray=False):
     """A Data-layer spec for ``db`` with the given transform_param values."""
-    from .db import detect_backend
+    from ..sources.db import detect_backend
 
     db = os.fspath(db)
     if backend == "auto":
         found = detect_backend(db) if os.path.exists(db) else None
         if found is None:
-            from .db import open_source
+            from ..sources.db import open_source
 
             open_source(db, "auto").close()  # raises the precise error
         backend = found
@@ -68,7 +68,7 @@ def spec_for_db(db, batch_size=64, backend="auto", phase="TRAIN", scale=1.0, mir
 
 
 def _mean_record_bytes(spec, n=64):
-    from .db import open_source
+    from ..sources.db import open_source
 
     sizes = []
     with open_source(spec.source, spec.backend) as source:
@@ -82,7 +82,7 @@ def _mean_record_bytes(spec, n=64):
 def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", seed=0,
             record_bytes=None):
     """Time ``batches`` batches (median of ``repeats`` windows) after ``warmup`` batches."""
-    from .pipeline import CaffePipeline
+    from ..pipeline.data_layer import CaffePipeline
 
     if batches < 1 or repeats < 1 or warmup < 0:
         raise SpecError("batches and repeats must be >= 1, warmup >= 0")

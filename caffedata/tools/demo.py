@@ -69,7 +69,7 @@ def prepare_digits(workdir, progress=False, log=print):
 
     from .compute_mean import compute_image_mean
     from .convert import convert_imageset
-    from .datasets import load_digits
+    from ..datasets import load_digits
 
     images, labels = load_digits()
     img_dir = os.path.join(workdir, "digits")
@@ -169,7 +169,7 @@ def run_demo(workdir=None, epochs=10, keep=False, batch_size=64, lr=0.1, threads
     removed at the end unless ``keep``; a given ``workdir`` is always kept."""
     import mxnet as mx
 
-    from . import CaffeDataIter
+    from .. import CaffeDataIter
 
     start = time.perf_counter()
     own = workdir is None

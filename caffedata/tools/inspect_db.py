@@ -32,7 +32,7 @@ from collections import Counter
 
 import numpy as np
 
-from .errors import CaffeDataError, SpecError
+from ..errors import CaffeDataError, SpecError
 
 __all__ = ["inspect", "inspect_db", "inspect_mean", "inspect_prototxt", "detect_kind",
            "render_grid", "grid_geometry", "db_grid", "mean_grid", "record_image", "format_report"]
@@ -101,8 +101,8 @@ def _image_format(payload):
 
 
 def _parse(value, db_path, key, index):
-    from .errors import RecordError
-    from .proto import Datum
+    from ..errors import RecordError
+    from ..proto import Datum
 
     try:
         return Datum.FromString(bytes(value))
@@ -122,7 +122,7 @@ def _decode(d, flag=-1):
 
 def record_image(value, db_path="<db>", key=b"", index=None):
     """(CHW array, label) of one serialized Datum, decoded as Caffe's tools decode it."""
-    from .errors import RecordError
+    from ..errors import RecordError
 
     d = _parse(value, db_path, key, index)
     if d.encoded:
@@ -157,7 +157,7 @@ def _record_facts(value, db_path, key, index):
 
 def detect_kind(path):
     """'db', 'mean' or 'prototxt' for a path (or raises SpecError)."""
-    from .db import detect_backend
+    from ..sources.db import detect_backend
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -196,7 +196,7 @@ def _sample_indices(count, n, random, seed):
 
 def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress=False):
     """Summary dict of an LMDB/LevelDB of Datums (see the module docstring)."""
-    from .db import open_source
+    from ..sources.db import open_source
 
     path = os.fspath(path)
     source = open_source(path, backend)
@@ -274,7 +274,7 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
 
 
 def _pick_records(path, backend, n, random, seed):
-    from .db import open_source
+    from ..sources.db import open_source
 
     with open_source(path, backend) as source:
         if random:
@@ -295,8 +295,8 @@ def inspect_mean(path):
     """Summary dict of a mean ``.binaryproto``."""
     from google.protobuf.message import DecodeError
 
-    from .mean import blob_to_array
-    from .proto import BlobProto
+    from ..formats.mean import blob_to_array
+    from ..proto import BlobProto
 
     path = os.fspath(path)
     try:
@@ -332,7 +332,7 @@ def inspect_mean(path):
 
 def _first_record_chw(spec):
     """C, H, W of the source's first record after Caffe's decoding rules, or None."""
-    from .db import open_source
+    from ..sources.db import open_source
 
     with open_source(spec.source, spec.backend) as source:
         for key, value in source.items():
@@ -350,8 +350,8 @@ def inspect_prototxt(path):
     """Each Data layer's effective settings and the batch shapes the iterator provides."""
     from google.protobuf import text_format
 
-    from .prototxt import DATA_LAYER_TYPES, data_layer_spec, parse_net, read_prototxt_arg
-    from .spec import Phase
+    from ..formats.prototxt import DATA_LAYER_TYPES, data_layer_spec, parse_net, read_prototxt_arg
+    from ..formats.spec import Phase
 
     path = os.fspath(path)
     text = read_prototxt_arg(path)
@@ -396,7 +396,7 @@ def inspect_prototxt(path):
             entry["batch_shapes_error"] = str(exc)
             chw = None
         if chw is not None:
-            from .pipeline import output_shapes
+            from ..pipeline.data_layer import output_shapes
 
             data, label = output_shapes(spec, tuple(chw), flat=False)
             flat, _ = output_shapes(spec, tuple(chw), flat=True)
@@ -509,8 +509,8 @@ def db_grid(path, out_path, n=64, backend="auto", random=False, seed=0, tile=64,
 
 def mean_grid(path, out_path, tile=128, rgb=False):
     """The mean image of a .binaryproto as a one-tile grid captioned 'mean'."""
-    from .mean import blob_to_array
-    from .proto import BlobProto
+    from ..formats.mean import blob_to_array
+    from ..proto import BlobProto
 
     with open(path, "rb") as f:
         array = blob_to_array(BlobProto.FromString(f.read()), path)

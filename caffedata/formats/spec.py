@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from .errors import SpecError
+from ..errors import SpecError
 
 
 class Phase(enum.IntEnum):

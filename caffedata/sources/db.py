@@ -8,8 +8,8 @@ opened by whoever reads it (a worker thread), never held across a fork:
 import os
 import threading
 
-from .errors import DatabaseError
-from .spec import Backend
+from ..errors import DatabaseError
+from ..formats.spec import Backend
 
 
 def detect_backend(path):

@@ -58,7 +58,7 @@ import threading
 
 import numpy as np
 
-from .errors import OpsLibraryError, SpecError
+from ..errors import OpsLibraryError, SpecError
 
 __all__ = ["install", "load_library", "library_path", "CaffeOp", "CaffeLoss", "CaffeFiller",
            "supported_layers", "layer_info", "blas_info"]
@@ -73,7 +73,8 @@ _state = {"loaded_path": None, "error": None, "cdll": None}
 
 def library_path():
     """Absolute path of the bundled ops library (it may not exist)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package_dir, LIBRARY_NAME)
 
 
 def load_library(path=None):
@@ -195,7 +196,7 @@ def layer_shapes(prototxt, bottom_shapes):
 
 def _parse_layer(prototxt):
     """Validate with protobuf text_format; return the single LayerParameter."""
-    from .proto import LayerParameter, NetParameter, text_format
+    from ..proto import LayerParameter, NetParameter, text_format
 
     if not isinstance(prototxt, str):
         raise SpecError(f"prototxt must be a str, got {type(prototxt).__name__}")
@@ -326,7 +327,7 @@ _FILLER_DEFAULTS = {"type": "constant", "value": 0.0, "min": 0.0, "max": 1.0, "m
 
 def _filler_kwargs(filler):
     """FillerParameter message -> CaffeFiller kwargs (proto defaults applied)."""
-    from .proto import POOL
+    from ..proto import POOL
 
     enum = POOL.FindEnumTypeByName("caffe.FillerParameter.VarianceNorm")
     kw = dict(_FILLER_DEFAULTS)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 from .kernels import draw_count, expand_draws
 
 LAST_BATCH_HANDLES = ("pad", "discard", "roll_over")

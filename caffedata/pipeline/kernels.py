@@ -7,9 +7,9 @@ problem into a ``RecordError`` that names the database, the key and the fix.
 import cv2
 import numpy as np
 
-from . import _fast
-from .datum import parse_datum
-from .errors import RecordError
+from .. import _fast
+from ..formats.datum import parse_datum
+from ..errors import RecordError
 
 _FLOAT_PACKED = _fast.FLOAT_LAYOUTS["packed"]
 _FLOAT_UNPACKED = _fast.FLOAT_LAYOUTS["unpacked"]

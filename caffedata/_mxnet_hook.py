@@ -1,0 +1,75 @@
+"""Install caffedata's MXNet adapters when mxnet is imported, without importing it ourselves.
+
+``import caffedata`` must stay free of mxnet (seconds of start-up, and no
+mxnet at all on Python >= 3.12), yet the FAQ code ``import caffedata; import
+mxnet as mx; mx.io.CaffeDataIter(...)`` must work.  So: if mxnet is already
+imported, install now; otherwise wrap the loader of the ``mxnet`` module so
+that the adapters are installed right after mxnet's own ``__init__`` ran.
+"""
+import importlib.abc
+import importlib.util
+import logging
+import sys
+import threading
+
+log = logging.getLogger("caffedata")
+
+_lock = threading.Lock()
+_state = {"installed": False}
+
+
+def install_now():
+    """Install the adapters into the (imported) mxnet module; idempotent."""
+    with _lock:
+        if _state["installed"]:
+            return
+        _state["installed"] = True
+    from .mxnet import install
+
+    install()
+
+
+class _InstallAfterExec(importlib.abc.Loader):
+    """Delegates to mxnet's real loader, then installs the adapters."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        try:
+            install_now()
+        except Exception:  # never break `import mxnet` itself
+            log.exception("caffedata: installing the MXNet adapters failed")
+
+
+class _MXNetFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "mxnet":
+            return None
+        _remove_finder()  # find the real spec with the other finders
+        spec = importlib.util.find_spec("mxnet")
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _InstallAfterExec(spec.loader)
+        return spec
+
+
+_finder = _MXNetFinder()
+
+
+def _remove_finder():
+    try:
+        sys.meta_path.remove(_finder)
+    except ValueError:
+        pass
+
+
+def install_when_mxnet_is_imported():
+    if "mxnet" in sys.modules:
+        install_now()
+    elif _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)

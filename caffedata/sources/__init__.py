@@ -1,0 +1,1 @@
+"""Where records come from: Caffe's LMDB and LevelDB databases."""

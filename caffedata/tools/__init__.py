@@ -1,0 +1,1 @@
+"""The dataset tools behind the command line: convert, mean, inspect, bench, demo."""
