@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute) of what is exported lazily
 _LAZY = {
-    "DataLayer": ("caffedata.pipeline.data_layer", "DataLayer"),
-    "CaffePipeline": ("caffedata.pipeline.data_layer", "CaffePipeline"),
+    "DataLayer": ("caffedata.pipeline.layer", "DataLayer"),
+    "CaffePipeline": ("caffedata.pipeline.engine", "CaffePipeline"),
     "data_layer_spec": ("caffedata.formats.prototxt", "data_layer_spec"),
     "convert": ("caffedata.tools.convert", "convert_imageset"),
     "compute_mean": ("caffedata.tools.compute_mean", "compute_image_mean"),

@@ -7,7 +7,7 @@ from conftest import (MT19937, data_prototxt, encoded_datum, float_datum, jpeg_b
 import cv2
 from caffedata.errors import DatabaseError, RecordError, SpecError
 from caffedata.formats.mean import mean_to_blobproto_bytes
-from caffedata.pipeline.data_layer import CaffePipeline
+from caffedata.pipeline.engine import CaffePipeline
 from caffedata.formats.prototxt import data_layer_spec
 
 
@@ -47,7 +47,7 @@ def caffe_transform(x, *, scale=1.0, mean=None, mean_values=(), crop=0, train=Fa
 
 
 def all_batches(pipe):
-    return [(d.copy(), l.copy(), pad) for d, l, pad in pipe]
+    return [(d.copy(), l.copy(), pad) for d, l, pad, _ in pipe]
 
 
 def pipeline(source, batch_size, backend="LMDB", phase="TEST", transform="", **kw):

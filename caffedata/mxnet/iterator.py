@@ -1,7 +1,10 @@
-"""``CaffeDataIter``: a Caffe ``Data`` layer as an ``mx.io.DataIter``.
+"""``CaffeDataIter``: a Caffe data layer as an ``mx.io.DataIter``.
 
-A thin adapter over ``pipeline.CaffePipeline``: MXNet names, ``DataDesc``
-shapes known before the first batch, ``DataBatch.pad``, ``reset()``.
+A thin adapter over ``caffedata.DataLayer``: MXNet names, ``DataDesc`` shapes
+known before the first batch, ``DataBatch.pad``, ``reset()``, the whole
+``DataIter`` contract (``iter_next``/``getdata``/``getlabel``/``getpad``/
+``getindex``, ``len``), and NDArrays that wrap the layer's numpy buffers
+without a copy.
 """
 import ctypes
 
@@ -10,8 +13,7 @@ import numpy as np
 
 from .. import _fast
 from ..errors import SpecError
-from ..pipeline.data_layer import CaffePipeline
-from ..formats.prototxt import data_layer_spec
+from ..pipeline.layer import DataLayer
 
 
 def _from_dlpack_address():
@@ -64,8 +66,9 @@ class CaffeDataIter(mx.io.DataIter):
         Seed of the random crops/mirrors (an ``std::mt19937(seed)`` stream drawn in
         Caffe's order) and of the shuffle.  The same seed gives the same batches,
         whatever ``preprocess_threads`` is.
-    preprocess_threads : int
-        Threads that read, decode and transform (they run without the GIL).
+    preprocess_threads : int, optional
+        Threads that read, decode and transform (they run without the GIL).  Default:
+        the usable cores of the process, at most 4; pass a number to pin it.
     prefetch_buffer : int
         Batches prepared ahead (default ``data_param.prefetch``, i.e. 4).
     last_batch_handle : 'pad', 'discard' or 'roll_over'
@@ -74,35 +77,36 @@ class CaffeDataIter(mx.io.DataIter):
         ``DataBatch.pad`` counts them.
 
     Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
-    and hold exactly ``num_examples`` records (plus padding).  The arrays of a
-    batch are NDArrays that stay valid for as long as you hold them: they wrap
-    the pipeline's batch buffers without a copy, and a buffer is reused only
-    after every NDArray made from it has been freed (by you and by MXNet's
-    engine, which keeps an array alive until its pending operations ran).
+    and hold exactly ``num_examples`` records (plus padding); ``len(it)`` is the
+    number of batches per epoch.  The arrays of a batch are NDArrays that stay
+    valid for as long as you hold them: they wrap the layer's batch buffers
+    without a copy, and a buffer is reused only after every NDArray made from
+    it has been freed (by you and by MXNet's engine, which keeps an array alive
+    until its pending operations ran).  For numpy batches without MXNet in
+    between, iterate ``it.layer`` (a ``caffedata.DataLayer``) instead.
     """
 
     def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
                  label_name="softmax_label", dtype=None, shuffle=False, seed=0,
-                 preprocess_threads=1, prefetch_buffer=None, last_batch_handle="pad", **kwargs):
+                 preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad", **kwargs):
         unknown = set(kwargs) - {"ctx"}  # the old plugin accepted (and ignored) ctx
         if unknown:
             raise SpecError(f"CaffeDataIter got unknown arguments {sorted(unknown)}")
-        spec = data_layer_spec(prototxt)
         self._dtype = np.dtype(dtype or "float32")
-        self._pipeline = CaffePipeline(
-            spec, num_examples=num_examples, dtype=self._dtype, shuffle=shuffle, seed=seed,
-            preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
-            last_batch_handle=last_batch_handle, flat=flat)
+        self.layer = DataLayer(prototxt, flat=flat, num_examples=num_examples, dtype=self._dtype,
+                               shuffle=shuffle, seed=seed, preprocess_threads=preprocess_threads,
+                               prefetch_buffer=prefetch_buffer, last_batch_handle=last_batch_handle)
+        spec = self.layer.spec
         super().__init__(spec.batch_size)
         self.spec = spec
         self.data_name, self.label_name = data_name, label_name
-        self.num_examples = self._pipeline.num_examples
+        self.num_examples = self.layer.num_examples
+        shapes = list(self.layer.shapes.values())
         layout = "NC" if flat else "NCHW"
-        self._provide_data = [mx.io.DataDesc(data_name, self._pipeline.data_shape, self._dtype,
-                                             layout=layout)]
-        self._provide_label = ([mx.io.DataDesc(label_name, self._pipeline.label_shape, self._dtype,
-                                               layout="N")] if spec.has_label else [])
-        self._epoch_started = False
+        self._provide_data = [mx.io.DataDesc(data_name, shapes[0], self._dtype, layout=layout)]
+        self._provide_label = ([mx.io.DataDesc(label_name, shapes[1], self._dtype, layout="N")]
+                               if spec.has_label else [])
+        self._current = None  # the batch iter_next() fetched
 
     @property
     def provide_data(self):
@@ -112,27 +116,64 @@ class CaffeDataIter(mx.io.DataIter):
     def provide_label(self):
         return self._provide_label
 
+    def __len__(self):
+        """Batches per epoch."""
+        return len(self.layer)
+
     def reset(self):
         """Start the next epoch at the first record (drops any prefetched batches)."""
-        self._pipeline.start_epoch()
-        self._epoch_started = True
+        self.layer.reset()
+        self._current = None
+
+    def iter_next(self):
+        """Fetch the next batch for getdata()/getlabel()/getpad(); False at the end of the epoch."""
+        try:
+            self._current = self._next_batch()
+        except StopIteration:
+            self._current = None
+            return False
+        return True
 
     def next(self):
-        if not self._epoch_started:
-            self.reset()
-        data, label, pad = self._pipeline.next_batch()
-        # Zero copy: the NDArrays wrap the pipeline's pooled buffers, which are
+        if self.iter_next():
+            return self._current
+        raise StopIteration
+
+    def _next_batch(self):
+        batch = self.layer.next_batch()
+        arrays = list(batch.values())
+        # Zero copy: the NDArrays wrap the layer's pooled buffers, which are
         # not rewritten until MXNet and the caller have both let go of them.
-        arrays = [_wrap(data)]
-        labels = [_wrap(label)] if self.spec.has_label else []
-        return mx.io.DataBatch(data=arrays, label=labels, pad=pad, index=None,
-                               provide_data=self._provide_data if data.shape == self._provide_data[0].shape
-                               else [mx.io.DataDesc(self.data_name, data.shape, self._dtype)],
-                               provide_label=self._provide_label)
+        data = [_wrap(arrays[0])]
+        labels = [_wrap(arrays[1])] if self.spec.has_label else []
+        provide_data = self._provide_data
+        if arrays[0].shape != provide_data[0].shape:  # records of varying size, batch 1
+            provide_data = [mx.io.DataDesc(self.data_name, arrays[0].shape, self._dtype)]
+        return mx.io.DataBatch(data=data, label=labels, pad=batch.pad, index=batch.index,
+                               provide_data=provide_data, provide_label=self._provide_label)
+
+    def _fetched(self):
+        if self._current is None:
+            raise mx.base.MXNetError("no current batch: call iter_next() first (and check that it "
+                                     "returned True)")
+        return self._current
+
+    def getdata(self):
+        return self._fetched().data
+
+    def getlabel(self):
+        return self._fetched().label
+
+    def getpad(self):
+        return self._fetched().pad
+
+    def getindex(self):
+        """The record numbers (positions in the database's key order) of the current batch."""
+        return self._fetched().index
 
     def close(self):
         """Stop the worker threads and close the database."""
-        self._pipeline.close()
+        self.layer.close()
 
     def __del__(self):
         try:

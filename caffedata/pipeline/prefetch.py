@@ -8,9 +8,21 @@ scale.  An exception in a worker is re-raised from ``next()`` with its
 traceback; ``close()`` (or dropping the object, or interpreter exit) stops the
 threads without hanging.
 """
+import os
 import queue
 import threading
 import weakref
+
+DEFAULT_MAX_THREADS = 4  # as ImageRecordIter's default preprocess_threads
+
+
+def default_threads():
+    """The usable cores of this process, capped at ``DEFAULT_MAX_THREADS``."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(DEFAULT_MAX_THREADS, usable))
 
 
 class _Stop(Exception):

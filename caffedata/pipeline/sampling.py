@@ -81,6 +81,12 @@ class EpochPlanner:
         passes = -(-total // n)
         return np.concatenate([self.shuffle_rng.permutation(n) for _ in range(passes)])[:total]
 
+    def batches_per_epoch(self):
+        """How many batches the next planned epoch holds."""
+        n = self.num_examples + (len(self.carry) if self.last_batch_handle == "roll_over" else 0)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and self.last_batch_handle == "pad" else 0)
+
     def plan_epoch(self, epoch):
         """The epoch's batches, in order.  Advances the random streams by a whole epoch."""
         order = self._order()

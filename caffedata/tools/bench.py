@@ -82,7 +82,7 @@ def _mean_record_bytes(spec, n=64):
 def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", seed=0,
             record_bytes=None):
     """Time ``batches`` batches (median of ``repeats`` windows) after ``warmup`` batches."""
-    from ..pipeline.data_layer import CaffePipeline
+    from ..pipeline.engine import CaffePipeline
 
     if batches < 1 or repeats < 1 or warmup < 0:
         raise SpecError("batches and repeats must be >= 1, warmup >= 0")
@@ -108,7 +108,7 @@ def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", see
         for _ in range(repeats):
             t = time.perf_counter()
             for _ in range(batches):
-                data, _, _ = pipe.next_batch()
+                data = pipe.next_batch()[0]
             windows.append(time.perf_counter() - t)
             shape = tuple(data.shape)
     finally:

@@ -396,7 +396,7 @@ def inspect_prototxt(path):
             entry["batch_shapes_error"] = str(exc)
             chw = None
         if chw is not None:
-            from ..pipeline.data_layer import output_shapes
+            from ..pipeline.engine import output_shapes
 
             data, label = output_shapes(spec, tuple(chw), flat=False)
             flat, _ = output_shapes(spec, tuple(chw), flat=True)

@@ -1,9 +1,10 @@
-"""The framework-neutral data pipeline of one Caffe ``Data`` layer.
+"""The batch engine under ``DataLayer``, for one Caffe ``Data`` layer.
 
-``CaffePipeline`` ties the pieces together: the spec (``prototxt.py``), the
-record source (``db.py``), the epoch plan (``sampling.py``), the kernels
-(``kernels.py``) and the worker threads (``prefetch.py``).  It yields numpy
-batches; ``iterator.py`` adapts it to ``mx.io.DataIter``.
+``CaffePipeline`` ties the pieces together: the spec (``formats/prototxt.py``),
+the record source (``sources/db.py``), the epoch plan (``sampling.py``), the
+kernels (``kernels.py``) and the worker threads (``prefetch.py``).  It yields
+numpy batches; ``layer.DataLayer`` names them by top, and
+``caffedata.mxnet.iterator`` adapts that to ``mx.io.DataIter``.
 
 Lifecycle.  The constructor reads the key list and the first record (for the
 output shape) through a short-lived handle that it closes again.  Worker
@@ -23,7 +24,7 @@ from ..sources.db import open_source
 from ..errors import RecordError, SpecError
 from .kernels import BatchAssembler
 from ..formats.mean import load_mean_file
-from .prefetch import Prefetcher
+from .prefetch import DEFAULT_MAX_THREADS, Prefetcher, default_threads
 from .sampling import EpochPlanner
 
 log = logging.getLogger("caffedata")
@@ -152,9 +153,11 @@ class CaffePipeline:
         self.dtype = np.dtype(dtype)
         self.flat = bool(flat)
         self.path = spec.source
-        self.threads = int(preprocess_threads or 1)
+        # None: the usable cores, at most 4; 0 is an error, as prefetch_buffer=0 is.
+        self.threads = default_threads() if preprocess_threads is None else int(preprocess_threads)
         if self.threads < 1:
-            raise SpecError(f"preprocess_threads must be >= 1, got {preprocess_threads}")
+            raise SpecError(f"preprocess_threads must be >= 1, got {preprocess_threads} (leave it "
+                            f"unset for the usable cores, at most {DEFAULT_MAX_THREADS})")
         self.depth = int(prefetch_buffer if prefetch_buffer is not None else spec.prefetch)
         if self.depth < 1:
             raise SpecError(f"prefetch_buffer must be >= 1, got {prefetch_buffer}")
@@ -205,7 +208,7 @@ class CaffePipeline:
         return _WorkerState(self._shared)
 
     def next_batch(self):
-        """(data, label, pad) of the next batch; StopIteration at the end of the epoch."""
+        """(data, label, pad, record indices) of the next batch; StopIteration at the epoch's end."""
         if self._prefetcher is None:
             self.start_epoch()
         return next(self._prefetcher)
@@ -254,7 +257,7 @@ class CaffePipeline:
             self.assembler.fill(values, keys, records, batch.draws, out, labels, chw)
         if self.flat:
             out = out.reshape(B, -1)
-        return out, labels, batch.pad
+        return out, labels, batch.pad, batch.records
 
     def _vanished(self, keys, records, i):
         raise RecordError(self.path, keys[i], int(records[i]), "record vanished while reading",

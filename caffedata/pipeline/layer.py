@@ -1,0 +1,143 @@
+"""``DataLayer``: a Caffe data layer as a framework-neutral iterator of numpy batches.
+
+The one user-facing iterator of the core.  ``caffedata.mxnet.CaffeDataIter``
+is a thin adapter over it; PyTorch and JAX users take the numpy arrays as they
+come, or without a copy through DLPack::
+
+    layer = caffedata.DataLayer("train_val.prototxt", phase="TRAIN", shuffle=True)
+    for epoch in range(epochs):
+        for batch in layer:                          # one epoch
+            x = torch.from_dlpack(batch["data"])     # no copy
+            y = torch.from_dlpack(batch["label"])
+            n = len(y) - batch.pad                   # the last `pad` items repeat the epoch's first
+
+A batch's arrays are pooled buffers: each one is rewritten only after every
+holder has let it go (a numpy view, a torch or jax tensor made by DLPack, an
+MXNet NDArray all hold a reference), so keeping a batch is always safe.
+"""
+from ..errors import SpecError
+from ..formats.prototxt import data_layer_spec
+from .engine import CaffePipeline
+
+
+class Batch(dict):
+    """One batch: ``{top name: numpy array}``; ``pad`` trailing items are padding.
+
+    ``index`` holds each item's record number (its position in the source's
+    key order), so a batch says exactly which records it holds.
+    """
+
+    def __init__(self, arrays, pad, index):
+        super().__init__(arrays)
+        self.pad = int(pad)
+        self.index = index
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}: {v.shape}" for k, v in self.items())
+        return f"Batch({{{shapes}}}, pad={self.pad})"
+
+
+class DataLayer:
+    """Batches of one Caffe data layer, exactly as Caffe transforms them.
+
+    Parameters
+    ----------
+    prototxt : str
+        The layer in protobuf text (``layer { type: "Data" ... }``, legacy
+        ``layers {}`` too), or the path of a file holding it.  In a net with
+        several data layers, ``phase`` picks one.
+    phase : 'TRAIN', 'TEST' or None
+        Which data layer of a train_val net to use (default: the only one).
+    flat, num_examples, dtype, shuffle, seed, prefetch_buffer, last_batch_handle
+        As ``CaffeDataIter`` (see its docstring).
+    preprocess_threads : int or None
+        Worker threads; None takes the usable cores, at most 4.  The same seed
+        gives the same batches whatever the thread count.
+
+    Iterating the layer runs one epoch; the next ``iter()`` starts the next
+    epoch (at the first record again, with the random streams moved on).
+    """
+
+    def __init__(self, prototxt, phase=None, flat=False, num_examples=None, dtype="float32",
+                 shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
+                 last_batch_handle="pad"):
+        if isinstance(phase, str):
+            from ..formats.spec import Phase
+
+            try:
+                phase = Phase[phase.upper()]
+            except KeyError:
+                raise SpecError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}") from None
+        self.spec = data_layer_spec(prototxt, phase)
+        self._pipeline = CaffePipeline(
+            self.spec, num_examples=num_examples, dtype=dtype, shuffle=shuffle, seed=seed,
+            preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
+            last_batch_handle=last_batch_handle, flat=flat)
+        self.tops = self.spec.tops[:2] if self.spec.has_label else self.spec.tops[:1]
+        self._epoch_open = False
+        self._epoch_length = 0
+
+    # -- what the batches look like (known before the first batch) -----------
+    @property
+    def batch_size(self):
+        return self.spec.batch_size
+
+    @property
+    def num_examples(self):
+        return self._pipeline.num_examples
+
+    @property
+    def dtype(self):
+        return self._pipeline.dtype
+
+    @property
+    def preprocess_threads(self):
+        return self._pipeline.threads
+
+    @property
+    def shapes(self):
+        """``{top name: shape}`` of every batch."""
+        shapes = [self._pipeline.data_shape, self._pipeline.label_shape]
+        return dict(zip(self.tops, shapes))
+
+    def __len__(self):
+        """Batches per epoch."""
+        if self._epoch_open:
+            return self._epoch_length
+        return self._pipeline.planner.batches_per_epoch()
+
+    # -- epochs --------------------------------------------------------------
+    def reset(self):
+        """Start the next epoch at its first record (drops prefetched batches)."""
+        self._epoch_length = self._pipeline.start_epoch()
+        self._epoch_open = True
+
+    def next_batch(self):
+        """The next ``Batch`` of the current epoch (starting one if none runs); StopIteration at its end."""
+        if not self._epoch_open:
+            self.reset()
+        try:
+            data, label, pad, records = self._pipeline.next_batch()
+        except StopIteration:
+            self._epoch_open = False
+            raise
+        return Batch(zip(self.tops, (data, label)), pad, records)
+
+    def __iter__(self):
+        self.reset()
+        while True:
+            try:
+                yield self.next_batch()
+            except StopIteration:
+                return
+
+    # -- shutdown ------------------------------------------------------------
+    def close(self):
+        """Stop the worker threads and close the source."""
+        self._pipeline.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
