@@ -34,6 +34,15 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "_fast":
+        try:
+            return importlib.import_module("caffedata._fast")
+        except ImportError as exc:
+            raise ImportError(
+                f"caffedata's compiled core (_fast) is missing from {__path__[0]}: this looks like "
+                f"an unbuilt source folder shadowing the installed package. Build it in place with "
+                f"`pip install -e .` (or `python setup.py build_ext --inplace`) in that folder, or run "
+                f"Python from another folder to use the installed caffedata.") from exc
     try:
         module, attribute = _LAZY[name]
     except KeyError:

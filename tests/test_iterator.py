@@ -82,6 +82,31 @@ def test_provide_data_known_before_reading_and_names(raw_db):
     it.close()
 
 
+def test_data_iter_contract_iter_next_getters_and_len(raw_db):
+    db = raw_db(n=10, c=1, h=2, w=3)
+    it = mx.io.CaffeDataIter(prototxt=data_prototxt(db, 4), preprocess_threads=2)
+    assert len(it) == 3  # ceil(10 / 4) with 'pad'
+    with pytest.raises(mx.base.MXNetError, match="call iter_next"):
+        it.getdata()
+    seen, pads = [], []
+    while it.iter_next():  # DataIter's documented protocol
+        data, label = it.getdata(), it.getlabel()
+        assert len(data) == 1 and data[0].shape == (4, 1, 2, 3)
+        ids = it.getindex().tolist()
+        assert label[0].asnumpy().tolist() == ids  # conftest: label = record id
+        np.testing.assert_array_equal(data[0].asnumpy()[0], record_pixels(ids[0], 1, 2, 3))
+        seen.append(ids)
+        pads.append(it.getpad())
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]] and pads == [0, 0, 2]
+    assert not it.iter_next()  # stays at the end until reset()
+    it.reset()
+    assert it.iter_next() and it.getindex().tolist() == [0, 1, 2, 3]
+    discard = mx.io.CaffeDataIter(prototxt=data_prototxt(db, 4), last_batch_handle="discard")
+    assert len(discard) == len(list(discard)) == 2
+    discard.close()
+    it.close()
+
+
 def test_worker_error_reaches_next_with_traceback(tmp_path):
     good = raw_datum(record_pixels(0, 1, 4, 4), 0)
     items = [(key(i), good) for i in range(8)] + [(b"00000008_bad", good[:-3])]

@@ -74,8 +74,8 @@ class DataLayer:
             preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
             last_batch_handle=last_batch_handle, flat=flat)
         self.tops = self.spec.tops[:2] if self.spec.has_label else self.spec.tops[:1]
-        self._epoch_open = False
-        self._epoch_length = 0
+        self._epoch_length = None  # batches of the running epoch; None before the first
+        self._epoch_done = False
 
     # -- what the batches look like (known before the first batch) -----------
     @property
@@ -101,8 +101,12 @@ class DataLayer:
         return dict(zip(self.tops, shapes))
 
     def __len__(self):
-        """Batches per epoch."""
-        if self._epoch_open:
+        """Batches of the running epoch or, between epochs, of the next one.
+
+        Constant under 'pad' and 'discard'; under 'roll_over' it varies with the
+        records carried over.
+        """
+        if self._epoch_length is not None and not self._epoch_done:
             return self._epoch_length
         return self._pipeline.planner.batches_per_epoch()
 
@@ -110,16 +114,19 @@ class DataLayer:
     def reset(self):
         """Start the next epoch at its first record (drops prefetched batches)."""
         self._epoch_length = self._pipeline.start_epoch()
-        self._epoch_open = True
+        self._epoch_done = False
 
     def next_batch(self):
-        """The next ``Batch`` of the current epoch (starting one if none runs); StopIteration at its end."""
-        if not self._epoch_open:
+        """The next ``Batch`` of the current epoch; StopIteration at its end, until ``reset()``.
+
+        The first call starts the first epoch.
+        """
+        if self._epoch_length is None:
             self.reset()
         try:
             data, label, pad, records = self._pipeline.next_batch()
         except StopIteration:
-            self._epoch_open = False
+            self._epoch_done = True
             raise
         return Batch(zip(self.tops, (data, label)), pad, records)
 
