@@ -47,7 +47,7 @@ def caffe_transform(x, *, scale=1.0, mean=None, mean_values=(), crop=0, train=Fa
 
 
 def all_batches(pipe):
-    return [(d.copy(), l.copy(), pad) for d, l, pad, _ in pipe]
+    return [(d.copy(), l.copy(), pad) for (d, l), pad, _ in pipe]
 
 
 def pipeline(source, batch_size, backend="LMDB", phase="TEST", transform="", **kw):

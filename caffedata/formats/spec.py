@@ -1,7 +1,9 @@
 """What a Caffe data layer asks for, as frozen dataclasses with Caffe 1.0's defaults.
 
 ``prototxt.py`` builds these from text; the iterator, the kernels and the
-command line only ever see these objects.
+command line only ever see these objects.  One spec class per Caffe data
+layer type: ``DataLayerSpec`` (Data), ``ImageDataSpec``, ``HDF5DataSpec``,
+``MemoryDataSpec``, ``DummyDataSpec``.
 """
 import enum
 from dataclasses import dataclass, field
@@ -71,3 +73,76 @@ class DataLayerSpec:
     @property
     def has_label(self):
         return len(self.tops) != 1
+
+
+@dataclass(frozen=True)
+class ImageDataSpec:
+    """An `ImageData` layer: a list file of ``path label`` lines, images read with OpenCV."""
+
+    source: str
+    batch_size: int = 1
+    root_folder: str = ""
+    new_height: int = 0
+    new_width: int = 0
+    is_color: bool = True
+    shuffle: bool = False
+    rand_skip: int = 0
+    transform: TransformSpec = field(default_factory=TransformSpec)
+    name: str = ""
+    tops: Tuple[str, ...] = ("data", "label")
+
+    @property
+    def phase(self):
+        return self.transform.phase
+
+    @property
+    def has_label(self):
+        return len(self.tops) != 1
+
+
+@dataclass(frozen=True)
+class HDF5DataSpec:
+    """An `HDF5Data` layer: a text file listing .h5 files; top ``t`` reads dataset ``/t``."""
+
+    source: str
+    batch_size: int
+    shuffle: bool = False
+    name: str = ""
+    tops: Tuple[str, ...] = ("data", "label")
+    phase: Phase = Phase.TRAIN
+
+
+@dataclass(frozen=True)
+class MemoryDataSpec:
+    """A `MemoryData` layer: (N, C, H, W) arrays handed to the iterator, transformed as Data."""
+
+    batch_size: int
+    channels: int
+    height: int
+    width: int
+    transform: TransformSpec = field(default_factory=TransformSpec)
+    name: str = ""
+    tops: Tuple[str, ...] = ("data", "label")
+
+    @property
+    def phase(self):
+        return self.transform.phase
+
+    @property
+    def has_label(self):
+        return len(self.tops) != 1
+
+
+@dataclass(frozen=True)
+class DummyDataSpec:
+    """A `DummyData` layer: one shape and one filler (a dict of FillerParameter fields) per top."""
+
+    shapes: Tuple[Tuple[int, ...], ...]
+    fillers: Tuple[dict, ...]
+    name: str = ""
+    tops: Tuple[str, ...] = ("data",)
+    phase: Phase = Phase.TRAIN
+
+    @property
+    def batch_size(self):
+        return self.shapes[0][0]

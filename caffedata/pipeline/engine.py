@@ -20,10 +20,11 @@ import threading
 import numpy as np
 
 from .. import _fast
-from ..sources.db import open_source
 from ..errors import RecordError, SpecError
-from .kernels import BatchAssembler
 from ..formats.mean import load_mean_file
+from ..formats.spec import TransformSpec
+from ..sources.db import open_source
+from .kernels import BatchAssembler
 from .prefetch import DEFAULT_MAX_THREADS, Prefetcher, default_threads
 from .sampling import EpochPlanner
 
@@ -92,7 +93,7 @@ class _WorkerState:
 
 
 class BufferPool:
-    """Preallocated batch buffers (data, labels), reused only when nobody holds them.
+    """Preallocated batch buffers (one array per top), reused only when nobody holds them.
 
     A buffer goes back into use only when the pool's own reference is the
     last one: no queued batch, no caller, no numpy view and no MXNet NDArray
@@ -105,90 +106,90 @@ class BufferPool:
 
     def __init__(self, limit):
         self.limit = max(1, int(limit))
-        self._data = []
-        self._labels = []
+        self._slots = []  # tuples of arrays, one per top; most recently used last
         self._lock = threading.Lock()
 
     def _is_free(self, k):
-        # list slot + getrefcount's argument; anything more is a holder.
-        return sys.getrefcount(self._data[k]) <= 2 and sys.getrefcount(self._labels[k]) <= 2
+        # the slot's tuple + getrefcount's argument; anything more is a holder.
+        slot = self._slots[k]
+        return all(sys.getrefcount(slot[i]) <= 2 for i in range(len(slot)))
 
-    def acquire(self, data_shape, label_shape, dtype):
+    def acquire(self, shapes, dtype):
+        """A tuple of free arrays of ``shapes`` (one shape per top) and ``dtype``."""
+        shapes = tuple(tuple(s) for s in shapes)
         with self._lock:
-            for k in range(len(self._data)):
-                if (self._data[k].shape == data_shape and self._data[k].dtype == dtype
-                        and self._labels[k].shape == label_shape and self._is_free(k)):
-                    data, labels = self._data.pop(k), self._labels.pop(k)
-                    self._data.append(data)  # most recently used last
-                    self._labels.append(labels)
-                    return data, labels
-            data = np.empty(data_shape, dtype=dtype)
-            labels = np.empty(label_shape, dtype=dtype)
-            self._data.append(data)
-            self._labels.append(labels)
-            while len(self._data) > self.limit:
+            for k, slot in enumerate(self._slots):
+                if (tuple(a.shape for a in slot) == shapes and slot[0].dtype == dtype
+                        and self._is_free(k)):
+                    self._slots.append(self._slots.pop(k))
+                    return slot
+            slot = tuple(np.empty(shape, dtype=dtype) for shape in shapes)
+            self._slots.append(slot)
+            while len(self._slots) > self.limit:
                 # forget the oldest buffer held elsewhere (or, failing that, the oldest)
-                held = [k for k in range(len(self._data) - 1) if not self._is_free(k)]
-                k = held[0] if held else 0
-                del self._data[k], self._labels[k]
-            return data, labels
+                held = [k for k in range(len(self._slots) - 1) if not self._is_free(k)]
+                del self._slots[held[0] if held else 0]
+            return slot
 
     def __len__(self):
-        return len(self._data)
+        return len(self._slots)
 
 
-class CaffePipeline:
-    """Batches of one Caffe Data layer, as numpy arrays.
+class BatchEngine:
+    """Epochs of batches from one source: the plan, the worker threads, pooled buffers, shutdown.
 
-    Parameters mirror ``CaffeDataIter``; see its docstring.
+    What every Caffe data layer shares.  A subclass says how a worker builds
+    one batch (``_build_batch``), what each worker thread keeps open
+    (``_make_state``/``_close_state``) and how the source closes
+    (``_close_source``).  ``next_batch()`` returns ``(arrays, pad, records)``:
+    one array per top, how many trailing items are padding, and each item's
+    record number.
     """
 
-    def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
-                 preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False):
+    def __init__(self, *, where, num_records, batch_size, num_examples=None, dtype="float32",
+                 shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
+                 default_prefetch=4, last_batch_handle="pad", transform=None, permutation=None):
         if str(np.dtype(dtype)) not in SUPPORTED_DTYPES:
             raise SpecError(f"dtype {dtype!r} is not supported -- use float32 or float64 "
                             f"(Caffe layers run in float or double)")
-        self.spec = spec
         self.dtype = np.dtype(dtype)
-        self.flat = bool(flat)
-        self.path = spec.source
         # None: the usable cores, at most 4; 0 is an error, as prefetch_buffer=0 is.
         self.threads = default_threads() if preprocess_threads is None else int(preprocess_threads)
         if self.threads < 1:
             raise SpecError(f"preprocess_threads must be >= 1, got {preprocess_threads} (leave it "
                             f"unset for the usable cores, at most {DEFAULT_MAX_THREADS})")
-        self.depth = int(prefetch_buffer if prefetch_buffer is not None else spec.prefetch)
+        self.depth = int(prefetch_buffer if prefetch_buffer is not None else default_prefetch)
         if self.depth < 1:
             raise SpecError(f"prefetch_buffer must be >= 1, got {prefetch_buffer}")
-        mean = load_mean_file(spec.transform.mean_file) if spec.transform.mean_file else None
-        with open_source(self.path, spec.backend) as source:
-            self.keys = source.keys()
-            if not self.keys:
-                raise SpecError(f"{self.path}: the database holds no records -- nothing to iterate")
-            first = source.get(self.keys[0])
-        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
-        rec = self.assembler.parse(first, self.keys[0], 0)
-        self.first_chw = (rec.channels, rec.height, rec.width)
-        self.assembler.check(rec, self.keys[0], 0, self.first_chw)
-        self.num_records = len(self.keys)
+        self.num_records = int(num_records)
         self.num_examples = int(num_examples) if num_examples is not None else self.num_records
         if self.num_examples < 1:
             raise SpecError(f"num_examples must be >= 1, got {num_examples}")
-        if self.num_examples > self.num_records or spec.batch_size > self.num_records:
-            log.warning("%s: num_examples=%d / batch_size=%d exceed the %d records of the "
-                        "database; reading wraps around it as Caffe's cursor does", self.path,
-                        self.num_examples, spec.batch_size, self.num_records)
-        self.data_shape, self.label_shape = output_shapes(spec, self.first_chw, self.flat)
-        self.planner = EpochPlanner(self.num_records, self.num_examples, spec.batch_size,
-                                    spec.transform, shuffle=shuffle, seed=seed,
-                                    last_batch_handle=last_batch_handle)
-        self._shared = _SharedSource(self.path, spec.backend, self.num_records)
+        if self.num_examples > self.num_records or batch_size > self.num_records:
+            log.warning("%s: num_examples=%d / batch_size=%d exceed its %d records; reading wraps "
+                        "around them as Caffe's cursor does", where, self.num_examples, batch_size,
+                        self.num_records)
+        self.planner = EpochPlanner(self.num_records, self.num_examples, batch_size,
+                                    transform or TransformSpec(), shuffle=shuffle, seed=seed,
+                                    last_batch_handle=last_batch_handle, permutation=permutation)
         # Enough buffers for the queue, the running workers and the batches a
         # consumer typically holds (Module.fit keeps the next one).
         self._pool = BufferPool(self.depth + self.threads + 4)
         self._epoch = -1
         self._prefetcher = None
+
+    # -- what subclasses provide -------------------------------------------
+    def _build_batch(self, batch, state):
+        raise NotImplementedError
+
+    def _make_state(self):
+        return None
+
+    def _close_state(self, state):
+        pass
+
+    def _close_source(self):
+        pass
 
     # -- epochs -------------------------------------------------------------
     def start_epoch(self):
@@ -201,14 +202,11 @@ class CaffePipeline:
         self._prefetcher = Prefetcher(jobs, self._build_batch, threads=self.threads,
                                       depth=max(self.depth, self.threads),
                                       make_state=self._make_state,
-                                      close_state=_WorkerState.close)
+                                      close_state=self._close_state)
         return len(jobs)
 
-    def _make_state(self):
-        return _WorkerState(self._shared)
-
     def next_batch(self):
-        """(data, label, pad, record indices) of the next batch; StopIteration at the epoch's end."""
+        """(arrays, pad, record indices) of the next batch; StopIteration at the epoch's end."""
         if self._prefetcher is None:
             self.start_epoch()
         return next(self._prefetcher)
@@ -221,6 +219,69 @@ class CaffePipeline:
                 yield self.next_batch()
             except StopIteration:
                 return
+
+    # -- shutdown -----------------------------------------------------------
+    def _stop_workers(self):
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def close(self):
+        if sys.is_finalizing():
+            # Interpreter exit: daemon workers are frozen wherever they stood, perhaps
+            # inside an LMDB call, and closing the environment would wait for them
+            # forever.  Tell them to stop and leave the rest to the operating system.
+            if self._prefetcher is not None:
+                self._prefetcher._stopped = True
+            return
+        self._stop_workers()
+        self._close_source()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class CaffePipeline(BatchEngine):
+    """Batches of one Caffe `Data` layer (LMDB/LevelDB of Datums), as numpy arrays.
+
+    Parameters mirror ``CaffeDataIter``; see its docstring.
+    """
+
+    def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
+                 preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
+                 flat=False):
+        self.spec = spec
+        self.flat = bool(flat)
+        self.path = spec.source
+        mean = load_mean_file(spec.transform.mean_file) if spec.transform.mean_file else None
+        with open_source(self.path, spec.backend) as source:
+            self.keys = source.keys()
+            if not self.keys:
+                raise SpecError(f"{self.path}: the database holds no records -- nothing to iterate")
+            first = source.get(self.keys[0])
+        super().__init__(where=self.path, num_records=len(self.keys), batch_size=spec.batch_size,
+                         num_examples=num_examples, dtype=dtype, shuffle=shuffle, seed=seed,
+                         preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
+                         default_prefetch=spec.prefetch, last_batch_handle=last_batch_handle,
+                         transform=spec.transform)
+        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
+        rec = self.assembler.parse(first, self.keys[0], 0)
+        self.first_chw = (rec.channels, rec.height, rec.width)
+        self.assembler.check(rec, self.keys[0], 0, self.first_chw)
+        self.data_shape, self.label_shape = output_shapes(spec, self.first_chw, self.flat)
+        self._shared = _SharedSource(self.path, spec.backend, self.num_records)
+
+    def _make_state(self):
+        return _WorkerState(self._shared)
+
+    def _close_state(self, state):
+        state.close()
+
+    def _close_source(self):
+        self._shared.close()
 
     # -- one batch (runs on a worker thread) --------------------------------
     def _build_batch(self, batch, state):
@@ -248,7 +309,7 @@ class CaffePipeline:
                               f"record is {'x'.join(map(str, chw))} but the first record of the "
                               f"database is {'x'.join(map(str, self.first_chw))}",
                               "records of different sizes need crop_size, or batch_size 1")
-        out, labels = self._pool.acquire((B,) + self.assembler.out_chw(*chw), (B,), self.dtype)
+        out, labels = self._pool.acquire(((B,) + self.assembler.out_chw(*chw), (B,)), self.dtype)
         if values is None:
             self.assembler.fill_resolved(records, state.addr, state.size,
                                          lambda i: state.get(keys[i]), keys, records,
@@ -257,34 +318,11 @@ class CaffePipeline:
             self.assembler.fill(values, keys, records, batch.draws, out, labels, chw)
         if self.flat:
             out = out.reshape(B, -1)
-        return out, labels, batch.pad, batch.records
+        return (out, labels), batch.pad, batch.records
 
     def _vanished(self, keys, records, i):
         raise RecordError(self.path, keys[i], int(records[i]), "record vanished while reading",
                           "do not modify a database while training from it")
-
-    # -- shutdown -----------------------------------------------------------
-    def _stop_workers(self):
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
-
-    def close(self):
-        if sys.is_finalizing():
-            # Interpreter exit: daemon workers are frozen wherever they stood, perhaps
-            # inside an LMDB call, and closing the environment would wait for them
-            # forever.  Tell them to stop and leave the rest to the operating system.
-            if self._prefetcher is not None:
-                self._prefetcher._stopped = True
-            return
-        self._stop_workers()
-        self._shared.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def resolve_source(spec, base_dir=None):

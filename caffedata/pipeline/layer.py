@@ -124,11 +124,11 @@ class DataLayer:
         if self._epoch_length is None:
             self.reset()
         try:
-            data, label, pad, records = self._pipeline.next_batch()
+            arrays, pad, records = self._pipeline.next_batch()
         except StopIteration:
             self._epoch_done = True
             raise
-        return Batch(zip(self.tops, (data, label)), pad, records)
+        return Batch(zip(self.tops, arrays), pad, records)
 
     def __iter__(self):
         self.reset()

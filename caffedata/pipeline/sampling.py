@@ -56,7 +56,7 @@ class Batch:
 
 class EpochPlanner:
     def __init__(self, num_records, num_examples, batch_size, transform, shuffle=False,
-                 seed=0, last_batch_handle="pad"):
+                 seed=0, last_batch_handle="pad", permutation=None):
         if last_batch_handle not in LAST_BATCH_HANDLES:
             raise SpecError(f"last_batch_handle must be one of {LAST_BATCH_HANDLES}, "
                             f"got {last_batch_handle!r}")
@@ -71,6 +71,9 @@ class EpochPlanner:
         self.last_batch_handle = last_batch_handle
         self.engine = caffe_engine(seed)
         self.shuffle_rng = np.random.default_rng(seed)
+        # permutation(rng) -> one shuffled pass; a source may impose its own structure
+        # (HDF5Data permutes files, then rows within each file).
+        self.permutation = permutation or (lambda rng: rng.permutation(self.num_records))
         self.carry = np.zeros(0, dtype=np.int64)  # roll_over leftovers
 
     def _order(self):
@@ -79,7 +82,7 @@ class EpochPlanner:
         if not self.shuffle:
             return np.arange(total, dtype=np.int64) % n
         passes = -(-total // n)
-        return np.concatenate([self.shuffle_rng.permutation(n) for _ in range(passes)])[:total]
+        return np.concatenate([self.permutation(self.shuffle_rng) for _ in range(passes)])[:total]
 
     def batches_per_epoch(self):
         """How many batches the next planned epoch holds."""

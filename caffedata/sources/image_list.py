@@ -1,0 +1,96 @@
+"""Caffe's `ImageData` source: a list file of ``path label`` lines, each image read with OpenCV.
+
+As ``ImageDataLayer``: each line is split at its last space (paths may hold
+spaces; the label is C's ``atoi`` of the rest), the image is
+``root_folder + path`` (plain concatenation), read with ``cv::imread`` in
+colour (3-channel BGR) or grayscale, and resized with ``cv::resize``
+(bilinear) when ``new_height``/``new_width`` are set.  ``cv2.imread`` and
+``cv2.resize`` release the GIL, so worker threads decode in parallel.
+"""
+import os
+
+import cv2
+import numpy as np
+
+from .. import _fast
+from ..errors import RecordError, SpecError
+from ..pipeline.kernels import Record
+from ..tools.convert import parse_list_file
+
+
+class ImageListSource:
+    """The records of one ImageData layer: ``len()`` images, ``record(i)`` decodes image ``i``."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.path = spec.source
+        if not os.path.isfile(self.path):
+            raise SpecError(f"{self.path}: no such list file -- image_data_param.source must name a text "
+                            f"file of `path label` lines (relative paths are resolved against "
+                            f"{os.getcwd()})")
+        entries = parse_list_file(self.path)
+        if not entries:
+            raise SpecError(f"{self.path}: the list file is empty (Caffe: \"File is empty\") -- add "
+                            f"`path label` lines")
+        root = os.fsencode(spec.root_folder)
+        self.files = [os.fsdecode(root + path) for path, _ in entries]
+        self.labels = np.array([label for _, label in entries], dtype=np.int64)
+        self.flag = cv2.IMREAD_COLOR if spec.is_color else cv2.IMREAD_GRAYSCALE
+
+    def __len__(self):
+        return len(self.files)
+
+    def key(self, index):
+        return f"line {index + 1}: {self.files[index]}"
+
+    def record(self, index):
+        """Image ``index`` as a ``Record`` (HWC uint8 BGR or gray) with its label."""
+        file = self.files[index]
+        image = cv2.imread(file, self.flag)
+        if image is None:
+            why = "no such file" if not os.path.exists(file) else "OpenCV cannot decode it"
+            raise RecordError(self.path, self.key(index), index, f"could not load the image ({why})",
+                              "fix the path (root_folder + path), or remove the line")
+        if self.spec.new_height and self.spec.new_width:
+            image = cv2.resize(image, (self.spec.new_width, self.spec.new_height))  # bilinear
+        if image.ndim == 2:
+            image = image[:, :, None]
+        h, w, c = image.shape
+        return Record(_fast.LAYOUT_HWC_U8, np.ascontiguousarray(image).reshape(-1), c, h, w,
+                      self.labels[index])
+
+
+class MemorySource:
+    """The records of a `MemoryData` layer: rows of an (N, C, H, W) array and N labels."""
+
+    def __init__(self, spec, data, labels=None):
+        self.spec = spec
+        self.path = f"MemoryData layer '{spec.name}'"
+        data = np.asarray(data)
+        want = (spec.channels, spec.height, spec.width)
+        if data.ndim != 4 or data.shape[1:] != want or len(data) == 0:
+            raise SpecError(f"{self.path}: data must be an (N, C, H, W) array with (C, H, W) = {want} "
+                            f"as memory_data_param says, and N >= 1; got shape {data.shape}")
+        if data.dtype == np.uint8:
+            self.layout, self.data = _fast.LAYOUT_CHW_U8, np.ascontiguousarray(data)
+        else:
+            self.layout, self.data = _fast.LAYOUT_CHW_F32, np.ascontiguousarray(data, dtype=np.float32)
+        if labels is None:
+            if spec.has_label:
+                raise SpecError(f"{self.path} has a label top '{spec.tops[1]}' but no labels were given "
+                                f"-- pass arrays={{'{spec.tops[0]}': X, '{spec.tops[1]}': y}}")
+            labels = np.zeros(len(data))
+        self.labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+        if len(self.labels) != len(data):
+            raise SpecError(f"{self.path}: {len(data)} data rows but {len(self.labels)} labels -- give one "
+                            f"label per row")
+
+    def __len__(self):
+        return len(self.data)
+
+    def key(self, index):
+        return f"row {index}"
+
+    def record(self, index):
+        c, h, w = self.data.shape[1:]
+        return Record(self.layout, self.data[index].reshape(-1).view(np.uint8), c, h, w, self.labels[index])
