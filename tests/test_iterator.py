@@ -170,3 +170,23 @@ def test_module_fit_reaches_90_percent_on_real_digits(tmp_path):
     acc = dict(mod.score(val, "acc"))["accuracy"]
     train.close(), val.close()
     assert acc >= 0.90, acc
+
+
+def test_hdf5_layer_through_caffe_data_iter_extra_tops_join_the_data(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "w") as h5:
+        h5["data"] = np.arange(12, dtype=np.float32).reshape(6, 2)
+        h5["label"] = np.arange(6)
+        h5["weight"] = np.arange(6, dtype=np.float32)[:, None] * 10
+    (tmp_path / "list.txt").write_text(str(tmp_path / "a.h5"))
+    text = (f'layer {{ type: "HDF5Data" top: "data" top: "label" top: "weight" '
+            f'hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 4 }} }}')
+    it = mx.io.CaffeDataIter(prototxt=text)
+    assert [d.name for d in it.provide_data] == ["data", "weight"]
+    assert [(d.name, d.shape) for d in it.provide_label] == [("softmax_label", (4,))]
+    batch = next(it)
+    np.testing.assert_array_equal(batch.data[0].asnumpy(), np.arange(8).reshape(4, 2))
+    np.testing.assert_array_equal(batch.data[1].asnumpy()[:, 0], [0, 10, 20, 30])
+    assert batch.label[0].asnumpy().tolist() == [0, 1, 2, 3]
+    it.close()

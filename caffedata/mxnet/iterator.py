@@ -101,11 +101,15 @@ class CaffeDataIter(mx.io.DataIter):
         self.spec = spec
         self.data_name, self.label_name = data_name, label_name
         self.num_examples = self.layer.num_examples
+        # Top 0 is the data, top 1 the label; further tops (HDF5Data) join the data by their names.
         shapes = list(self.layer.shapes.values())
-        layout = "NC" if flat else "NCHW"
-        self._provide_data = [mx.io.DataDesc(data_name, shapes[0], self._dtype, layout=layout)]
-        self._provide_label = ([mx.io.DataDesc(label_name, shapes[1], self._dtype, layout="N")]
-                               if spec.has_label else [])
+        names = [data_name, label_name] + list(self.layer.tops[2:])
+        layouts = ["NC" if flat else "NCHW", "N"]
+        descs = [mx.io.DataDesc(name, shape, self._dtype, layout=layout)
+                 if layout and len(layout) == len(shape) else mx.io.DataDesc(name, shape, self._dtype)
+                 for name, shape, layout in zip(names, shapes, layouts + [None] * len(shapes))]
+        self._provide_data = [descs[0]] + descs[2:]
+        self._provide_label = descs[1:2]
         self._current = None  # the batch iter_next() fetched
 
     @property
@@ -144,8 +148,8 @@ class CaffeDataIter(mx.io.DataIter):
         arrays = list(batch.values())
         # Zero copy: the NDArrays wrap the layer's pooled buffers, which are
         # not rewritten until MXNet and the caller have both let go of them.
-        data = [_wrap(arrays[0])]
-        labels = [_wrap(arrays[1])] if self.spec.has_label else []
+        data = [_wrap(arrays[0])] + [_wrap(a) for a in arrays[2:]]
+        labels = [_wrap(a) for a in arrays[1:2]]
         provide_data = self._provide_data
         if arrays[0].shape != provide_data[0].shape:  # records of varying size, batch 1
             provide_data = [mx.io.DataDesc(self.data_name, arrays[0].shape, self._dtype)]

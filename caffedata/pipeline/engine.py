@@ -115,16 +115,17 @@ class BufferPool:
         return all(sys.getrefcount(slot[i]) <= 2 for i in range(len(slot)))
 
     def acquire(self, shapes, dtype):
-        """A tuple of free arrays of ``shapes`` (one shape per top) and ``dtype``."""
+        """A list of free arrays of ``shapes`` (one shape per top) and ``dtype``."""
         shapes = tuple(tuple(s) for s in shapes)
         with self._lock:
             for k, slot in enumerate(self._slots):
                 if (tuple(a.shape for a in slot) == shapes and slot[0].dtype == dtype
                         and self._is_free(k)):
                     self._slots.append(self._slots.pop(k))
-                    return slot
+                    return list(slot)  # a new list: holding it counts on each array
             slot = tuple(np.empty(shape, dtype=dtype) for shape in shapes)
             self._slots.append(slot)
+            slot = list(slot)
             while len(self._slots) > self.limit:
                 # forget the oldest buffer held elsewhere (or, failing that, the oldest)
                 held = [k for k in range(len(self._slots) - 1) if not self._is_free(k)]
@@ -272,6 +273,7 @@ class CaffePipeline(BatchEngine):
         self.first_chw = (rec.channels, rec.height, rec.width)
         self.assembler.check(rec, self.keys[0], 0, self.first_chw)
         self.data_shape, self.label_shape = output_shapes(spec, self.first_chw, self.flat)
+        self.shapes = (self.data_shape, self.label_shape)[:2 if spec.has_label else 1]
         self._shared = _SharedSource(self.path, spec.backend, self.num_records)
 
     def _make_state(self):

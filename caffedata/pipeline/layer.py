@@ -16,8 +16,48 @@ holder has let it go (a numpy view, a torch or jax tensor made by DLPack, an
 MXNet NDArray all hold a reference), so keeping a batch is always safe.
 """
 from ..errors import SpecError
-from ..formats.prototxt import data_layer_spec
+from ..formats.prototxt import layer_spec
+from ..formats.spec import DataLayerSpec, DummyDataSpec, HDF5DataSpec, ImageDataSpec, MemoryDataSpec
 from .engine import CaffePipeline
+from .sample_engine import ImageEngine, TensorEngine
+
+
+def make_engine(spec, arrays=None, flat=False, seed=0, **options):
+    """The batch engine of a data layer spec (a source plus the shared engine)."""
+    if arrays is not None and not isinstance(spec, MemoryDataSpec):
+        raise SpecError(f"arrays= feeds a MemoryData layer, but this is a {type(spec).__name__[:-4]} "
+                        f"layer -- drop arrays=")
+    if isinstance(spec, DataLayerSpec):
+        return CaffePipeline(spec, flat=flat, seed=seed, **options)
+    if isinstance(spec, ImageDataSpec):
+        from ..sources.image_list import ImageListSource
+
+        if spec.shuffle:
+            options["shuffle"] = True
+        return ImageEngine(spec, ImageListSource(spec), flat=flat, seed=seed, **options)
+    if isinstance(spec, MemoryDataSpec):
+        from ..sources.image_list import MemorySource
+
+        if arrays is None:
+            raise SpecError(f"MemoryData layer '{spec.name}' needs its arrays: DataLayer(prototxt, "
+                            f"arrays={{'{spec.tops[0]}': X}}) with X of shape (N, C, H, W)")
+        unknown = set(arrays) - set(spec.tops)
+        if unknown:
+            raise SpecError(f"arrays has {sorted(unknown)} but the layer's tops are {list(spec.tops)}")
+        labels = arrays.get(spec.tops[1]) if spec.has_label else None
+        source = MemorySource(spec, arrays.get(spec.tops[0]), labels)
+        return ImageEngine(spec, source, flat=flat, seed=seed, **options)
+    if isinstance(spec, HDF5DataSpec):
+        from ..sources.hdf5 import HDF5Source
+
+        if spec.shuffle:
+            options["shuffle"] = True
+        return TensorEngine(spec, HDF5Source(spec), seed=seed, **options)
+    if isinstance(spec, DummyDataSpec):
+        from ..sources.dummy import DummySource
+
+        return TensorEngine(spec, DummySource(spec, seed), seed=seed, **options)
+    raise SpecError(f"no engine for {type(spec).__name__}")
 
 
 class Batch(dict):
@@ -49,7 +89,12 @@ class DataLayer:
     phase : 'TRAIN', 'TEST' or None
         Which data layer of a train_val net to use (default: the only one).
     flat, num_examples, dtype, shuffle, seed, prefetch_buffer, last_batch_handle
-        As ``CaffeDataIter`` (see its docstring).
+        As ``CaffeDataIter`` (see its docstring).  ``shuffle`` is also on when the
+        layer's own ``shuffle: true`` (ImageData, HDF5Data) says so.
+    arrays : dict, optional
+        A MemoryData layer's arrays by top name: ``{"data": X, "label": y}`` with X
+        of shape (N, C, H, W) (after the transform's crop, (C, H, W) is the layer's
+        channels/height/width) and y of length N.
     preprocess_threads : int or None
         Worker threads; None takes the usable cores, at most 4.  The same seed
         gives the same batches whatever the thread count.
@@ -60,7 +105,7 @@ class DataLayer:
 
     def __init__(self, prototxt, phase=None, flat=False, num_examples=None, dtype="float32",
                  shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
-                 last_batch_handle="pad"):
+                 last_batch_handle="pad", arrays=None):
         if isinstance(phase, str):
             from ..formats.spec import Phase
 
@@ -68,12 +113,12 @@ class DataLayer:
                 phase = Phase[phase.upper()]
             except KeyError:
                 raise SpecError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}") from None
-        self.spec = data_layer_spec(prototxt, phase)
-        self._pipeline = CaffePipeline(
-            self.spec, num_examples=num_examples, dtype=dtype, shuffle=shuffle, seed=seed,
-            preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
-            last_batch_handle=last_batch_handle, flat=flat)
-        self.tops = self.spec.tops[:2] if self.spec.has_label else self.spec.tops[:1]
+        self.spec = layer_spec(prototxt, phase)
+        self._pipeline = make_engine(
+            self.spec, arrays=arrays, flat=flat, seed=seed, num_examples=num_examples, dtype=dtype,
+            shuffle=shuffle, preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
+            last_batch_handle=last_batch_handle)
+        self.tops = tuple(self.spec.tops[:len(self._pipeline.shapes)])
         self._epoch_length = None  # batches of the running epoch; None before the first
         self._epoch_done = False
 
@@ -97,8 +142,7 @@ class DataLayer:
     @property
     def shapes(self):
         """``{top name: shape}`` of every batch."""
-        shapes = [self._pipeline.data_shape, self._pipeline.label_shape]
-        return dict(zip(self.tops, shapes))
+        return dict(zip(self.tops, self._pipeline.shapes))
 
     def __len__(self):
         """Batches of the running epoch or, between epochs, of the next one.

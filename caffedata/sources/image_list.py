@@ -67,10 +67,12 @@ class MemorySource:
         self.spec = spec
         self.path = f"MemoryData layer '{spec.name}'"
         data = np.asarray(data)
+        # memory_data_param gives the shape after the transform (the crop), as in Caffe.
         want = (spec.channels, spec.height, spec.width)
-        if data.ndim != 4 or data.shape[1:] != want or len(data) == 0:
-            raise SpecError(f"{self.path}: data must be an (N, C, H, W) array with (C, H, W) = {want} "
-                            f"as memory_data_param says, and N >= 1; got shape {data.shape}")
+        got = (data.shape[1],) + spec.transform.output_hw(*data.shape[2:]) if data.ndim == 4 else None
+        if got != want or len(data) == 0:
+            raise SpecError(f"{self.path}: data must be an (N, C, H, W) array, N >= 1, whose transformed "
+                            f"(C, H, W) is memory_data_param's {want}; got shape {data.shape}")
         if data.dtype == np.uint8:
             self.layout, self.data = _fast.LAYOUT_CHW_U8, np.ascontiguousarray(data)
         else:

@@ -1,0 +1,224 @@
+"""ImageData, HDF5Data, MemoryData and DummyData through caffedata.DataLayer (no MXNet).
+
+Expectations are independent: images are written and re-read by OpenCV itself,
+transforms come from the plain-NumPy reference in test_pipeline, random crops
+and mirrors from the textbook MT19937 in conftest, HDF5 rows from h5py slicing.
+"""
+import cv2
+import h5py
+import numpy as np
+import pytest
+from conftest import MT19937
+from test_pipeline import caffe_transform
+
+import caffedata
+from caffedata.errors import RecordError, SpecError
+
+
+# -- ImageData -------------------------------------------------------------------
+
+def image_layer(listfile, batch, root="", params="", transform="", phase="TEST", tops=("data", "label")):
+    top_text = " ".join(f'top: "{t}"' for t in tops)
+    return (f'layer {{ name: "img" type: "ImageData" {top_text} include {{ phase: {phase} }} '
+            f'transform_param {{ {transform} }} image_data_param {{ source: "{listfile}" '
+            f'batch_size: {batch} root_folder: "{root}" {params} }} }}')
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Seven colour PNGs of 9x7 (two with spaces in their names) and a list file."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = ["a.png", "b c.png", "d.png", "e f g.png", "h.png", "i.png", "j.png"]
+    images = []
+    for name in names:
+        image = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+        assert cv2.imwrite(str(folder / name), image)
+        images.append(image)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{name} {i * 3}\n" for i, name in enumerate(names)))
+    return folder, listing, names, images
+
+
+def test_image_data_matches_opencv_and_the_transform_reference(image_folder):
+    folder, listing, names, _ = image_folder
+    transform = "crop_size: 5 mirror: true scale: 0.5 mean_value: 10 mean_value: 20 mean_value: 30"
+    text = image_layer(listing, 3, root=f"{folder}/", transform=transform, phase="TRAIN")
+    with caffedata.DataLayer(text, seed=9, preprocess_threads=2) as layer:
+        assert layer.shapes == {"data": (3, 3, 5, 5), "label": (3,)}
+        batches = [{k: v.copy() for k, v in b.items()} | {"pad": b.pad} for b in layer]
+    rng = MT19937(9)
+    order = [i % 7 for i in range(9)]  # 7 images, batch 3: the last batch padded with 0, 1
+    got = np.concatenate([b["data"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    for item, i in enumerate(order):
+        chw = cv2.imread(str(folder / names[i]), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+        expected = caffe_transform(chw, scale=0.5, mean_values=(10, 20, 30), crop=5, train=True,
+                                   mirror=True, rng=rng)
+        np.testing.assert_array_equal(got[item], expected)
+        assert labels[item] == i * 3
+    assert [b["pad"] for b in batches] == [0, 0, 2]
+
+
+def test_image_data_resize_gray_and_single_top(image_folder):
+    folder, listing, names, _ = image_folder
+    text = image_layer(listing, 2, root=f"{folder}/", params="new_height: 4 new_width: 6 is_color: false",
+                       tops=("data",))
+    with caffedata.DataLayer(text, num_examples=4) as layer:
+        assert layer.tops == ("data",) and layer.shapes == {"data": (2, 1, 4, 6)}
+        got = np.concatenate([b["data"].copy() for b in layer])
+    for i in range(4):
+        gray = cv2.imread(str(folder / names[i]), cv2.IMREAD_GRAYSCALE)
+        expected = cv2.resize(gray, (6, 4), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        np.testing.assert_array_equal(got[i, 0], expected)
+
+
+def test_image_data_shuffle_covers_every_image_each_epoch(image_folder):
+    folder, listing, _, _ = image_folder
+    text = image_layer(listing, 7, root=f"{folder}/", params="shuffle: true")
+    with caffedata.DataLayer(text, seed=3) as layer:
+        epochs = [next(iter(layer))["label"].tolist() for _ in range(3)]
+    for labels in epochs:
+        assert sorted(labels) == [i * 3 for i in range(7)]
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # a fresh permutation per epoch
+
+
+def test_image_data_errors_name_the_list_line_and_file(image_folder, tmp_path):
+    folder, listing, names, _ = image_folder
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.png 0\nmissing.png 1\n")
+    layer = caffedata.DataLayer(image_layer(bad, 2, root=f"{folder}/"))
+    with pytest.raises(RecordError, match=r"bad.txt: record 'line 2: .*missing.png'.*no such file"):
+        next(iter(layer))
+    layer.close()
+    cv2.imwrite(str(folder / "big.png"), np.zeros((12, 7, 3), np.uint8))
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("a.png 0\nbig.png 1\n")
+    layer = caffedata.DataLayer(image_layer(mixed, 2, root=f"{folder}/"))
+    with pytest.raises(RecordError, match=r"line 2: .*big.png.*3x12x7 but the batch is 3x9x7"):
+        next(iter(layer))
+    layer.close()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(SpecError, match="empty"):
+        caffedata.DataLayer(image_layer(empty, 2))
+    with pytest.raises(SpecError, match="both set or both 0"):
+        caffedata.DataLayer(image_layer(listing, 2, params="new_height: 4"))
+
+
+# -- HDF5Data --------------------------------------------------------------------
+
+@pytest.fixture
+def h5_files(tmp_path):
+    """Three files of 5, 2 and 4 rows; tops of rank 1 to 4; every value says its global row."""
+    rows = [5, 2, 4]
+    start = 0
+    names = []
+    for f, n in enumerate(rows):
+        ids = np.arange(start, start + n, dtype=np.float64)
+        name = tmp_path / f"part{f}.h5"
+        with h5py.File(name, "w") as h5:
+            h5["label"] = ids.astype(np.int32)                                    # rank 1, integer
+            h5["vec"] = ids[:, None] * np.ones((1, 3))                            # rank 2
+            h5["data"] = (ids[:, None, None, None] * np.ones((1, 2, 3, 2))).astype(np.float32)  # rank 4
+        names.append(name.name)
+        start += n
+    listing = tmp_path / "h5list.txt"
+    listing.write_text("\n".join(names) + "\n")  # relative names: found beside the list
+    return listing, sum(rows)
+
+
+def h5_layer(listing, batch, tops=("data", "label", "vec"), params=""):
+    top_text = " ".join(f'top: "{t}"' for t in tops)
+    return (f'layer {{ name: "h5" type: "HDF5Data" {top_text} hdf5_data_param {{ source: "{listing}" '
+            f'batch_size: {batch} {params} }} }}')
+
+
+def test_hdf5_rows_across_files_with_several_tops_and_ranks(h5_files):
+    listing, total = h5_files
+    with caffedata.DataLayer(h5_layer(listing, 4), preprocess_threads=2) as layer:
+        assert layer.shapes == {"data": (4, 2, 3, 2), "label": (4,), "vec": (4, 3)}
+        batches = [{k: v.copy() for k, v in b.items()} for b in layer]
+    ids = [i % total for i in range(12)]  # 11 rows, batch 4, padded with the first row
+    assert np.concatenate([b["label"] for b in batches]).tolist() == ids
+    data = np.concatenate([b["data"] for b in batches])
+    np.testing.assert_array_equal(data, np.array(ids, np.float32)[:, None, None, None] * np.ones((1, 2, 3, 2)))
+    np.testing.assert_array_equal(np.concatenate([b["vec"] for b in batches]),
+                                  np.array(ids)[:, None] * np.ones((1, 3)))
+
+
+def test_hdf5_shuffle_permutes_files_then_rows_and_covers_each_epoch(h5_files):
+    listing, total = h5_files
+    with caffedata.DataLayer(h5_layer(listing, total, tops=("label",), params="shuffle: true"),
+                             seed=4) as layer:
+        epochs = [next(iter(layer))["label"].astype(int).tolist() for _ in range(3)]
+    files = [set(range(0, 5)), set(range(5, 7)), set(range(7, 11))]
+    for order in epochs:
+        assert sorted(order) == list(range(total))
+        # rows of one file are never interleaved with another's
+        runs = [next(k for k, f in enumerate(files) if row in f) for row in order]
+        assert [k for i, k in enumerate(runs) if i == 0 or runs[i - 1] != k] == sorted(set(runs), key=runs.index)
+        assert len(set(runs)) == 3 and sum(1 for i in range(1, len(runs)) if runs[i] != runs[i - 1]) == 2
+    assert len({tuple(o) for o in epochs}) > 1
+
+
+def test_hdf5_errors_name_the_file(h5_files, tmp_path):
+    listing, _ = h5_files
+    with pytest.raises(SpecError, match=r"part0.h5: no dataset 'missing'"):
+        caffedata.DataLayer(h5_layer(listing, 2, tops=("data", "missing")))
+    with h5py.File(tmp_path / "odd.h5", "w") as h5:
+        h5["data"] = np.zeros((3, 2))
+        h5["label"] = np.zeros(4)
+    odd = tmp_path / "odd.txt"
+    odd.write_text(str(tmp_path / "odd.h5"))
+    with pytest.raises(SpecError, match=r"odd.h5: dataset 'label' has 4 rows but 'data' has 3"):
+        caffedata.DataLayer(h5_layer(odd, 2, tops=("data", "label")))
+    with pytest.raises(SpecError, match="does not transform"):
+        caffedata.DataLayer(h5_layer(listing, 2).replace("hdf5_data_param", "transform_param { scale: 2 } "
+                                                          "hdf5_data_param"))
+    with pytest.raises(SpecError, match="no such file"):
+        caffedata.DataLayer(h5_layer(tmp_path / "nope.txt", 2))
+
+
+# -- MemoryData --------------------------------------------------------------------
+
+def test_memory_data_transforms_the_given_arrays(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (5, 2, 6, 6)).astype(np.float32)
+    y = np.arange(5) + 100
+    text = ('layer { name: "mem" type: "MemoryData" top: "data" top: "label" include { phase: TEST } '
+            'transform_param { crop_size: 4 scale: 0.25 mean_value: 3 } '
+            'memory_data_param { batch_size: 2 channels: 2 height: 4 width: 4 } }')
+    with caffedata.DataLayer(text, arrays={"data": x, "label": y}) as layer:
+        assert layer.shapes == {"data": (2, 2, 4, 4), "label": (2,)}
+        batches = [(b["data"].copy(), b["label"].copy()) for b in layer]
+    got = np.concatenate([d for d, _ in batches])
+    for i, k in enumerate([0, 1, 2, 3, 4, 0]):
+        np.testing.assert_array_equal(got[i], caffe_transform(x[k], scale=0.25, mean_values=(3,), crop=4))
+    assert np.concatenate([l for _, l in batches]).tolist() == [100, 101, 102, 103, 104, 100]
+    with pytest.raises(SpecError, match="needs its arrays"):
+        caffedata.DataLayer(text)
+    with pytest.raises(SpecError, match=r"memory_data_param's \(2, 4, 4\)"):
+        caffedata.DataLayer(text, arrays={"data": x[:, :1], "label": y})
+
+
+# -- DummyData ---------------------------------------------------------------------
+
+def test_dummy_data_shapes_fillers_and_seeded_batches():
+    text = ('layer { name: "dummy" type: "DummyData" top: "x" top: "c" dummy_data_param { '
+            'shape { dim: 500 dim: 20 } shape { dim: 500 } '
+            'data_filler { type: "gaussian" mean: 2 std: 3 } data_filler { type: "constant" value: 7 } } }')
+    with caffedata.DataLayer(text, seed=1, num_examples=1000) as layer:
+        assert layer.shapes == {"x": (500, 20), "c": (500,)} and len(layer) == 2
+        first = [{k: v.copy() for k, v in b.items()} for b in layer]
+    x = np.concatenate([b["x"] for b in first])
+    assert abs(x.mean() - 2) < 0.05 and abs(x.std() - 3) < 0.05  # 20,000 draws: 4 standard errors
+    assert not np.array_equal(first[0]["x"], first[1]["x"])        # refilled every batch
+    assert all((b["c"] == 7).all() for b in first)
+    with caffedata.DataLayer(text, seed=1, num_examples=1000, preprocess_threads=1) as again:
+        np.testing.assert_array_equal(next(iter(again))["x"], first[0]["x"])
+    legacy = ('layer { type: "DummyData" top: "a" dummy_data_param { num: 2 channels: 3 height: 4 width: 5 '
+              'shape { dim: 1 } } }')
+    with pytest.raises(SpecError, match="not both"):
+        caffedata.DataLayer(legacy)
