@@ -222,3 +222,48 @@ def test_dummy_data_shapes_fillers_and_seeded_batches():
               'shape { dim: 1 } } }')
     with pytest.raises(SpecError, match="not both"):
         caffedata.DataLayer(legacy)
+
+
+# -- the bad record policy ----------------------------------------------------------
+
+def test_on_error_skip_replaces_bad_records_with_the_next_good_one(tmp_path, image_folder, caplog):
+    from conftest import data_prototxt, key, raw_datum, record_pixels, write_db
+
+    good = [(key(i), raw_datum(record_pixels(i, 1, 2, 2), i)) for i in range(9)]
+    good[4] = (key(4), good[4][1][:9])   # truncated inside its pixels
+    good[5] = (key(5), b"\xff\xff")      # not a Datum
+    db = write_db(tmp_path / "db", good)
+    strict = caffedata.DataLayer(data_prototxt(db, 3), preprocess_threads=1)
+    with pytest.raises(RecordError, match="00000004"):
+        list(strict)
+    strict.close()
+    for threads in (1, 2):
+        with caffedata.DataLayer(data_prototxt(db, 3), on_error="skip", preprocess_threads=threads) as layer:
+            labels = [b["label"].tolist() for b in layer]
+            assert labels == [[0, 1, 2], [3, 6, 6], [6, 7, 8]]  # 4 and 5 -> 6, the next good record
+            assert layer.skipped == 2 and sorted(layer.bad_records) == [4, 5]
+    folder, _, names, _ = image_folder
+    listing = tmp_path / "holes.txt"
+    listing.write_text(f"{names[0]} 0\nnot-there.png 1\n{names[2]} 2\n")
+    caplog.set_level("WARNING", logger="caffedata")
+    with caffedata.DataLayer(image_layer(listing, 3, root=f"{folder}/"), on_error="warn") as layer:
+        for _ in range(2):
+            assert [b["label"].tolist() for b in layer] == [[0, 2, 2]]
+        assert layer.skipped == 1
+    assert caplog.text.count("not-there.png") == 1  # logged once, not once per epoch
+    with pytest.raises(SpecError, match="on_error must be one of"):
+        caffedata.DataLayer(data_prototxt(db, 3), on_error="ignore")
+
+
+def test_last_batch_policy_enum_and_strings(tmp_path):
+    from caffedata.pipeline.sampling import LastBatch
+    from conftest import data_prototxt, key, raw_datum, record_pixels, write_db
+
+    db = write_db(tmp_path / "db", [(key(i), raw_datum(record_pixels(i, 1, 1, 1), i)) for i in range(7)])
+    for policy in (LastBatch.ROLL_OVER, "roll_over", "ROLL_OVER"):
+        with caffedata.DataLayer(data_prototxt(db, 3), last_batch_handle=policy) as layer:
+            epochs = [[b["label"].astype(int).tolist() for b in layer] for _ in range(3)]
+        # the docstring's worked table
+        assert epochs == [[[0, 1, 2], [3, 4, 5]], [[6, 0, 1], [2, 3, 4]], [[5, 6, 0], [1, 2, 3], [4, 5, 6]]]
+    with pytest.raises(SpecError, match="last_batch_handle must be one of"):
+        caffedata.DataLayer(data_prototxt(db, 3), last_batch_handle="keep")

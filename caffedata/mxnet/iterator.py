@@ -75,6 +75,11 @@ class CaffeDataIter(mx.io.DataIter):
         What happens to a last partial batch, as in ``mx.io.NDArrayIter``.
         With 'pad' it is completed with the epoch's first records and
         ``DataBatch.pad`` counts them.
+    on_error : 'raise', 'skip' or 'warn'
+        Bad records raise (default) or are replaced by the next good record
+        (counted in ``it.layer.skipped``); 'warn' also logs each once.
+    arrays : dict, optional
+        A MemoryData layer's arrays by top name, e.g. ``{"data": X, "label": y}``.
 
     Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
     and hold exactly ``num_examples`` records (plus padding); ``len(it)`` is the
@@ -88,14 +93,16 @@ class CaffeDataIter(mx.io.DataIter):
 
     def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
                  label_name="softmax_label", dtype=None, shuffle=False, seed=0,
-                 preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad", **kwargs):
+                 preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
+                 on_error="raise", arrays=None, **kwargs):
         unknown = set(kwargs) - {"ctx"}  # the old plugin accepted (and ignored) ctx
         if unknown:
             raise SpecError(f"CaffeDataIter got unknown arguments {sorted(unknown)}")
         self._dtype = np.dtype(dtype or "float32")
         self.layer = DataLayer(prototxt, flat=flat, num_examples=num_examples, dtype=self._dtype,
                                shuffle=shuffle, seed=seed, preprocess_threads=preprocess_threads,
-                               prefetch_buffer=prefetch_buffer, last_batch_handle=last_batch_handle)
+                               prefetch_buffer=prefetch_buffer, last_batch_handle=last_batch_handle,
+                               on_error=on_error, arrays=arrays)
         spec = self.layer.spec
         super().__init__(spec.batch_size)
         self.spec = spec

@@ -12,6 +12,7 @@ threads open the database lazily, in the thread that reads it, one shared
 environment per pipeline and one read transaction per thread.  ``close()``
 stops the threads and closes the database.
 """
+import dataclasses
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ from .sampling import EpochPlanner
 log = logging.getLogger("caffedata")
 
 SUPPORTED_DTYPES = ("float32", "float64")
+ON_ERROR = ("raise", "skip", "warn")
 
 
 def output_shapes(spec, first_chw, flat=False):
@@ -149,7 +151,8 @@ class BatchEngine:
 
     def __init__(self, *, where, num_records, batch_size, num_examples=None, dtype="float32",
                  shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
-                 default_prefetch=4, last_batch_handle="pad", transform=None, permutation=None):
+                 default_prefetch=4, last_batch_handle="pad", transform=None, permutation=None,
+                 on_error="raise"):
         if str(np.dtype(dtype)) not in SUPPORTED_DTYPES:
             raise SpecError(f"dtype {dtype!r} is not supported -- use float32 or float64 "
                             f"(Caffe layers run in float or double)")
@@ -162,6 +165,11 @@ class BatchEngine:
         self.depth = int(prefetch_buffer if prefetch_buffer is not None else default_prefetch)
         if self.depth < 1:
             raise SpecError(f"prefetch_buffer must be >= 1, got {prefetch_buffer}")
+        if on_error not in ON_ERROR:
+            raise SpecError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        self.bad_records = {}  # record number -> the RecordError text, under 'skip'/'warn'
+        self._bad_lock = threading.Lock()
         self.num_records = int(num_records)
         self.num_examples = int(num_examples) if num_examples is not None else self.num_records
         if self.num_examples < 1:
@@ -192,6 +200,48 @@ class BatchEngine:
     def _close_source(self):
         pass
 
+    # -- the bad record policy ---------------------------------------------
+    def _build_with_policy(self, batch, state):
+        """``_build_batch``, where a bad record under 'skip'/'warn' is replaced and the batch rebuilt.
+
+        The replacement of record r is the first record after it (in key order,
+        wrapping) not known to be bad: a function of the data alone, so the same
+        seed still gives the same batches whatever the thread count.  The slot
+        keeps its random draws, and shapes and epoch length stay exact.
+        """
+        while True:
+            try:
+                return self._build_batch(batch, state)
+            except RecordError as exc:
+                if self.on_error == "raise" or exc.index is None:
+                    raise
+                bad = int(exc.index)
+                self._note_bad(bad, exc)
+                records = batch.records.copy()
+                records[records == bad] = self._replacement(bad, exc)
+                batch = dataclasses.replace(batch, records=records)
+
+    def _note_bad(self, record, exc):
+        with self._bad_lock:
+            first_time = record not in self.bad_records
+            self.bad_records[record] = str(exc)
+        if first_time and self.on_error == "warn":
+            log.warning("caffedata: skipping a bad record: %s", exc)
+
+    def _replacement(self, record, exc):
+        with self._bad_lock:
+            for step in range(1, self.num_records):
+                candidate = (record + step) % self.num_records
+                if candidate not in self.bad_records:
+                    return candidate
+        raise RecordError(exc.db_path, exc.key, exc.index, "every record is bad (on_error skipped them "
+                          "all)", "fix the data source") from exc
+
+    @property
+    def skipped(self):
+        """How many distinct bad records were skipped (on_error 'skip' or 'warn')."""
+        return len(self.bad_records)
+
     # -- epochs -------------------------------------------------------------
     def start_epoch(self):
         """Plan the next epoch and start its workers (stopping any running epoch)."""
@@ -200,7 +250,7 @@ class BatchEngine:
         jobs = self.planner.plan_epoch(self._epoch)
         # Keep every thread busy: prefetch_buffer bounds the finished batches
         # waiting, but with more threads than that, each thread needs a batch.
-        self._prefetcher = Prefetcher(jobs, self._build_batch, threads=self.threads,
+        self._prefetcher = Prefetcher(jobs, self._build_with_policy, threads=self.threads,
                                       depth=max(self.depth, self.threads),
                                       make_state=self._make_state,
                                       close_state=self._close_state)
@@ -253,7 +303,7 @@ class CaffePipeline(BatchEngine):
 
     def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False):
+                 flat=False, on_error="raise"):
         self.spec = spec
         self.flat = bool(flat)
         self.path = spec.source
@@ -267,7 +317,7 @@ class CaffePipeline(BatchEngine):
                          num_examples=num_examples, dtype=dtype, shuffle=shuffle, seed=seed,
                          preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
                          default_prefetch=spec.prefetch, last_batch_handle=last_batch_handle,
-                         transform=spec.transform)
+                         transform=spec.transform, on_error=on_error)
         self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
         rec = self.assembler.parse(first, self.keys[0], 0)
         self.first_chw = (rec.channels, rec.height, rec.width)

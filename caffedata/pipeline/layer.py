@@ -91,6 +91,11 @@ class DataLayer:
     flat, num_examples, dtype, shuffle, seed, prefetch_buffer, last_batch_handle
         As ``CaffeDataIter`` (see its docstring).  ``shuffle`` is also on when the
         layer's own ``shuffle: true`` (ImageData, HDF5Data) says so.
+    on_error : 'raise', 'skip' or 'warn'
+        A corrupt record, an unreadable image or a missing file raises
+        ``RecordError`` (default), or is replaced by the next good record
+        ('skip'), or that and logged once per record ('warn').  ``skipped`` and
+        ``bad_records`` (record number -> message) count them.
     arrays : dict, optional
         A MemoryData layer's arrays by top name: ``{"data": X, "label": y}`` with X
         of shape (N, C, H, W) (after the transform's crop, (C, H, W) is the layer's
@@ -105,7 +110,7 @@ class DataLayer:
 
     def __init__(self, prototxt, phase=None, flat=False, num_examples=None, dtype="float32",
                  shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
-                 last_batch_handle="pad", arrays=None):
+                 last_batch_handle="pad", arrays=None, on_error="raise"):
         if isinstance(phase, str):
             from ..formats.spec import Phase
 
@@ -117,7 +122,7 @@ class DataLayer:
         self._pipeline = make_engine(
             self.spec, arrays=arrays, flat=flat, seed=seed, num_examples=num_examples, dtype=dtype,
             shuffle=shuffle, preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
-            last_batch_handle=last_batch_handle)
+            last_batch_handle=last_batch_handle, on_error=on_error)
         self.tops = tuple(self.spec.tops[:len(self._pipeline.shapes)])
         self._epoch_length = None  # batches of the running epoch; None before the first
         self._epoch_done = False
@@ -134,6 +139,15 @@ class DataLayer:
     @property
     def dtype(self):
         return self._pipeline.dtype
+
+    @property
+    def skipped(self):
+        """How many distinct bad records were skipped under on_error 'skip'/'warn'."""
+        return self._pipeline.skipped
+
+    @property
+    def bad_records(self):
+        return dict(self._pipeline.bad_records)
 
     @property
     def preprocess_threads(self):

@@ -9,14 +9,18 @@ holds record ``order[i % N]`` of the current pass over the ``N`` records;
 a ``num_examples`` larger than the database wraps around it, as Caffe's cursor
 does.  With ``shuffle`` every pass is a fresh permutation.
 
-The last partial batch follows ``last_batch_handle`` (NDArrayIter's words):
+The last partial batch follows ``last_batch_handle`` (a ``LastBatch``, or
+NDArrayIter's strings).  For 7 records (0..6), batch 3, no shuffle:
 
-=============  ==========================================================
-``pad``        filled with the epoch's first records; ``DataBatch.pad``
-               says how many trailing items are padding
-``discard``    dropped
-``roll_over``  its records start the next epoch's first batch
-=============  ==========================================================
+=============  =========================================  ==========================================
+policy         epoch 1                                    epochs 2 and 3
+=============  =========================================  ==========================================
+``pad``        [0 1 2] [3 4 5] [6 0 1] (pad = 2: the      the same as epoch 1
+               epoch's first records complete the batch)
+``discard``    [0 1 2] [3 4 5] (6 is dropped)             the same as epoch 1
+``roll_over``  [0 1 2] [3 4 5] (6 carried over)           [6 0 1] [2 3 4] (5, 6 carried), then
+                                                          [5 6 0] [1 2 3] [4 5 6]
+=============  =========================================  ==========================================
 
 Random draws.  The engine is MT19937 seeded exactly like C++'s
 ``std::mt19937(seed)`` (and Caffe's ``boost::mt19937``).  Per record, in
@@ -26,6 +30,7 @@ at its start for all its slots, so a mid-epoch ``reset()`` leaves the stream
 where a full epoch would.  With ``seed`` equal to a Caffe transformer's engine
 seed, crops and mirrors match that Caffe run record for record.
 """
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +38,24 @@ import numpy as np
 from ..errors import SpecError
 from .kernels import draw_count, expand_draws
 
-LAST_BATCH_HANDLES = ("pad", "discard", "roll_over")
+
+class LastBatch(str, enum.Enum):
+    """What happens to an epoch's last partial batch (see the table above)."""
+
+    PAD = "pad"
+    DISCARD = "discard"
+    ROLL_OVER = "roll_over"
+
+    @classmethod
+    def parse(cls, value):
+        try:
+            return cls(value.value if isinstance(value, cls) else str(value).lower())
+        except ValueError:
+            raise SpecError(f"last_batch_handle must be one of {[m.value for m in cls]}, "
+                            f"got {value!r}") from None
+
+
+LAST_BATCH_HANDLES = tuple(m.value for m in LastBatch)
 
 
 def caffe_engine(seed):
@@ -57,9 +79,7 @@ class Batch:
 class EpochPlanner:
     def __init__(self, num_records, num_examples, batch_size, transform, shuffle=False,
                  seed=0, last_batch_handle="pad", permutation=None):
-        if last_batch_handle not in LAST_BATCH_HANDLES:
-            raise SpecError(f"last_batch_handle must be one of {LAST_BATCH_HANDLES}, "
-                            f"got {last_batch_handle!r}")
+        last_batch_handle = LastBatch.parse(last_batch_handle).value
         if num_records <= 0:
             raise SpecError("the database holds no records")
         self.num_records = int(num_records)
