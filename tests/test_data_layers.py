@@ -267,3 +267,16 @@ def test_last_batch_policy_enum_and_strings(tmp_path):
         assert epochs == [[[0, 1, 2], [3, 4, 5]], [[6, 0, 1], [2, 3, 4]], [[5, 6, 0], [1, 2, 3], [4, 5, 6]]]
     with pytest.raises(SpecError, match="last_batch_handle must be one of"):
         caffedata.DataLayer(data_prototxt(db, 3), last_batch_handle="keep")
+
+
+def test_image_data_rand_skip_rotates_the_list_by_a_seeded_draw(image_folder):
+    folder, listing, _, _ = image_folder
+    text = image_layer(listing, 7, root=f"{folder}/", params="rand_skip: 5")
+    starts = set()
+    for seed in range(6):
+        with caffedata.DataLayer(text, seed=seed) as layer:
+            labels = [int(v) // 3 for v in next(iter(layer))["label"]]
+        skip = labels[0]
+        assert skip < 5 and labels == [(skip + i) % 7 for i in range(7)]  # a rotation, every line once
+        starts.add(skip)
+    assert len(starts) > 1

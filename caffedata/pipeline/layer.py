@@ -34,7 +34,7 @@ def make_engine(spec, arrays=None, flat=False, seed=0, **options):
 
         if spec.shuffle:
             options["shuffle"] = True
-        return ImageEngine(spec, ImageListSource(spec), flat=flat, seed=seed, **options)
+        return ImageEngine(spec, ImageListSource(spec, seed), flat=flat, seed=seed, **options)
     if isinstance(spec, MemoryDataSpec):
         from ..sources.image_list import MemorySource
 

@@ -6,6 +6,11 @@ spaces; the label is C's ``atoi`` of the rest), the image is
 colour (3-channel BGR) or grayscale, and resized with ``cv::resize``
 (bilinear) when ``new_height``/``new_width`` are set.  ``cv2.imread`` and
 ``cv2.resize`` release the GIL, so worker threads decode in parallel.
+
+``rand_skip``: Caffe starts reading ``rand() % rand_skip`` lines in, so that
+several solvers do not read in step.  Here the list is rotated by a draw of
+the iterator's seeded stream modulo ``rand_skip`` (the skipped lines come
+last), so every epoch starts at the same, seeded, line.
 """
 import os
 
@@ -21,7 +26,7 @@ from ..tools.convert import parse_list_file
 class ImageListSource:
     """The records of one ImageData layer: ``len()`` images, ``record(i)`` decodes image ``i``."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, seed=0):
         self.spec = spec
         self.path = spec.source
         if not os.path.isfile(self.path):
@@ -32,6 +37,9 @@ class ImageListSource:
         if not entries:
             raise SpecError(f"{self.path}: the list file is empty (Caffe: \"File is empty\") -- add "
                             f"`path label` lines")
+        if spec.rand_skip:
+            skip = int(np.random.default_rng(seed).integers(0, 2**32)) % spec.rand_skip % len(entries)
+            entries = entries[skip:] + entries[:skip]
         root = os.fsencode(spec.root_folder)
         self.files = [os.fsdecode(root + path) for path, _ in entries]
         self.labels = np.array([label for _, label in entries], dtype=np.int64)
