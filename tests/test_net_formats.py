@@ -19,7 +19,7 @@ from caffedata.net.graph import build_graph
 from caffedata.net.netstate import filter_net
 from caffedata.net.upgrade import load_net_param, load_solver_param
 from caffedata.proto import BlobProto, LayerParameter, NetParameter, SolverParameter, V1LayerParameter
-from caffedata.spec import Phase
+from caffedata.formats.spec import Phase
 
 
 def parse(text):

@@ -123,8 +123,9 @@ def data_layer_spec(prototxt, phase=None):
     """Parse ``prototxt`` (text or path) into a DataLayerSpec (a `Data` layer only; see layer_spec)."""
     layer = select_data_layer(parse_net(read_prototxt_arg(prototxt)), phase)
     if layer.type != "Data":
-        raise SpecError(f"layer type {layer.type!r} is not a `Data` layer (LMDB/LevelDB of Datum "
-                        f"records) -- use caffedata.formats.prototxt.layer_spec for every data layer type")
+        raise SpecError(f"layer type {layer.type!r} is not a data layer of type \"Data\" (LMDB/LevelDB "
+                        f"of Datum records) -- caffedata.DataLayer and CaffeDataIter read every data "
+                        f"layer type ({', '.join(DATA_LAYER_TYPES)})")
     return _data_spec(layer)
 
 
