@@ -99,30 +99,45 @@ class HDF5Source:
 
     # -- worker side ---------------------------------------------------------
     def open_state(self):
-        return {}  # file index -> open h5py.File, per worker thread
+        return {}  # file index -> (open h5py.File, its datasets by top), per worker thread
 
     def close_state(self, handles):
-        for h5 in handles.values():
+        for h5, _ in handles.values():
             h5.close()
 
     def read_into(self, records, outs, handles):
-        """Rows ``records`` (global row numbers) into ``outs[t][i]``, one slice per run of a file."""
+        """Rows ``records`` (global row numbers) into ``outs[t][i]``.
+
+        A run of consecutive rows that lands on consecutive items is read
+        straight into the batch buffer (``read_direct``: no temporary);
+        anything else (shuffled rows) is read as one sorted selection per file.
+        """
         records = np.asarray(records, dtype=np.int64)
         file_of = np.searchsorted(self.starts, records, side="right") - 1
         for f in np.unique(file_of):
             items = np.nonzero(file_of == f)[0]
             rows = records[items] - self.starts[f]
-            h5 = handles.get(f)
-            if h5 is None:
-                h5 = handles[f] = self._open(self.files[f])
-            # h5py reads increasing, unique rows; a contiguous run is one slice.
-            unique, inverse = np.unique(rows, return_inverse=True)
-            contiguous = unique[-1] - unique[0] + 1 == len(unique)
-            for t, top in enumerate(self.spec.tops):
-                try:
-                    block = (h5[top][unique[0]:unique[-1] + 1] if contiguous else h5[top][unique])
-                except (OSError, KeyError, ValueError) as exc:
-                    raise RecordError(self.files[f], f"{top}[{int(unique[0])}..{int(unique[-1])}]",
-                                      int(records[items[0]]), f"cannot read rows ({exc})",
-                                      "the file changed or is damaged; rebuild it") from None
-                outs[t][items] = block[inverse]
+            datasets = handles.get(f)
+            if datasets is None:
+                h5 = self._open(self.files[f])
+                datasets = handles[f] = (h5, [h5[top] for top in self.spec.tops])
+            try:
+                self._read_rows(datasets[1], rows, items, outs)
+            except (OSError, KeyError, ValueError, TypeError) as exc:
+                raise RecordError(self.files[f], f"rows {int(rows.min())}..{int(rows.max())}",
+                                  int(records[items[0]]), f"cannot read rows ({exc})",
+                                  "the file changed or is damaged; rebuild it") from None
+
+    @staticmethod
+    def _read_rows(datasets, rows, items, outs):
+        in_order = len(rows) == 1 or (np.all(np.diff(rows) == 1) and np.all(np.diff(items) == 1))
+        if in_order:
+            source = np.s_[int(rows[0]):int(rows[-1]) + 1]
+            dest = np.s_[int(items[0]):int(items[-1]) + 1]
+            for ds, out in zip(datasets, outs):
+                ds.read_direct(out, source, dest)
+            return
+        # h5py reads increasing, unique rows: read those, then place them.
+        unique, inverse = np.unique(rows, return_inverse=True)
+        for ds, out in zip(datasets, outs):
+            out[items] = ds[unique][inverse]
