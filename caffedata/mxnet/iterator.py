@@ -11,7 +11,7 @@ import ctypes
 import mxnet as mx
 import numpy as np
 
-from .. import _fast
+from . import _dlpack
 from ..errors import SpecError
 from ..pipeline.layer import DataLayer
 
@@ -29,11 +29,11 @@ _FROM_DLPACK = _from_dlpack_address()
 def _wrap(array):
     """An NDArray over ``array``'s memory (no copy); it keeps ``array`` referenced until freed.
 
-    The DLPack structure is built in ``_fast`` (mx.nd.from_numpy builds it with
+    The DLPack structure is built in ``_dlpack`` (mx.nd.from_numpy builds it with
     ctypes, ~70 us per array); MXNet's from_numpy is the fallback.
     """
     if _FROM_DLPACK is not None:
-        handle = _fast.ndarray_handle(array, _FROM_DLPACK)
+        handle = _dlpack.ndarray_handle(array, _FROM_DLPACK)
         if handle is None:
             raise mx.base.MXNetError(mx.base.py_str(mx.base._LIB.MXGetLastError()))
         return mx.nd.NDArray(handle=mx.base.NDArrayHandle(handle))
