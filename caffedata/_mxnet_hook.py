@@ -6,11 +6,13 @@ mxnet as mx; mx.io.CaffeDataIter(...)`` must work.  So: if mxnet is already
 imported, install now; otherwise wrap the loader of the ``mxnet`` module so
 that the adapters are installed right after mxnet's own ``__init__`` ran.
 """
-import importlib.abc
-import importlib.util
 import logging
 import sys
 import threading
+
+# No importlib.abc / importlib.util at import time (they pull in pathlib and
+# importlib.resources: ~50 ms of every command's start); the import system
+# only needs the methods, duck-typed below.
 
 log = logging.getLogger("caffedata")
 
@@ -29,7 +31,7 @@ def install_now():
     install()
 
 
-class _InstallAfterExec(importlib.abc.Loader):
+class _InstallAfterExec:
     """Delegates to mxnet's real loader, then installs the adapters."""
 
     def __init__(self, loader):
@@ -37,6 +39,9 @@ class _InstallAfterExec(importlib.abc.Loader):
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
+
+    def __getattr__(self, name):  # anything else the import system asks (get_code, is_package...)
+        return getattr(self._loader, name)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
@@ -46,10 +51,12 @@ class _InstallAfterExec(importlib.abc.Loader):
             log.exception("caffedata: installing the MXNet adapters failed")
 
 
-class _MXNetFinder(importlib.abc.MetaPathFinder):
+class _MXNetFinder:
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "mxnet":
             return None
+        import importlib.util
+
         _remove_finder()  # find the real spec with the other finders
         spec = importlib.util.find_spec("mxnet")
         if spec is None or spec.loader is None:

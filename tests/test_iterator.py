@@ -22,6 +22,21 @@ def test_import_registers_the_iterator():
     assert issubclass(mx.io.CaffeDataIter, mx.io.DataIter)
 
 
+@pytest.mark.parametrize("imports", ["import mxnet as mx\nimport caffedata",
+                                     "import caffedata\nimport mxnet as mx"])
+def test_adapters_installed_in_either_import_order(tmp_path, imports):
+    code = imports + textwrap.dedent("""
+        import sys
+        assert mx.io.CaffeDataIter.__module__ == "caffedata.mxnet.iterator"
+        out = mx.nd.CaffeOp(mx.nd.array([[-1.0, 2.0]]), prototxt='layer{type:"ReLU"}')
+        print(out.asnumpy().tolist(), hasattr(mx.sym, "CaffeLoss"))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[[0.0,", "2.0]]", "True"]
+
+
 def test_faq_snippet_runs_verbatim(tmp_path, monkeypatch, caplog):
     n = 1000
     os.makedirs(tmp_path / "caffe/examples/mnist")
