@@ -6,9 +6,8 @@
 * **List file.**  Read line by line (``std::getline``: split at ``\\n``, a
   final line without newline counts, an empty line is an entry).  Each line is
   split at its **last space**: the path is the text before it, the label is
-  ``atoi`` of the text after it (so a trailing ``\\r`` is harmless, paths may
-  hold spaces, tabs are not separators, a line without a space is a path whose
-  label is ``atoi`` of the whole line).
+  ``atoi`` of the text after it (so a trailing ``\\r`` is harmless and paths may
+  hold spaces).
 * **Keys.**  ``%08d_<path as written in the list>``.  The number is the line's
   index in the (possibly shuffled) list and is consumed by images that fail to
   load, so failed images leave gaps.
@@ -28,6 +27,17 @@
 * ``check_size``: every record's ``data`` length must equal the first's C*H*W.
 
 What differs from Caffe, on purpose:
+
+* **Labels are checked.**  A label that is not a plain integer (``zero``,
+  ``3a``, a missing one, one outside int32) is still stored as Caffe's
+  ``atoi`` gives it, but each such line is reported (list file and line
+  number) and counted in ``ConvertResult.label_warnings``; ``strict=True``
+  refuses the list instead.
+* **Tabs.**  A line with no space, or whose text after the last space is not an
+  integer while the text after its last tab is, is split at that last tab: tab-separated lists work, and every line Caffe parses
+  to a valid label is parsed the same way.
+* ``encode_type`` must be a type OpenCV can encode; it is checked before any
+  work.
 
 * ``shuffle`` takes a ``seed``.  The permutation is Caffe's own algorithm
   (``caffe::shuffle``: Fisher-Yates with boost's ``uniform_int`` over
@@ -51,6 +61,7 @@ transaction sizes), only their keys and values are.
 """
 import collections
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -64,9 +75,11 @@ import numpy as np
 from .datum import array_to_datum_bytes, encoded_datum_bytes
 from .errors import CaffeDataError, DatabaseError, SpecError
 
-__all__ = ["convert_imageset", "ConvertResult", "Failure", "parse_list_file", "caffe_shuffle",
+__all__ = ["convert_imageset", "ConvertResult", "Failure", "LabelWarning", "parse_list_file",
+           "parse_list", "caffe_shuffle",
            "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db"]
 
+MAX_PRINTED_LABEL_WARNINGS = 20  # the rest are counted in the summary
 COMMIT_EVERY = 1000  # convert_imageset commits every 1000 successful images
 
 # Caffe's LevelDB options (db_leveldb.cpp); compression is LevelDB's default, Snappy.
@@ -91,6 +104,19 @@ class Failure:
 
 
 @dataclass
+class LabelWarning:
+    """A list line whose label is not a plain integer (it is stored as Caffe's atoi gives it)."""
+    listfile: str
+    line: int  # 1-based line number in the list file
+    text: str  # the label text as written (or the whole line when there is no separator)
+    label: int  # what was stored
+
+    def __str__(self):
+        what = "has no label" if not self.text.strip() else f"label {self.text!r} is not an integer"
+        return f"{self.listfile}:{self.line}: {what} -- stored as {self.label} (Caffe's atoi)"
+
+
+@dataclass
 class ConvertResult:
     db_path: str
     backend: str
@@ -100,6 +126,7 @@ class ConvertResult:
     seconds: float = 0.0
     seed: Optional[int] = None
     encoded: bool = False
+    label_warnings: List[LabelWarning] = field(default_factory=list)
 
     @property
     def images_per_second(self):
@@ -111,6 +138,9 @@ class ConvertResult:
                 f"{self.images_per_second:.0f} images/s")
         if self.seed is not None:
             text += f"; shuffled with --seed {self.seed}"
+        if self.label_warnings:
+            text += (f"; {len(self.label_warnings)} line(s) with a non-integer or missing label "
+                     f"(stored as Caffe's atoi gives them; --strict refuses such lists)")
         return text
 
 
@@ -134,8 +164,36 @@ def caffe_atoi(text):
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
-def parse_list_file(listfile):
-    """``[(path_bytes, label), ...]`` exactly as convert_imageset (rc4 and later) reads the list."""
+_INTEGER_LABEL = re.compile(rb"^[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*$")
+
+
+def _plain_integer(text):
+    """True when ``text`` is an int32 written as digits (whitespace around it is fine)."""
+    return bool(_INTEGER_LABEL.match(text)) and -(1 << 31) <= int(text) < (1 << 31)
+
+
+def _split_line(line):
+    """(path, label text, separator found) as convert_imageset splits, tabs accepted as a fallback."""
+    pos = line.rfind(b" ")
+    if pos >= 0 and _plain_integer(line[pos + 1:]):
+        return line[:pos], line[pos + 1:], True
+    tab = line.rfind(b"\t")
+    if tab > pos and _plain_integer(line[tab + 1:]):  # a tab-separated line Caffe would misread
+        return line[:tab], line[tab + 1:], True
+    if pos < 0 and tab >= 0:  # no space at all: a tab-separated line with a bad label
+        return line[:tab], line[tab + 1:], True
+    if pos < 0:  # find_last_of gives npos: the whole line is both path and label text
+        return line, line, False
+    return line[:pos], line[pos + 1:], True
+
+
+def parse_list(listfile, strict=False):
+    """``([(path_bytes, label), ...], [LabelWarning, ...])`` for a convert_imageset list.
+
+    Lines split as Caffe does (see the module docstring); a label that is not a
+    plain integer gives a LabelWarning, or a SpecError naming the lines when
+    ``strict``.
+    """
     try:
         with open(listfile, "rb") as f:
             data = f.read()
@@ -145,14 +203,27 @@ def parse_list_file(listfile):
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # getline yields no entry after a final newline
-    entries = []
-    for line in lines:
-        pos = line.rfind(b" ")
-        if pos < 0:  # find_last_of gives npos: the whole line is both path and label text
-            entries.append((line, caffe_atoi(line)))
-        else:
-            entries.append((line[:pos], caffe_atoi(line[pos + 1:])))
-    return entries
+    entries, warnings = [], []
+    name = os.fspath(listfile)
+    for number, line in enumerate(lines, 1):
+        path, label_text, has_separator = _split_line(line)
+        label = caffe_atoi(label_text)
+        entries.append((path, label))
+        if not has_separator or not _plain_integer(label_text):
+            text = "" if not has_separator else label_text.decode("utf-8", "backslashreplace")
+            warnings.append(LabelWarning(name, number, text, label))
+    if strict and warnings:
+        shown = "; ".join(str(w).split(" -- ")[0] for w in warnings[:5])
+        more = f" (and {len(warnings) - 5} more)" if len(warnings) > 5 else ""
+        raise SpecError(f"{shown}{more} -- every line must be `path label` with an integer label "
+                        f"after the last space (or tab); fix the list, or drop --strict to store "
+                        f"such labels as Caffe's atoi reads them")
+    return entries, warnings
+
+
+def parse_list_file(listfile):
+    """``[(path_bytes, label), ...]`` as convert_imageset reads the list (tabs accepted, see above)."""
+    return parse_list(listfile)[0]
 
 
 # --------------------------------------------------------------------------- shuffle
@@ -240,6 +311,19 @@ def read_image_to_datum(path, label, resize_height=0, resize_width=0, is_color=T
         return encoded_datum_bytes(buf.tobytes(), label)
     chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
     return array_to_datum_bytes(np.ascontiguousarray(chw), label)
+
+
+def _check_encoder(encode_type):
+    """SpecError unless OpenCV can encode ``encode_type`` (tried on a 1x1 image)."""
+    import cv2
+
+    try:
+        ok, _ = cv2.imencode("." + encode_type, np.zeros((1, 1, 3), np.uint8))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise SpecError(f"--encode-type {encode_type}: OpenCV cannot encode this type -- use jpg or "
+                        f"png (Caffe decodes records with OpenCV, so only types it writes work)")
 
 
 def _datum_data_size(value):
@@ -360,12 +444,15 @@ def _default_threads():
 
 def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize_height=0,
                      resize_width=0, shuffle=False, seed=None, encoded=False, encode_type="",
-                     check_size=False, overwrite=False, threads=None, progress=True):
+                     check_size=False, overwrite=False, threads=None, progress=True,
+                     strict=False):
     """Convert the images named in ``listfile`` (paths relative to ``root``) into a new DB.
 
     Returns a ConvertResult (count written, failures with their reasons, time,
-    the shuffle seed used).  Raises SpecError for bad arguments or an
-    unreadable list, DatabaseError when ``db_path`` exists (without
+    the shuffle seed used, the list lines whose label is not an integer: each
+    is also printed to stderr).  Raises SpecError for bad arguments, an
+    encode_type OpenCV cannot write, or an unreadable list (or, with
+    ``strict``, a list with a non-integer or missing label), DatabaseError when ``db_path`` exists (without
     ``overwrite``) or cannot be written, and CaffeDataError when check_size
     finds a mismatch or no image could be read.  In every error case nothing
     is left at ``db_path``.
@@ -382,6 +469,8 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
     encode_type = (encode_type or "").strip()
     if encode_type.startswith("."):
         raise SpecError(f"encode_type {encode_type!r}: give the type without a dot, e.g. jpg or png")
+    if encode_type:
+        _check_encoder(encode_type)
     encoding_flag = encoded or bool(encode_type)
     if check_size and encoding_flag:
         raise SpecError("check_size compares raw pixel sizes and cannot be used with encoded "
@@ -393,7 +482,12 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
     root_b = os.fsencode(os.fspath(root))
     if root_b and os.path.isdir(root_b) and not root_b.endswith(b"/"):
         root_b += b"/"
-    entries = parse_list_file(listfile)
+    entries, label_warnings = parse_list(listfile, strict)
+    for warning in label_warnings[:MAX_PRINTED_LABEL_WARNINGS]:
+        print(f"caffedata: warning: {warning}", file=sys.stderr)
+    if len(label_warnings) > MAX_PRINTED_LABEL_WARNINGS:
+        print(f"caffedata: warning: ... and {len(label_warnings) - MAX_PRINTED_LABEL_WARNINGS} more "
+              f"lines with a non-integer or missing label", file=sys.stderr)
     if not entries:
         raise SpecError(f"{listfile}: the list is empty -- write one `path label` per line")
     if encoded and not encode_type:
@@ -423,7 +517,7 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
 
     total = len(entries)
     result = ConvertResult(db_path=os.fspath(db_path), backend=backend, total=total, count=0,
-                           seed=used_seed, encoded=encoding_flag)
+                           seed=used_seed, encoded=encoding_flag, label_warnings=label_warnings)
     start = time.perf_counter()
     building = atomic_db(db_path, overwrite)  # refuses an existing target before any work
     bar = None

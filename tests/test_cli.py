@@ -154,3 +154,13 @@ def test_demo_short_run(tmp_path):
     env = lmdb.open(str(w / "digits_test_lmdb"), readonly=True, lock=False)
     assert env.stat()["entries"] == 360  # every 5th of the 1797 digits
     env.close()
+
+
+def test_convert_help_names_tabs_and_strict(tmp_path, images):
+    code, out, _ = run_cli(["convert", "--help"])
+    assert code == 0 and "tab" in out and "--strict" in out
+    folder, listfile, _ = images
+    listfile.write_text("0.png\tnine\n")
+    code, _, err = run_cli(["convert", str(folder), str(listfile), str(tmp_path / "db"), "--quiet",
+                            "--strict"])
+    assert code == 1 and "list.txt:1: label 'nine' is not an integer" in one_line_error(err)
