@@ -46,8 +46,10 @@ What differs from Caffe, on purpose:
   reproducible; without a seed caffedata draws one and reports it
   (``ConvertResult.seed``).
 * The DB is built in a temporary folder beside the target and renamed into
-  place at the end: an interrupted or failed run leaves no DB at the target,
-  and an existing DB is never replaced unless ``overwrite=True``.
+  place at the end: an interrupted (^C, SIGTERM) or failed run leaves no DB at
+  the target, and an existing DB is never replaced unless ``overwrite=True``,
+  then in one atomic swap (see ``atomic_db``).  Temporary folders left by a
+  killed run are removed by the next run to the same target.
 * Images are read, resized and encoded on ``threads`` threads (OpenCV releases
   the GIL); records are written in list order.
 * A list with no readable image is an error (Caffe would write an empty DB).
@@ -77,7 +79,8 @@ from .errors import CaffeDataError, DatabaseError, SpecError
 
 __all__ = ["convert_imageset", "ConvertResult", "Failure", "LabelWarning", "parse_list_file",
            "parse_list", "caffe_shuffle",
-           "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db"]
+           "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db",
+           "remove_stale_tmp", "Terminated"]
 
 MAX_PRINTED_LABEL_WARNINGS = 20  # the rest are counted in the summary
 COMMIT_EVERY = 1000  # convert_imageset commits every 1000 successful images
@@ -383,12 +386,146 @@ class DBWriter:
             self.db.close()
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_TMP_MARK = ".caffedata-tmp-"
+
+
+def _exchange(a, b):
+    """Swap the directory entries ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where the kernel, libc or filesystem cannot do it.
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux, or glibc < 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _host_tag():
+    """8 hex digits naming this machine, so a stale-folder sweep never judges another host's pids."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmp(target):
+    """Remove ``.NAME.caffedata-tmp-<host>-<pid>-*`` folders beside ``target`` left by dead processes.
+
+    Only folders made on this host whose pid no longer exists are removed (a
+    kill -9 or a power loss during convert leaves them).  Returns their names.
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(target)))
+    pattern = re.compile(re.escape(f".{name}{_TMP_MARK}{_host_tag()}-") + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in names:
+        m = pattern.match(entry)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a conversion (exit status 128 + 15, as the signal would give)."""
+
+    def __init__(self):
+        super().__init__(143)
+
+
+class _TermAsException:
+    """While active (main thread only), SIGTERM raises Terminated, so cleanup code runs as on ^C."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated()
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _lock_leveldb(path, timeout=30.0):
+    """An fd holding LevelDB's own LOCK on the DB at ``path`` (so no reader is inside it), or None."""
+    import fcntl
+
+    lock = os.path.join(path, "LOCK")
+    if not os.path.isfile(lock):
+        return None
+    fd = os.open(lock, os.O_RDWR)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise DatabaseError(f"{path}: the LevelDB is held open by another process for "
+                                    f"{timeout:.0f} s -- close its readers, then run --overwrite "
+                                    f"again") from None
+            time.sleep(0.01)
+
+
 class atomic_db:
-    """Build a DB in a temporary folder beside ``target``; rename it into place on success.
+    """Build a DB in a temporary folder beside ``target``; put it in place in one step on success.
 
     ``with atomic_db(target, overwrite) as tmp: ...`` -- on any exception
-    (including KeyboardInterrupt) the temporary folder is removed and nothing
-    appears at ``target``.
+    (including KeyboardInterrupt and SIGTERM, which raises ``Terminated`` here)
+    the temporary folder is removed and ``target`` is untouched.
+
+    Replacing an existing DB is atomic: the two folders are swapped with
+    ``renameat2(RENAME_EXCHANGE)``, so a reader opening ``target`` at any moment
+    finds a complete DB, the old or the new one (a target that is a symlink is
+    swapped the same way; the folder it pointed to is kept).  A reader that has
+    the old LMDB open keeps reading it (its files live on until closed).  An old
+    LevelDB is locked first with LevelDB's own LOCK, so the swap waits for
+    readers inside it.  Where the filesystem cannot exchange (not Linux, some
+    network filesystems) the old DB is renamed away and the new one in: two
+    steps, with a moment in between where ``target`` is missing.
+
+    The temporary folder is ``.NAME.caffedata-tmp-<host>-<pid>-<random>``;
+    creating an ``atomic_db`` removes such folders whose process is gone.
     """
 
     def __init__(self, target, overwrite=False):
@@ -399,8 +536,11 @@ class atomic_db:
             raise DatabaseError(f"{parent}: the folder for the new database does not exist -- "
                                 f"create it first")
         self._check_target()
+        remove_stale_tmp(self.target)
         name = os.path.basename(self.target)
-        self.tmp = os.path.join(parent, f".{name}.caffedata-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.tmp = os.path.join(parent, f".{name}{_TMP_MARK}{_host_tag()}-{os.getpid()}-"
+                                        f"{secrets.token_hex(4)}")
+        self._term = _TermAsException()
 
     def _check_target(self):
         if os.path.lexists(self.target) and not self.overwrite:
@@ -408,28 +548,43 @@ class atomic_db:
                                 f"--overwrite (overwrite=True) to replace it")
 
     def __enter__(self):
+        self._term.__enter__()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
         try:
-            self._check_target()
-            if os.path.lexists(self.target):
-                trash = self.tmp + "-old"
-                os.rename(self.target, trash)
-                os.rename(self.tmp, self.target)
-                if os.path.isdir(trash) and not os.path.islink(trash):
-                    shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    os.unlink(trash)
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            try:
+                self._check_target()
+                self._replace()
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+            return False
+        finally:
+            self._term.__exit__(exc_type, exc, tb)
+
+    def _replace(self):
+        if not os.path.lexists(self.target):
+            os.rename(self.tmp, self.target)
+            return
+        fd = None if os.path.islink(self.target) else _lock_leveldb(self.target)
+        try:
+            if _exchange(self.tmp, self.target):
+                old = self.tmp  # the old DB (or symlink) now sits at the temporary name
             else:
+                old = self.tmp + "-old"
+                os.rename(self.target, old)
                 os.rename(self.tmp, self.target)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-        return False
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
 
 
 # --------------------------------------------------------------------------- the job
