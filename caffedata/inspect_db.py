@@ -293,28 +293,17 @@ def _pick_records(path, backend, n, random, seed):
 
 def inspect_mean(path):
     """Summary dict of a mean ``.binaryproto``."""
-    from google.protobuf.message import DecodeError
-
-    from .mean import blob_to_array
-    from .proto import BlobProto
+    from .mean import read_blob_file
 
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        blob = BlobProto.FromString(raw)
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
-    except DecodeError as exc:
-        raise SpecError(f"{path}: not a binary BlobProto ({exc}) -- is it a mean file?") from None
-    array = blob_to_array(blob, path)
-    legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    blob, size = read_blob_file(path, hint="is it a mean file?")
+    array = blob.array
     chw = array.reshape(array.shape[-3:]) if array.ndim >= 3 and int(np.prod(array.shape[:-3])) == 1 \
         else None
     report = {"kind": "mean", "path": path, "shape": list(array.shape),
-              "shape_from": "legacy num/channels/height/width" if legacy else "shape.dim",
-              "values_from": "double_data" if len(blob.double_data) else "data",
-              "bytes": len(raw), "min": float(array.min()) if array.size else None,
+              "shape_from": "legacy num/channels/height/width" if blob.legacy else "shape.dim",
+              "values_from": blob.values_from,
+              "bytes": size, "min": float(array.min()) if array.size else None,
               "max": float(array.max()) if array.size else None,
               "caffe_usable": bool(array.ndim == 4 and array.shape[0] == 1)}
     if chw is not None:
@@ -509,11 +498,9 @@ def db_grid(path, out_path, n=64, backend="auto", random=False, seed=0, tile=64,
 
 def mean_grid(path, out_path, tile=128, rgb=False):
     """The mean image of a .binaryproto as a one-tile grid captioned 'mean'."""
-    from .mean import blob_to_array
-    from .proto import BlobProto
+    from .mean import read_blob_file
 
-    with open(path, "rb") as f:
-        array = blob_to_array(BlobProto.FromString(f.read()), path)
+    array = read_blob_file(path, hint="is it a mean file?")[0].array
     chw = array.reshape(array.shape[-3:]) if array.ndim >= 3 else array.reshape(1, 1, -1)
     return render_grid([chw], ["mean"], out_path, tile=tile, rgb=rgb)
 
