@@ -171,15 +171,35 @@ def detect_kind(path):
     lower = path.lower()
     if lower.endswith((".binaryproto", ".mean", ".blob")):
         return "mean"
-    if lower.endswith((".prototxt", ".pbtxt", ".txt")):
-        return "prototxt"
     with open(path, "rb") as f:
         head = f.read(4096)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "mean"
-    return "prototxt" if re.search(r"\blayers?\s*\{|\btype\s*:", text) else "mean"
+    if re.search(r"\blayers?\s*\{|\btype\s*:|\{", text):
+        return "prototxt"
+    if _looks_like_list(text):
+        raise SpecError(f"{path}: looks like an image list (`path label` per line), not a database, "
+                        f"mean file or prototxt -- build a database from it first: `caffedata "
+                        f"convert ROOT/ {path} DB`, then inspect DB")
+    if lower.endswith((".prototxt", ".pbtxt")):
+        return "prototxt"  # let the parser say what is wrong with it
+    if not text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable():
+        return "mean"  # binary that happens to be valid UTF-8
+    raise SpecError(f"{path}: not a database, a mean .binaryproto or a prototxt -- give a DB "
+                    f"folder, a mean file or a prototxt")
+
+
+_LIST_LINE = re.compile(r"^\S.*[ \t][+-]?\d+\s*$")
+
+
+def _looks_like_list(text):
+    """Most non-empty lines read `path label` (the last line of a 4 KiB head may be cut)."""
+    lines = [l for l in text.splitlines()[:50] if l.strip()]
+    if len(lines) > 1:
+        lines = lines[:-1] if not text.endswith("\n") else lines
+    return bool(lines) and sum(bool(_LIST_LINE.match(l)) for l in lines) >= 0.8 * len(lines)
 
 
 # --------------------------------------------------------------------------- DB
@@ -196,10 +216,10 @@ def _sample_indices(count, n, random, seed):
 
 def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress=False):
     """Summary dict of an LMDB/LevelDB of Datums (see the module docstring)."""
-    from .db import open_source
+    from .compute_mean import open_db_arg
 
     path = os.fspath(path)
-    source = open_source(path, backend)
+    source = open_db_arg(path, backend)
     kind_name = "lmdb" if type(source).__name__ == "LMDBSource" else "leveldb"
     try:
         if kind_name == "lmdb":
@@ -274,9 +294,9 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
 
 
 def _pick_records(path, backend, n, random, seed):
-    from .db import open_source
+    from .compute_mean import open_db_arg
 
-    with open_source(path, backend) as source:
+    with open_db_arg(path, backend) as source:
         if random:
             keys = source.keys()
             idx = _sample_indices(len(keys), n, True, seed)
