@@ -275,15 +275,17 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
         scale = count / examined if examined else 1.0
         est = examined != count
 
-        def scaled(counter):
-            items = sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        def scaled(counter, order=str):
+            items = sorted(counter.items(), key=lambda kv: (-kv[1], order(kv[0])))
             return {str(k): (round(v * scale) if est else v) for k, v in items}
 
         report.update(
             first_key=_key_text(first), last_key=_key_text(last),
             key_pattern=key_pattern(seen_keys + [first, last]),
             examined=examined, estimated=est,
-            records=scaled(kinds), encoded_formats=scaled(formats), shapes=scaled(shapes),
+            records=scaled(kinds), encoded_formats=scaled(formats),
+            shapes=scaled(shapes, order=shape_sort_key),
+            shape_summary=shape_summary(shapes, scale if est else 1.0),
             labels={str(k): (round(v * scale) if est else v) for k, v in sorted(labels.items())},
             bytes_per_record={"min": int(min(sizes)), "mean": float(np.mean(sizes)),
                               "max": int(max(sizes))},
@@ -291,6 +293,43 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
         return report
     finally:
         source.close()
+
+
+_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+
+
+def shape_sort_key(shape):
+    """Numeric order for 'CxHxW' texts (3x100x202 < 3x102x160 < 3x1024x612); others last."""
+    m = _SHAPE.match(str(shape))
+    return (0,) + tuple(int(g) for g in m.groups()) if m else (1, str(shape))
+
+
+def shape_summary(shapes, scale=1.0):
+    """Distinct and one-off shape counts, channel counts, and height/width quantiles.
+
+    ``shapes`` counts the examined records' 'CxHxW' texts; ``scale`` extrapolates
+    the channel counts to the whole DB (the quantiles do not need it).
+    """
+    dims, weights = [], []
+    for shape, n in shapes.items():
+        m = _SHAPE.match(str(shape))
+        if m:
+            dims.append(tuple(int(g) for g in m.groups()))
+            weights.append(n)
+    out = {"distinct": len(shapes), "one_off": sum(1 for n in shapes.values() if n == 1)}
+    if not dims:
+        return out
+    dims, weights = np.array(dims), np.array(weights)
+    channels = Counter()
+    for (c, _, _), n in zip(dims, weights):
+        channels[int(c)] += int(n)
+    out["channels"] = {str(c): round(n * scale) for c, n in sorted(channels.items())}
+    for axis, name in ((1, "height"), (2, "width")):
+        values = np.repeat(dims[:, axis], weights)
+        q = np.percentile(values, [10, 50, 90], method="nearest")
+        out[name] = {"min": int(values.min()), "p10": int(q[0]), "median": int(q[1]),
+                     "p90": int(q[2]), "max": int(values.max())}
+    return out
 
 
 def _pick_records(path, backend, n, random, seed):
@@ -534,12 +573,36 @@ def _human_bytes(n):
         n /= 1024
 
 
-def _hist_lines(counter, limit=12):
+SHAPE_LIST_LIMIT = 12  # more distinct shapes than this are summarised, not listed
+
+
+def _hist_lines(counter, limit=12, approx=""):
     items = list(counter.items())
     total = sum(v for _, v in items) or 1
-    lines = [f"    {k:>14}  {v:>9}  {100.0 * v / total:5.1f}%" for k, v in items[:limit]]
+    lines = [f"    {k:>14}  {approx + str(v):>9}  {100.0 * v / total:5.1f}%" for k, v in items[:limit]]
     if len(items) > limit:
         lines.append(f"    ... {len(items) - limit} more")
+    return lines
+
+
+def _shape_lines(report, approx):
+    shapes, summary = report["shapes"], report.get("shape_summary") or {}
+    if len(shapes) <= SHAPE_LIST_LIMIT or "height" not in summary:
+        return ["  channels x height x width:"] + _hist_lines(shapes, SHAPE_LIST_LIMIT, approx)
+    seen = " in the sample" if report.get("estimated") else ""
+    lines = [f"  channels x height x width: {summary['distinct']} distinct shapes{seen}, "
+             f"{summary['one_off']} of them seen once"]
+    lines.append("    channels: " + ", ".join(f"{c} ({approx}{n} records)"
+                                              for c, n in summary["channels"].items()))
+    for name in ("height", "width"):
+        q = summary[name]
+        lines.append(f"    {name + ':':<8} min {q['min']}, 10% {q['p10']}, median {q['median']}, "
+                     f"90% {q['p90']}, max {q['max']}{' (sampled)' if approx else ''}")
+    repeated = {k: v for k, v in shapes.items()
+                if v > (round(report["count"] / report["examined"]) if approx else 1)}
+    if repeated:
+        lines.append("    most common:")
+        lines.extend("  " + l for l in _hist_lines(repeated, 5, approx))
     return lines
 
 
@@ -563,12 +626,12 @@ def format_report(report):
             recs += " (" + ", ".join(f"{approx}{v} {k}" for k, v in fmts.items()) + ")"
         out.append(f"  records: {recs}")
         b = report["bytes_per_record"]
-        out.append(f"  bytes per record: min {b['min']}, mean {b['mean']:.1f}, max {b['max']}; "
+        out.append(f"  bytes per record{' (sampled)' if approx else ''}: min {b['min']}, "
+                   f"mean {b['mean']:.1f}, max {b['max']}; "
                    f"{approx}{_human_bytes(report['value_bytes'])} of values")
-        out.append("  channels x height x width:")
-        out.extend(_hist_lines(report["shapes"]))
-        out.append(f"  labels ({len(report['labels'])} distinct):")
-        out.extend(_hist_lines(report["labels"], limit=20))
+        out.extend(_shape_lines(report, approx))
+        out.append(f"  labels ({len(report['labels'])} distinct{' in the sample' if approx else ''}):")
+        out.extend(_hist_lines(report["labels"], limit=20, approx=approx))
     elif kind == "mean":
         out.append(f"{report['path']}: mean blob, shape {tuple(report['shape'])} "
                    f"(from {report['shape_from']}, values from {report['values_from']}), "
