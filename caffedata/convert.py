@@ -454,10 +454,15 @@ def remove_stale_tmp(target):
 
 
 class Terminated(SystemExit):
-    """SIGTERM arrived during a conversion (exit status 128 + 15, as the signal would give)."""
+    """SIGTERM arrived during a conversion (exit status 128 + 15, as the signal would give).
 
-    def __init__(self):
+    ``completed`` is True when it arrived while the finished DB was being moved
+    into place: the move was let finish, so the new DB is at the target.
+    """
+
+    def __init__(self, completed=False):
         super().__init__(143)
+        self.completed = completed
 
 
 class _TermAsException:
@@ -468,13 +473,17 @@ class _TermAsException:
         import threading
 
         self._old = None
+        self.defer = False  # while True, a SIGTERM is only noted (see atomic_db._replace)
+        self.pending = False
         if threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 self._old = signal.signal(signal.SIGTERM, self._raise)
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
+    def _raise(self, signum, frame):
+        if self.defer:
+            self.pending = True
+            return
         raise Terminated()
 
     def __exit__(self, *exc):
@@ -558,10 +567,13 @@ class atomic_db:
                 return False
             try:
                 self._check_target()
+                self._term.defer = True  # never stop half way through the swap
                 self._replace()
             except BaseException:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 raise
+            if self._term.pending:
+                raise Terminated(completed=True)
             return False
         finally:
             self._term.__exit__(exc_type, exc, tb)

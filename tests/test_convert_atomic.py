@@ -217,3 +217,28 @@ def test_next_convert_removes_temporary_folders_of_killed_runs(tmp_path, images)
     assert res.count == 3 and labels_lmdb(tmp_path / "db") == [1, 1, 1]
     assert leftovers(tmp_path) == sorted([live.name, other.name])
     assert remove_stale_tmp(tmp_path / "other") == [other.name]
+
+
+DEFERRED = textwrap.dedent("""
+    import os, signal, sys
+    from caffedata.convert import Terminated, atomic_db
+    target = sys.argv[1]
+    building = atomic_db(target, overwrite=True)
+    try:
+        with building as tmp:
+            os.mkdir(tmp)
+            open(os.path.join(tmp, "data.mdb"), "w").close()
+            building._term.defer = True      # as during the swap: the signal is only noted
+            os.kill(os.getpid(), signal.SIGTERM)
+            building._term.defer = False
+    except Terminated as exc:
+        print("terminated", exc.completed, os.path.exists(os.path.join(target, "data.mdb")))
+""")
+
+
+def test_sigterm_during_the_swap_lets_the_swap_finish(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", DEFERRED, str(tmp_path / "db")],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["terminated", "True", "True"]
+    assert leftovers(tmp_path) == []

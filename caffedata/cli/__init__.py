@@ -73,7 +73,8 @@ def main(argv=None):
         from ..convert import Terminated
 
         if isinstance(exc, Terminated):  # SIGTERM during convert: its temporary DB is gone
-            die("terminated (SIGTERM); nothing was written at the target", exc.code)
+            die("terminated (SIGTERM); " + ("the new database was already in place" if exc.completed
+                                            else "nothing was written at the target"), exc.code)
         raise
     except BrokenPipeError:  # e.g. `caffedata inspect DB | head`
         return 0
