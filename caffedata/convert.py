@@ -740,9 +740,12 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
                 writer.write(pending)
                 if result.count == 0:
                     first = result.failures[0]
+                    missing = all(f.reason == "no such file" for f in result.failures)
+                    hint = ("check ROOT (it is prefixed to every path in the list as is)" if missing
+                            else "check that the list names image files OpenCV can read")
                     raise CaffeDataError(
                         f"{listfile}: none of the {total} images could be read (first: {first}) "
-                        f"-- check ROOT (it is prefixed to every path in the list)")
+                        f"-- {hint}")
             except BaseException:
                 for fut in window:
                     fut.cancel()

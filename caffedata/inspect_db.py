@@ -8,10 +8,12 @@ person can look at.
   keys are counted), first/last keys, the key pattern (``%08d_<name>`` from
   convert_imageset, ``%08d`` from convert_mnist_data, ``%05d`` from
   convert_cifar_data, ...), how many records are raw / encoded (and which
-  formats) / float_data, a histogram of C x H x W, a label histogram, bytes per
-  record, size on disk.  ``sample=N`` looks at N records spread evenly over
+  formats) / float_data, a histogram of C x H x W in numeric order (with
+  height/width ranges and quantiles, which the text shows instead of the list
+  when there are many distinct shapes), a label histogram, bytes per record,
+  size on disk.  ``sample=N`` looks at N records spread evenly over
   the key range (or random ones) and extrapolates: a fast estimate for huge
-  DBs.
+  DBs (the text marks every extrapolated count with ``~``).
 * **mean**: the blob's shape as Caffe reads it (legacy 4-D fields win over
   ``shape``), which value field holds it, per-channel means, min and max.
 * **prototxt**: each Data layer's effective settings with Caffe's defaults

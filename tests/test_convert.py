@@ -313,9 +313,13 @@ def test_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
     (tmp_path / "l.txt").write_text("bad.png 0\nnone.png 1\n")
     with pytest.raises(CaffeDataError, match=r"none of the 2 images could be read \(first: line 1: "
-                                             r".*bad\.png: OpenCV cannot decode"):
+                                             r".*bad\.png: OpenCV cannot decode.* -- check that the "
+                                             r"list names image files OpenCV can read"):
         convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", progress=False)
     assert not (tmp_path / "db").exists() and leftovers(tmp_path) == []
+    (tmp_path / "l.txt").write_text("none.png 0\n")
+    with pytest.raises(CaffeDataError, match=r"no such file\) -- check ROOT"):
+        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", progress=False)
 
 
 def test_float_label_struct_sanity():
