@@ -57,7 +57,10 @@ class _MXNetFinder:
             return None
         import importlib.util
 
+        from ._mxnet_compat import check_numpy_for_mxnet
+
         _remove_finder()  # find the real spec with the other finders
+        check_numpy_for_mxnet()  # `import mxnet` under numpy >= 1.24 says what to do
         spec = importlib.util.find_spec("mxnet")
         if spec is None or spec.loader is None:
             return spec

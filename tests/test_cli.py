@@ -158,3 +158,60 @@ def test_dataset_commands_never_import_mxnet(tmp_path, images, command):
                        cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("mxnet imported: False"), r.stdout
+
+
+def test_convert_help_names_tabs_and_strict(tmp_path, images):
+    code, out, _ = run_cli(["convert", "--help"])
+    assert code == 0 and "tab" in out and "--strict" in out
+    folder, listfile, _ = images
+    listfile.write_text("0.png\tnine\n")
+    code, _, err = run_cli(["convert", str(folder), str(listfile), str(tmp_path / "db"), "--quiet",
+                            "--strict"])
+    assert code == 1 and "list.txt:1: label 'nine' is not an integer" in one_line_error(err)
+
+
+def test_messages_point_the_right_way(tmp_path, images, monkeypatch):
+    from caffedata.errors import DatabaseError, SpecError
+    from caffedata.formats.prototxt import data_layer_spec
+
+    monkeypatch.chdir(tmp_path)
+    # a prototxt path that does not exist is a missing file, not a malformed prototxt
+    for arg in ("no_such_file", "nets/train_val.prototxt", str(tmp_path / "x.pbtxt")):
+        with pytest.raises(SpecError, match=rf"^{arg}: no such file -- give the path of a prototxt"):
+            data_layer_spec(arg)
+    with pytest.raises(SpecError, match=r"is a folder, not a prototxt file"):
+        data_layer_spec(str(tmp_path))
+    with pytest.raises(SpecError, match="malformed prototxt"):  # text stays text
+        data_layer_spec('type: "Data" bogus_field: 1')
+    # inspect on a list file says what it is and what to do
+    folder, listfile, _ = images
+    code, _, err = run_cli(["inspect", str(listfile)])
+    line = one_line_error(err)
+    assert code == 1 and "looks like an image list" in line and "caffedata convert ROOT/" in line
+    (tmp_path / "notes.txt").write_text("just some notes\nabout the data\n")
+    code, _, err = run_cli(["inspect", "notes.txt"])
+    assert code == 1 and "notes.txt: not a database, a mean .binaryproto or a prototxt" in \
+        one_line_error(err)
+    # mean on a missing DB speaks of the argument, not of a prototxt
+    for argv in (["mean", "no_lmdb"], ["inspect", "--backend", "lmdb", "img"]):
+        code, _, err = run_cli(argv)
+        line = one_line_error(err)
+        assert code == 1 and "data_param" not in line, line
+    assert "no_lmdb: no such database -- give the LMDB or LevelDB folder" in \
+        one_line_error(run_cli(["mean", "no_lmdb"])[2])
+    # an LMDB opened by py-lmdb in this process: say so, and how to fix it
+    code, _, err = run_cli(["convert", str(folder), str(listfile), "db", "--quiet"])
+    assert code == 0, err
+    env = lmdb.open("db", readonly=True)
+    try:
+        code, _, err = run_cli(["mean", "db"])
+        line = one_line_error(err)
+        assert code == 1 and "already open in this process through py-lmdb" in line
+        assert "close that handle (env.close())" in line and "LMDB folder" not in line
+    finally:
+        env.close()
+    assert run_cli(["mean", "db", "--quiet"])[0] == 0
+    from caffedata.tools.compute_mean import open_db_arg
+
+    with pytest.raises(DatabaseError, match="this is an LMDB database, not LevelDB -- drop --backend"):
+        open_db_arg("db", "leveldb")

@@ -12,7 +12,8 @@ from conftest import MT19937, varint  # noqa: E402,F401
 from conftest import wire_encoded_datum as encoded_bytes  # noqa: E402
 from conftest import wire_raw_datum as raw_datum_bytes  # noqa: E402
 
-from caffedata.tools.convert import caffe_atoi, caffe_shuffle, convert_imageset, parse_list_file  # noqa: E402
+from caffedata.tools.convert import (caffe_atoi, caffe_shuffle, convert_imageset, parse_list,  # noqa: E402
+                                     parse_list_file)
 from caffedata.errors import CaffeDataError, DatabaseError, SpecError  # noqa: E402
 from caffedata.proto import Datum  # noqa: E402
 
@@ -68,8 +69,52 @@ def test_atoi_matches_c():
 def test_list_parsing_last_space(tmp_path):
     lst = tmp_path / "l.txt"
     lst.write_bytes(b"a b/c d.png 3\r\nplain.png\t4\n\nnolabel\nx.png -2")
-    assert parse_list_file(lst) == [(b"a b/c d.png", 3), (b"plain.png\t4", 0), (b"", 0),
+    assert parse_list_file(lst) == [(b"a b/c d.png", 3), (b"plain.png", 4), (b"", 0),
                                     (b"nolabel", 0), (b"x.png", -2)]
+
+
+def test_list_labels_warn_per_line_and_tabs_split_only_where_caffe_fails(tmp_path):
+    lst = tmp_path / "l.txt"
+    # line 2: tab-separated; 3: `zero`; 4: no label; 5: a label Caffe reads (kept, tab inside
+    # the path); 6: tab after a valid space-separated label (Caffe's reading wins); 7: over int32
+    lst.write_bytes(b"a.png 1\nb c.png\t2\nd.png zero\ne.png\nf\tg.png 5\nh.png 6\t\n"
+                    b"i.png 4294967297\n")
+    entries, warnings = parse_list(lst)
+    assert entries == [(b"a.png", 1), (b"b c.png", 2), (b"d.png", 0), (b"e.png", 0),
+                       (b"f\tg.png", 5), (b"h.png", 6), (b"i.png", 1)]
+    assert [(w.line, w.text, w.label) for w in warnings] == [
+        (3, "zero", 0), (4, "", 0), (7, "4294967297", 1)]
+    assert str(warnings[0]) == f"{lst}:3: label 'zero' is not an integer -- stored as 0 (Caffe's atoi)"
+    assert str(warnings[1]).startswith(f"{lst}:4: has no label")
+    with pytest.raises(SpecError, match=r"l\.txt:3: label 'zero' is not an integer; .*l\.txt:4: has "
+                                        r"no label; .*:7: .* -- every line must be .* drop --strict"):
+        parse_list(lst, strict=True)
+
+
+def test_convert_counts_bad_labels_and_strict_refuses(tmp_path, capfd):
+    make_images(tmp_path / "img", 3, shape=(3, 3, 3))
+    (tmp_path / "l.txt").write_text("im0.png 0\nim1.png zero\nim2.png\t2\n")
+    res = convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", progress=False)
+    assert res.count == 3 and [w.line for w in res.label_warnings] == [2]
+    assert "1 line(s) with a non-integer or missing label" in res.summary()
+    err = capfd.readouterr().err
+    assert f"warning: {tmp_path / 'l.txt'}:2: label 'zero' is not an integer" in err
+    assert [(k, Datum.FromString(v).label) for k, v in read_db(tmp_path / "db")] == [
+        (b"00000000_im0.png", 0), (b"00000001_im1.png", 0), (b"00000002_im2.png", 2)]
+    with pytest.raises(SpecError, match=r"l\.txt:2: label 'zero'"):
+        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db2", progress=False,
+                         strict=True)
+    assert not (tmp_path / "db2").exists() and leftovers(tmp_path) == []
+
+
+def test_encode_type_opencv_cannot_write_fails_up_front(tmp_path):
+    make_images(tmp_path / "img", 1, shape=(3, 3, 3))
+    (tmp_path / "l.txt").write_text("im0.png 0\n")
+    with pytest.raises(SpecError, match=r"--encode-type gif: OpenCV cannot encode this type -- use "
+                                        r"jpg or png"):
+        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", encode_type="gif",
+                         progress=False)
+    assert not (tmp_path / "db").exists()
 
 
 def test_mt19937_stream_and_shuffle_match_reference():
@@ -268,9 +313,13 @@ def test_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
     (tmp_path / "l.txt").write_text("bad.png 0\nnone.png 1\n")
     with pytest.raises(CaffeDataError, match=r"none of the 2 images could be read \(first: line 1: "
-                                             r".*bad\.png: OpenCV cannot decode"):
+                                             r".*bad\.png: OpenCV cannot decode.* -- check that the "
+                                             r"list names image files OpenCV can read"):
         convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", progress=False)
     assert not (tmp_path / "db").exists() and leftovers(tmp_path) == []
+    (tmp_path / "l.txt").write_text("none.png 0\n")
+    with pytest.raises(CaffeDataError, match=r"no such file\) -- check ROOT"):
+        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", progress=False)
 
 
 def test_float_label_struct_sanity():

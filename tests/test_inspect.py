@@ -189,3 +189,43 @@ def test_json_from_the_command_line(tmp_path, mixed_db, capsys):
     assert out["count"] == 17 and out["records"]["encoded"] == 6
     w, h = read_png_size(tmp_path / "g.png")
     assert (out["grid"]["width"], out["grid"]["height"]) == (w, h) == (5 * 68, 4 * 82)
+
+
+def test_mixed_size_db_is_summarised_numerically(tmp_path):
+    shapes = [(100, 202), (1024, 612), (102, 160)] + [(50 + i, 60 + 2 * i) for i in range(30)]
+    shapes += [(64, 64)] * 20
+    values = [enc_datum(cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))[1].tobytes(), i % 2)
+              for i, (h, w) in enumerate(shapes)]
+    write(tmp_path / "db", "lmdb", [b"%08d" % i for i in range(len(values))], values)
+    r = inspect_db.inspect(tmp_path / "db")
+    keys = list(r["shapes"])
+    assert keys[0] == "3x64x64" and r["shapes"]["3x64x64"] == 20
+    # the rest in numeric order, not string order
+    assert keys.index("3x100x202") < keys.index("3x102x160") < keys.index("3x1024x612")
+    assert keys[1:] == sorted(keys[1:], key=lambda k: tuple(int(x) for x in k.split("x")))
+    heights = sorted(h for h, _ in shapes)
+    widths = sorted(w for _, w in shapes)
+    n = len(shapes)
+    assert r["shape_summary"] == {
+        "distinct": 34, "one_off": 33, "channels": {"3": n},
+        "height": {"min": 50, "p10": heights[round(0.1 * (n - 1))], "median": heights[(n - 1) // 2],
+                   "p90": heights[round(0.9 * (n - 1))], "max": 1024},
+        "width": {"min": 60, "p10": widths[round(0.1 * (n - 1))], "median": widths[(n - 1) // 2],
+                  "p90": widths[round(0.9 * (n - 1))], "max": 612}}
+    text = inspect_db.format_report(r)
+    assert "34 distinct shapes, 33 of them seen once" in text
+    assert "height:  min 50" in text and "max 1024" in text
+    assert "3x64x64" in text and "3x1024x612" not in text and "... " not in text
+
+
+def test_sample_extrapolations_are_marked(tmp_path):
+    keys = [b"%05d" % i for i in range(200)]
+    values = [raw_datum(np.full((1, 2, 2 + (i // 10) % 2), 0, np.uint8), i // 100) for i in range(200)]
+    write(tmp_path / "db", "lmdb", keys, values)
+    text = inspect_db.format_report(inspect_db.inspect(tmp_path / "db", sample=20))
+    lines = text.splitlines()
+    assert any(l.split()[:2] == ["1x2x2", "~100"] for l in lines), text
+    assert any(l.split()[:2] == ["0", "~100"] for l in lines), text
+    assert "~200 raw" in text and "200 records (from LMDB statistics)" in text
+    exact = inspect_db.format_report(inspect_db.inspect(tmp_path / "db"))
+    assert "~" not in exact

@@ -69,5 +69,12 @@ def main(argv=None):
         die(str(exc))
     except KeyboardInterrupt:
         die("interrupted", EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        from ..tools.convert import Terminated
+
+        if isinstance(exc, Terminated):  # SIGTERM during convert: its temporary DB is gone
+            die("terminated (SIGTERM); " + ("the new database was already in place" if exc.completed
+                                            else "nothing was written at the target"), exc.code)
+        raise
     except BrokenPipeError:  # e.g. `caffedata inspect DB | head`
         return 0

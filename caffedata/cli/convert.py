@@ -8,12 +8,14 @@ def add_parser(sub):
     p = sub.add_parser(
         "convert", help="images + list file -> Caffe LMDB/LevelDB (as convert_imageset)",
         description=(
-            "Convert the images named in LISTFILE (`path label` per line, split at the last space; "
-            "paths relative to ROOT, which is prefixed as is) into a new Caffe DB of Datums, "
+            "Convert the images named in LISTFILE (`path label` per line, split at the last space "
+            "as Caffe does, or at the last tab when that gives the integer label: tab-separated "
+            "lists work; paths relative to ROOT, which is prefixed as is) into a new Caffe DB of Datums, "
             "record for record as Caffe's convert_imageset writes it. The DB is built beside DB "
             "and renamed into place at the end; an existing DB is only replaced with --overwrite."))
     p.add_argument("root", metavar="ROOT/", help="folder the list's paths are relative to")
-    p.add_argument("listfile", metavar="LISTFILE", help="text file: `path label` per line")
+    p.add_argument("listfile", metavar="LISTFILE",
+                   help="text file: `path label` per line, space- or tab-separated")
     p.add_argument("db", metavar="DB", help="the database folder to create")
     p.add_argument("--backend", choices=("lmdb", "leveldb"), default="lmdb",
                    help="output format (default lmdb, as convert_imageset)")
@@ -32,6 +34,9 @@ def add_parser(sub):
                    help="re-encode every image as this type (implies --encoded)")
     p.add_argument("--check-size", action="store_true",
                    help="fail unless every image has the first image's size")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a list with a non-integer or missing label (default: warn per "
+                        "line and store Caffe's atoi of it, e.g. 0)")
     p.add_argument("--overwrite", action="store_true", help="replace DB if it exists")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="decode/encode threads (default: CPU count, at most 8)")
@@ -53,7 +58,7 @@ def cmd_convert(args):
         resize_height=args.resize_height, resize_width=args.resize_width, shuffle=args.shuffle,
         seed=args.seed, encoded=args.encoded, encode_type=args.encode_type,
         check_size=args.check_size, overwrite=args.overwrite, threads=args.threads,
-        progress=not args.quiet)
+        progress=not args.quiet, strict=args.strict)
     print(result.summary())
     if result.failures:
         print(f"caffedata: {len(result.failures)} image(s) could not be read and were skipped "

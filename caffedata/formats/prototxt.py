@@ -20,12 +20,34 @@ _V1_NAMES = {5: "Data", 9: "HDF5Data", 12: "ImageData", 24: "WindowData", 29: "M
              32: "DummyData"}
 
 
+PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
+
+
+def _looks_like_path(text):
+    """A one-line argument without ``{`` and without ``field:`` text, or one ending in .prototxt."""
+    if "{" in text or "\n" in text or not text.strip():
+        return False
+    return ":" not in text or text.lower().endswith(PROTOTXT_SUFFIXES)
+
+
 def read_prototxt_arg(prototxt):
     """Text from a prototxt argument that may be the text itself or a path to it."""
+    if isinstance(prototxt, os.PathLike):
+        prototxt = os.fspath(prototxt)
     text = str(prototxt)
     if "{" not in text and os.path.isfile(text):
-        with open(text) as f:
-            return f.read()
+        try:
+            with open(text) as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SpecError(f"{text}: cannot read the prototxt ({reason}) -- give a readable "
+                            f"prototxt file or the prototxt text itself") from None
+    if _looks_like_path(text):
+        what = "is a folder, not a prototxt file" if os.path.isdir(text) else "no such file"
+        raise SpecError(f"{text}: {what} -- give the path of a prototxt file (relative paths are "
+                        f"resolved against {os.getcwd()}) or the prototxt text itself, e.g. "
+                        f"'layer {{ type: \"Data\" ... }}'")
     return text
 
 

@@ -3,9 +3,13 @@
 Importing this package imports mxnet.  ``install()`` is called for you when
 mxnet and caffedata are both imported (``caffedata/_mxnet_hook.py``).
 """
-import mxnet as mx
+from .._mxnet_compat import check_numpy_for_mxnet
 
-from .iterator import CaffeDataIter
+check_numpy_for_mxnet()  # a clear error, not an AttributeError deep inside mxnet, under numpy >= 1.24
+
+import mxnet as mx  # noqa: E402
+
+from .iterator import CaffeDataIter  # noqa: E402
 
 
 def install():

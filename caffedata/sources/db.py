@@ -87,6 +87,12 @@ def _acquire_lmdb_env(path):
                 env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path),
                                 readahead=False, max_readers=1024, map_size=0)
             except lmdb.Error as exc:
+                if "already open in this process" in str(exc):
+                    raise DatabaseError(
+                        f"{path}: this LMDB is already open in this process through py-lmdb "
+                        f"(an lmdb.open() handle), and py-lmdb refuses a second environment on "
+                        f"the same file in one process -- close that handle (env.close()) "
+                        f"before reading the database with caffedata") from exc
                 raise DatabaseError(f"{path}: cannot open as LMDB ({exc}) -- check that it is an "
                                     f"LMDB folder holding data.mdb and that it is readable") from exc
             entry = _lmdb_envs[real] = [env, 0]

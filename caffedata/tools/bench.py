@@ -108,7 +108,7 @@ def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", see
         for _ in range(repeats):
             t = time.perf_counter()
             for _ in range(batches):
-                data = pipe.next_batch()[0]
+                data = pipe.next_batch()[0][0]  # (arrays, pad, records): the data top
             windows.append(time.perf_counter() - t)
             shape = tuple(data.shape)
     finally:

@@ -32,7 +32,31 @@ from ..errors import CaffeDataError, DatabaseError, RecordError
 from ..formats.mean import mean_to_blobproto_bytes
 from ..proto import Datum
 
-__all__ = ["compute_image_mean", "MeanResult", "record_pixels", "channel_means"]
+__all__ = ["compute_image_mean", "MeanResult", "record_pixels", "channel_means", "open_db_arg"]
+
+
+def open_db_arg(path, backend="auto"):
+    """open_source for a DB named on the command line, with errors that speak of the argument.
+
+    (The reader's own messages speak of a prototxt's data_param, which a
+    command given a DB path does not have.)
+    """
+    from ..sources.db import detect_backend
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DatabaseError(f"{path}: no such database -- give the LMDB or LevelDB folder (a "
+                            f"relative path is resolved against {os.getcwd()})")
+    found = detect_backend(path)
+    if found is None:
+        raise DatabaseError(f"{path}: not an LMDB (no data.mdb) nor a LevelDB (no CURRENT file) -- "
+                            f"give the database folder itself")
+    if backend != "auto" and found.name.lower() != str(backend).lower():
+        names = {"lmdb": "an LMDB", "leveldb": "a LevelDB"}
+        raise DatabaseError(f"{path}: this is {names[found.name.lower()]} database, not "
+                            f"{names[str(backend).lower()][2:].strip()} -- drop --backend (it is "
+                            f"detected) or pass --backend {found.name.lower()}")
+    return open_source(path, backend)
 
 
 @dataclass
@@ -129,7 +153,7 @@ def compute_image_mean(db_path, output=None, backend="auto", npy=None, progress=
     db_path = os.fspath(db_path)
     threads = max(1, min(4, os.cpu_count() or 1)) if threads is None else max(1, int(threads))
     start = time.perf_counter()
-    source = open_source(db_path, backend)
+    source = open_db_arg(db_path, backend)
     bar = None
     try:
         total = len(source) if type(source).__name__ == "LMDBSource" else None

@@ -6,9 +6,8 @@
 * **List file.**  Read line by line (``std::getline``: split at ``\\n``, a
   final line without newline counts, an empty line is an entry).  Each line is
   split at its **last space**: the path is the text before it, the label is
-  ``atoi`` of the text after it (so a trailing ``\\r`` is harmless, paths may
-  hold spaces, tabs are not separators, a line without a space is a path whose
-  label is ``atoi`` of the whole line).
+  ``atoi`` of the text after it (so a trailing ``\\r`` is harmless and paths may
+  hold spaces).
 * **Keys.**  ``%08d_<path as written in the list>``.  The number is the line's
   index in the (possibly shuffled) list and is consumed by images that fail to
   load, so failed images leave gaps.
@@ -29,6 +28,17 @@
 
 What differs from Caffe, on purpose:
 
+* **Labels are checked.**  A label that is not a plain integer (``zero``,
+  ``3a``, a missing one, one outside int32) is still stored as Caffe's
+  ``atoi`` gives it, but each such line is reported (list file and line
+  number) and counted in ``ConvertResult.label_warnings``; ``strict=True``
+  refuses the list instead.
+* **Tabs.**  A line with no space, or whose text after the last space is not an
+  integer while the text after its last tab is, is split at that last tab: tab-separated lists work, and every line Caffe parses
+  to a valid label is parsed the same way.
+* ``encode_type`` must be a type OpenCV can encode; it is checked before any
+  work.
+
 * ``shuffle`` takes a ``seed``.  The permutation is Caffe's own algorithm
   (``caffe::shuffle``: Fisher-Yates with boost's ``uniform_int`` over
   ``mt19937``), i.e. the order Caffe would produce had its RNG been seeded with
@@ -36,8 +46,10 @@ What differs from Caffe, on purpose:
   reproducible; without a seed caffedata draws one and reports it
   (``ConvertResult.seed``).
 * The DB is built in a temporary folder beside the target and renamed into
-  place at the end: an interrupted or failed run leaves no DB at the target,
-  and an existing DB is never replaced unless ``overwrite=True``.
+  place at the end: an interrupted (^C, SIGTERM) or failed run leaves no DB at
+  the target, and an existing DB is never replaced unless ``overwrite=True``,
+  then in one atomic swap (see ``atomic_db``).  Temporary folders left by a
+  killed run are removed by the next run to the same target.
 * Images are read, resized and encoded on ``threads`` threads (OpenCV releases
   the GIL); records are written in list order.
 * A list with no readable image is an error (Caffe would write an empty DB).
@@ -51,6 +63,7 @@ transaction sizes), only their keys and values are.
 """
 import collections
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -64,9 +77,12 @@ import numpy as np
 from ..formats.datum import array_to_datum_bytes, encoded_datum_bytes
 from ..errors import CaffeDataError, DatabaseError, SpecError
 
-__all__ = ["convert_imageset", "ConvertResult", "Failure", "parse_list_file", "caffe_shuffle",
-           "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db"]
+__all__ = ["convert_imageset", "ConvertResult", "Failure", "LabelWarning", "parse_list_file",
+           "parse_list", "caffe_shuffle",
+           "caffe_atoi", "read_image_to_datum", "ImageReadError", "DBWriter", "atomic_db",
+           "remove_stale_tmp", "Terminated"]
 
+MAX_PRINTED_LABEL_WARNINGS = 20  # the rest are counted in the summary
 COMMIT_EVERY = 1000  # convert_imageset commits every 1000 successful images
 
 # Caffe's LevelDB options (db_leveldb.cpp); compression is LevelDB's default, Snappy.
@@ -91,6 +107,19 @@ class Failure:
 
 
 @dataclass
+class LabelWarning:
+    """A list line whose label is not a plain integer (it is stored as Caffe's atoi gives it)."""
+    listfile: str
+    line: int  # 1-based line number in the list file
+    text: str  # the label text as written (or the whole line when there is no separator)
+    label: int  # what was stored
+
+    def __str__(self):
+        what = "has no label" if not self.text.strip() else f"label {self.text!r} is not an integer"
+        return f"{self.listfile}:{self.line}: {what} -- stored as {self.label} (Caffe's atoi)"
+
+
+@dataclass
 class ConvertResult:
     db_path: str
     backend: str
@@ -100,6 +129,7 @@ class ConvertResult:
     seconds: float = 0.0
     seed: Optional[int] = None
     encoded: bool = False
+    label_warnings: List[LabelWarning] = field(default_factory=list)
 
     @property
     def images_per_second(self):
@@ -111,6 +141,9 @@ class ConvertResult:
                 f"{self.images_per_second:.0f} images/s")
         if self.seed is not None:
             text += f"; shuffled with --seed {self.seed}"
+        if self.label_warnings:
+            text += (f"; {len(self.label_warnings)} line(s) with a non-integer or missing label "
+                     f"(stored as Caffe's atoi gives them; --strict refuses such lists)")
         return text
 
 
@@ -134,8 +167,36 @@ def caffe_atoi(text):
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
-def parse_list_file(listfile):
-    """``[(path_bytes, label), ...]`` exactly as convert_imageset (rc4 and later) reads the list."""
+_INTEGER_LABEL = re.compile(rb"^[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*$")
+
+
+def _plain_integer(text):
+    """True when ``text`` is an int32 written as digits (whitespace around it is fine)."""
+    return bool(_INTEGER_LABEL.match(text)) and -(1 << 31) <= int(text) < (1 << 31)
+
+
+def _split_line(line):
+    """(path, label text, separator found) as convert_imageset splits, tabs accepted as a fallback."""
+    pos = line.rfind(b" ")
+    if pos >= 0 and _plain_integer(line[pos + 1:]):
+        return line[:pos], line[pos + 1:], True
+    tab = line.rfind(b"\t")
+    if tab > pos and _plain_integer(line[tab + 1:]):  # a tab-separated line Caffe would misread
+        return line[:tab], line[tab + 1:], True
+    if pos < 0 and tab >= 0:  # no space at all: a tab-separated line with a bad label
+        return line[:tab], line[tab + 1:], True
+    if pos < 0:  # find_last_of gives npos: the whole line is both path and label text
+        return line, line, False
+    return line[:pos], line[pos + 1:], True
+
+
+def parse_list(listfile, strict=False):
+    """``([(path_bytes, label), ...], [LabelWarning, ...])`` for a convert_imageset list.
+
+    Lines split as Caffe does (see the module docstring); a label that is not a
+    plain integer gives a LabelWarning, or a SpecError naming the lines when
+    ``strict``.
+    """
     try:
         with open(listfile, "rb") as f:
             data = f.read()
@@ -145,14 +206,27 @@ def parse_list_file(listfile):
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # getline yields no entry after a final newline
-    entries = []
-    for line in lines:
-        pos = line.rfind(b" ")
-        if pos < 0:  # find_last_of gives npos: the whole line is both path and label text
-            entries.append((line, caffe_atoi(line)))
-        else:
-            entries.append((line[:pos], caffe_atoi(line[pos + 1:])))
-    return entries
+    entries, warnings = [], []
+    name = os.fspath(listfile)
+    for number, line in enumerate(lines, 1):
+        path, label_text, has_separator = _split_line(line)
+        label = caffe_atoi(label_text)
+        entries.append((path, label))
+        if not has_separator or not _plain_integer(label_text):
+            text = "" if not has_separator else label_text.decode("utf-8", "backslashreplace")
+            warnings.append(LabelWarning(name, number, text, label))
+    if strict and warnings:
+        shown = "; ".join(str(w).split(" -- ")[0] for w in warnings[:5])
+        more = f" (and {len(warnings) - 5} more)" if len(warnings) > 5 else ""
+        raise SpecError(f"{shown}{more} -- every line must be `path label` with an integer label "
+                        f"after the last space (or tab); fix the list, or drop --strict to store "
+                        f"such labels as Caffe's atoi reads them")
+    return entries, warnings
+
+
+def parse_list_file(listfile):
+    """``[(path_bytes, label), ...]`` as convert_imageset reads the list (tabs accepted, see above)."""
+    return parse_list(listfile)[0]
 
 
 # --------------------------------------------------------------------------- shuffle
@@ -242,6 +316,19 @@ def read_image_to_datum(path, label, resize_height=0, resize_width=0, is_color=T
     return array_to_datum_bytes(np.ascontiguousarray(chw), label)
 
 
+def _check_encoder(encode_type):
+    """SpecError unless OpenCV can encode ``encode_type`` (tried on a 1x1 image)."""
+    import cv2
+
+    try:
+        ok, _ = cv2.imencode("." + encode_type, np.zeros((1, 1, 3), np.uint8))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise SpecError(f"--encode-type {encode_type}: OpenCV cannot encode this type -- use jpg or "
+                        f"png (Caffe decodes records with OpenCV, so only types it writes work)")
+
+
 def _datum_data_size(value):
     """Length of ``data`` in serialized Datum bytes (for check_size)."""
     from ..proto import Datum
@@ -299,12 +386,155 @@ class DBWriter:
             self.db.close()
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_TMP_MARK = ".caffedata-tmp-"
+
+
+def _exchange(a, b):
+    """Swap the directory entries ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where the kernel, libc or filesystem cannot do it.
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux, or glibc < 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _host_tag():
+    """8 hex digits naming this machine, so a stale-folder sweep never judges another host's pids."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmp(target):
+    """Remove ``.NAME.caffedata-tmp-<host>-<pid>-*`` folders beside ``target`` left by dead processes.
+
+    Only folders made on this host whose pid no longer exists are removed (a
+    kill -9 or a power loss during convert leaves them).  Returns their names.
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(target)))
+    pattern = re.compile(re.escape(f".{name}{_TMP_MARK}{_host_tag()}-") + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in names:
+        m = pattern.match(entry)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a conversion (exit status 128 + 15, as the signal would give).
+
+    ``completed`` is True when it arrived while the finished DB was being moved
+    into place: the move was let finish, so the new DB is at the target.
+    """
+
+    def __init__(self, completed=False):
+        super().__init__(143)
+        self.completed = completed
+
+
+class _TermAsException:
+    """While active (main thread only), SIGTERM raises Terminated, so cleanup code runs as on ^C."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        self.defer = False  # while True, a SIGTERM is only noted (see atomic_db._replace)
+        self.pending = False
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def _raise(self, signum, frame):
+        if self.defer:
+            self.pending = True
+            return
+        raise Terminated()
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _lock_leveldb(path, timeout=30.0):
+    """An fd holding LevelDB's own LOCK on the DB at ``path`` (so no reader is inside it), or None."""
+    import fcntl
+
+    lock = os.path.join(path, "LOCK")
+    if not os.path.isfile(lock):
+        return None
+    fd = os.open(lock, os.O_RDWR)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise DatabaseError(f"{path}: the LevelDB is held open by another process for "
+                                    f"{timeout:.0f} s -- close its readers, then run --overwrite "
+                                    f"again") from None
+            time.sleep(0.01)
+
+
 class atomic_db:
-    """Build a DB in a temporary folder beside ``target``; rename it into place on success.
+    """Build a DB in a temporary folder beside ``target``; put it in place in one step on success.
 
     ``with atomic_db(target, overwrite) as tmp: ...`` -- on any exception
-    (including KeyboardInterrupt) the temporary folder is removed and nothing
-    appears at ``target``.
+    (including KeyboardInterrupt and SIGTERM, which raises ``Terminated`` here)
+    the temporary folder is removed and ``target`` is untouched.
+
+    Replacing an existing DB is atomic: the two folders are swapped with
+    ``renameat2(RENAME_EXCHANGE)``, so a reader opening ``target`` at any moment
+    finds a complete DB, the old or the new one (a target that is a symlink is
+    swapped the same way; the folder it pointed to is kept).  A reader that has
+    the old LMDB open keeps reading it (its files live on until closed).  An old
+    LevelDB is locked first with LevelDB's own LOCK, so the swap waits for
+    readers inside it.  Where the filesystem cannot exchange (not Linux, some
+    network filesystems) the old DB is renamed away and the new one in: two
+    steps, with a moment in between where ``target`` is missing.
+
+    The temporary folder is ``.NAME.caffedata-tmp-<host>-<pid>-<random>``;
+    creating an ``atomic_db`` removes such folders whose process is gone.
     """
 
     def __init__(self, target, overwrite=False):
@@ -315,8 +545,11 @@ class atomic_db:
             raise DatabaseError(f"{parent}: the folder for the new database does not exist -- "
                                 f"create it first")
         self._check_target()
+        remove_stale_tmp(self.target)
         name = os.path.basename(self.target)
-        self.tmp = os.path.join(parent, f".{name}.caffedata-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.tmp = os.path.join(parent, f".{name}{_TMP_MARK}{_host_tag()}-{os.getpid()}-"
+                                        f"{secrets.token_hex(4)}")
+        self._term = _TermAsException()
 
     def _check_target(self):
         if os.path.lexists(self.target) and not self.overwrite:
@@ -324,28 +557,46 @@ class atomic_db:
                                 f"--overwrite (overwrite=True) to replace it")
 
     def __enter__(self):
+        self._term.__enter__()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
         try:
-            self._check_target()
-            if os.path.lexists(self.target):
-                trash = self.tmp + "-old"
-                os.rename(self.target, trash)
-                os.rename(self.tmp, self.target)
-                if os.path.isdir(trash) and not os.path.islink(trash):
-                    shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    os.unlink(trash)
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            try:
+                self._check_target()
+                self._term.defer = True  # never stop half way through the swap
+                self._replace()
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+            if self._term.pending:
+                raise Terminated(completed=True)
+            return False
+        finally:
+            self._term.__exit__(exc_type, exc, tb)
+
+    def _replace(self):
+        if not os.path.lexists(self.target):
+            os.rename(self.tmp, self.target)
+            return
+        fd = None if os.path.islink(self.target) else _lock_leveldb(self.target)
+        try:
+            if _exchange(self.tmp, self.target):
+                old = self.tmp  # the old DB (or symlink) now sits at the temporary name
             else:
+                old = self.tmp + "-old"
+                os.rename(self.target, old)
                 os.rename(self.tmp, self.target)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-        return False
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
 
 
 # --------------------------------------------------------------------------- the job
@@ -360,12 +611,15 @@ def _default_threads():
 
 def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize_height=0,
                      resize_width=0, shuffle=False, seed=None, encoded=False, encode_type="",
-                     check_size=False, overwrite=False, threads=None, progress=True):
+                     check_size=False, overwrite=False, threads=None, progress=True,
+                     strict=False):
     """Convert the images named in ``listfile`` (paths relative to ``root``) into a new DB.
 
     Returns a ConvertResult (count written, failures with their reasons, time,
-    the shuffle seed used).  Raises SpecError for bad arguments or an
-    unreadable list, DatabaseError when ``db_path`` exists (without
+    the shuffle seed used, the list lines whose label is not an integer: each
+    is also printed to stderr).  Raises SpecError for bad arguments, an
+    encode_type OpenCV cannot write, or an unreadable list (or, with
+    ``strict``, a list with a non-integer or missing label), DatabaseError when ``db_path`` exists (without
     ``overwrite``) or cannot be written, and CaffeDataError when check_size
     finds a mismatch or no image could be read.  In every error case nothing
     is left at ``db_path``.
@@ -382,6 +636,8 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
     encode_type = (encode_type or "").strip()
     if encode_type.startswith("."):
         raise SpecError(f"encode_type {encode_type!r}: give the type without a dot, e.g. jpg or png")
+    if encode_type:
+        _check_encoder(encode_type)
     encoding_flag = encoded or bool(encode_type)
     if check_size and encoding_flag:
         raise SpecError("check_size compares raw pixel sizes and cannot be used with encoded "
@@ -393,7 +649,12 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
     root_b = os.fsencode(os.fspath(root))
     if root_b and os.path.isdir(root_b) and not root_b.endswith(b"/"):
         root_b += b"/"
-    entries = parse_list_file(listfile)
+    entries, label_warnings = parse_list(listfile, strict)
+    for warning in label_warnings[:MAX_PRINTED_LABEL_WARNINGS]:
+        print(f"caffedata: warning: {warning}", file=sys.stderr)
+    if len(label_warnings) > MAX_PRINTED_LABEL_WARNINGS:
+        print(f"caffedata: warning: ... and {len(label_warnings) - MAX_PRINTED_LABEL_WARNINGS} more "
+              f"lines with a non-integer or missing label", file=sys.stderr)
     if not entries:
         raise SpecError(f"{listfile}: the list is empty -- write one `path label` per line")
     if encoded and not encode_type:
@@ -423,7 +684,7 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
 
     total = len(entries)
     result = ConvertResult(db_path=os.fspath(db_path), backend=backend, total=total, count=0,
-                           seed=used_seed, encoded=encoding_flag)
+                           seed=used_seed, encoded=encoding_flag, label_warnings=label_warnings)
     start = time.perf_counter()
     building = atomic_db(db_path, overwrite)  # refuses an existing target before any work
     bar = None
@@ -479,9 +740,12 @@ def convert_imageset(root, listfile, db_path, backend="lmdb", gray=False, resize
                 writer.write(pending)
                 if result.count == 0:
                     first = result.failures[0]
+                    missing = all(f.reason == "no such file" for f in result.failures)
+                    hint = ("check ROOT (it is prefixed to every path in the list as is)" if missing
+                            else "check that the list names image files OpenCV can read")
                     raise CaffeDataError(
                         f"{listfile}: none of the {total} images could be read (first: {first}) "
-                        f"-- check ROOT (it is prefixed to every path in the list)")
+                        f"-- {hint}")
             except BaseException:
                 for fut in window:
                     fut.cancel()

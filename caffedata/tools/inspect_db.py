@@ -8,10 +8,12 @@ person can look at.
   keys are counted), first/last keys, the key pattern (``%08d_<name>`` from
   convert_imageset, ``%08d`` from convert_mnist_data, ``%05d`` from
   convert_cifar_data, ...), how many records are raw / encoded (and which
-  formats) / float_data, a histogram of C x H x W, a label histogram, bytes per
-  record, size on disk.  ``sample=N`` looks at N records spread evenly over
+  formats) / float_data, a histogram of C x H x W in numeric order (with
+  height/width ranges and quantiles, which the text shows instead of the list
+  when there are many distinct shapes), a label histogram, bytes per record,
+  size on disk.  ``sample=N`` looks at N records spread evenly over
   the key range (or random ones) and extrapolates: a fast estimate for huge
-  DBs.
+  DBs (the text marks every extrapolated count with ``~``).
 * **mean**: the blob's shape as Caffe reads it (legacy 4-D fields win over
   ``shape``), which value field holds it, per-channel means, min and max.
 * **prototxt**: each Data layer's effective settings with Caffe's defaults
@@ -171,15 +173,35 @@ def detect_kind(path):
     lower = path.lower()
     if lower.endswith((".binaryproto", ".mean", ".blob")):
         return "mean"
-    if lower.endswith((".prototxt", ".pbtxt", ".txt")):
-        return "prototxt"
     with open(path, "rb") as f:
         head = f.read(4096)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "mean"
-    return "prototxt" if re.search(r"\blayers?\s*\{|\btype\s*:", text) else "mean"
+    if re.search(r"\blayers?\s*\{|\btype\s*:|\{", text):
+        return "prototxt"
+    if _looks_like_list(text):
+        raise SpecError(f"{path}: looks like an image list (`path label` per line), not a database, "
+                        f"mean file or prototxt -- build a database from it first: `caffedata "
+                        f"convert ROOT/ {path} DB`, then inspect DB")
+    if lower.endswith((".prototxt", ".pbtxt")):
+        return "prototxt"  # let the parser say what is wrong with it
+    if not text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable():
+        return "mean"  # binary that happens to be valid UTF-8
+    raise SpecError(f"{path}: not a database, a mean .binaryproto or a prototxt -- give a DB "
+                    f"folder, a mean file or a prototxt")
+
+
+_LIST_LINE = re.compile(r"^\S.*[ \t][+-]?\d+\s*$")
+
+
+def _looks_like_list(text):
+    """Most non-empty lines read `path label` (the last line of a 4 KiB head may be cut)."""
+    lines = [l for l in text.splitlines()[:50] if l.strip()]
+    if len(lines) > 1:
+        lines = lines[:-1] if not text.endswith("\n") else lines
+    return bool(lines) and sum(bool(_LIST_LINE.match(l)) for l in lines) >= 0.8 * len(lines)
 
 
 # --------------------------------------------------------------------------- DB
@@ -196,10 +218,10 @@ def _sample_indices(count, n, random, seed):
 
 def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress=False):
     """Summary dict of an LMDB/LevelDB of Datums (see the module docstring)."""
-    from ..sources.db import open_source
+    from .compute_mean import open_db_arg
 
     path = os.fspath(path)
-    source = open_source(path, backend)
+    source = open_db_arg(path, backend)
     kind_name = "lmdb" if type(source).__name__ == "LMDBSource" else "leveldb"
     try:
         if kind_name == "lmdb":
@@ -255,15 +277,17 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
         scale = count / examined if examined else 1.0
         est = examined != count
 
-        def scaled(counter):
-            items = sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        def scaled(counter, order=str):
+            items = sorted(counter.items(), key=lambda kv: (-kv[1], order(kv[0])))
             return {str(k): (round(v * scale) if est else v) for k, v in items}
 
         report.update(
             first_key=_key_text(first), last_key=_key_text(last),
             key_pattern=key_pattern(seen_keys + [first, last]),
             examined=examined, estimated=est,
-            records=scaled(kinds), encoded_formats=scaled(formats), shapes=scaled(shapes),
+            records=scaled(kinds), encoded_formats=scaled(formats),
+            shapes=scaled(shapes, order=shape_sort_key),
+            shape_summary=shape_summary(shapes, scale if est else 1.0),
             labels={str(k): (round(v * scale) if est else v) for k, v in sorted(labels.items())},
             bytes_per_record={"min": int(min(sizes)), "mean": float(np.mean(sizes)),
                               "max": int(max(sizes))},
@@ -273,10 +297,47 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
         source.close()
 
 
-def _pick_records(path, backend, n, random, seed):
-    from ..sources.db import open_source
+_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
-    with open_source(path, backend) as source:
+
+def shape_sort_key(shape):
+    """Numeric order for 'CxHxW' texts (3x100x202 < 3x102x160 < 3x1024x612); others last."""
+    m = _SHAPE.match(str(shape))
+    return (0,) + tuple(int(g) for g in m.groups()) if m else (1, str(shape))
+
+
+def shape_summary(shapes, scale=1.0):
+    """Distinct and one-off shape counts, channel counts, and height/width quantiles.
+
+    ``shapes`` counts the examined records' 'CxHxW' texts; ``scale`` extrapolates
+    the channel counts to the whole DB (the quantiles do not need it).
+    """
+    dims, weights = [], []
+    for shape, n in shapes.items():
+        m = _SHAPE.match(str(shape))
+        if m:
+            dims.append(tuple(int(g) for g in m.groups()))
+            weights.append(n)
+    out = {"distinct": len(shapes), "one_off": sum(1 for n in shapes.values() if n == 1)}
+    if not dims:
+        return out
+    dims, weights = np.array(dims), np.array(weights)
+    channels = Counter()
+    for (c, _, _), n in zip(dims, weights):
+        channels[int(c)] += int(n)
+    out["channels"] = {str(c): round(n * scale) for c, n in sorted(channels.items())}
+    for axis, name in ((1, "height"), (2, "width")):
+        values = np.repeat(dims[:, axis], weights)
+        q = np.percentile(values, [10, 50, 90], method="nearest")
+        out[name] = {"min": int(values.min()), "p10": int(q[0]), "median": int(q[1]),
+                     "p90": int(q[2]), "max": int(values.max())}
+    return out
+
+
+def _pick_records(path, backend, n, random, seed):
+    from .compute_mean import open_db_arg
+
+    with open_db_arg(path, backend) as source:
         if random:
             keys = source.keys()
             idx = _sample_indices(len(keys), n, True, seed)
@@ -293,28 +354,17 @@ def _pick_records(path, backend, n, random, seed):
 
 def inspect_mean(path):
     """Summary dict of a mean ``.binaryproto``."""
-    from google.protobuf.message import DecodeError
-
-    from ..formats.mean import blob_to_array
-    from ..proto import BlobProto
+    from ..formats.mean import read_blob_file
 
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        blob = BlobProto.FromString(raw)
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
-    except DecodeError as exc:
-        raise SpecError(f"{path}: not a binary BlobProto ({exc}) -- is it a mean file?") from None
-    array = blob_to_array(blob, path)
-    legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    blob, size = read_blob_file(path, hint="is it a mean file?")
+    array = blob.array
     chw = array.reshape(array.shape[-3:]) if array.ndim >= 3 and int(np.prod(array.shape[:-3])) == 1 \
         else None
     report = {"kind": "mean", "path": path, "shape": list(array.shape),
-              "shape_from": "legacy num/channels/height/width" if legacy else "shape.dim",
-              "values_from": "double_data" if len(blob.double_data) else "data",
-              "bytes": len(raw), "min": float(array.min()) if array.size else None,
+              "shape_from": "legacy num/channels/height/width" if blob.legacy else "shape.dim",
+              "values_from": blob.values_from,
+              "bytes": size, "min": float(array.min()) if array.size else None,
               "max": float(array.max()) if array.size else None,
               "caffe_usable": bool(array.ndim == 4 and array.shape[0] == 1)}
     if chw is not None:
@@ -509,11 +559,9 @@ def db_grid(path, out_path, n=64, backend="auto", random=False, seed=0, tile=64,
 
 def mean_grid(path, out_path, tile=128, rgb=False):
     """The mean image of a .binaryproto as a one-tile grid captioned 'mean'."""
-    from ..formats.mean import blob_to_array
-    from ..proto import BlobProto
+    from ..formats.mean import read_blob_file
 
-    with open(path, "rb") as f:
-        array = blob_to_array(BlobProto.FromString(f.read()), path)
+    array = read_blob_file(path, hint="is it a mean file?")[0].array
     chw = array.reshape(array.shape[-3:]) if array.ndim >= 3 else array.reshape(1, 1, -1)
     return render_grid([chw], ["mean"], out_path, tile=tile, rgb=rgb)
 
@@ -527,12 +575,36 @@ def _human_bytes(n):
         n /= 1024
 
 
-def _hist_lines(counter, limit=12):
+SHAPE_LIST_LIMIT = 12  # more distinct shapes than this are summarised, not listed
+
+
+def _hist_lines(counter, limit=12, approx=""):
     items = list(counter.items())
     total = sum(v for _, v in items) or 1
-    lines = [f"    {k:>14}  {v:>9}  {100.0 * v / total:5.1f}%" for k, v in items[:limit]]
+    lines = [f"    {k:>14}  {approx + str(v):>9}  {100.0 * v / total:5.1f}%" for k, v in items[:limit]]
     if len(items) > limit:
         lines.append(f"    ... {len(items) - limit} more")
+    return lines
+
+
+def _shape_lines(report, approx):
+    shapes, summary = report["shapes"], report.get("shape_summary") or {}
+    if len(shapes) <= SHAPE_LIST_LIMIT or "height" not in summary:
+        return ["  channels x height x width:"] + _hist_lines(shapes, SHAPE_LIST_LIMIT, approx)
+    seen = " in the sample" if report.get("estimated") else ""
+    lines = [f"  channels x height x width: {summary['distinct']} distinct shapes{seen}, "
+             f"{summary['one_off']} of them seen once"]
+    lines.append("    channels: " + ", ".join(f"{c} ({approx}{n} records)"
+                                              for c, n in summary["channels"].items()))
+    for name in ("height", "width"):
+        q = summary[name]
+        lines.append(f"    {name + ':':<8} min {q['min']}, 10% {q['p10']}, median {q['median']}, "
+                     f"90% {q['p90']}, max {q['max']}{' (sampled)' if approx else ''}")
+    repeated = {k: v for k, v in shapes.items()
+                if v > (round(report["count"] / report["examined"]) if approx else 1)}
+    if repeated:
+        lines.append("    most common:")
+        lines.extend("  " + l for l in _hist_lines(repeated, 5, approx))
     return lines
 
 
@@ -556,12 +628,12 @@ def format_report(report):
             recs += " (" + ", ".join(f"{approx}{v} {k}" for k, v in fmts.items()) + ")"
         out.append(f"  records: {recs}")
         b = report["bytes_per_record"]
-        out.append(f"  bytes per record: min {b['min']}, mean {b['mean']:.1f}, max {b['max']}; "
+        out.append(f"  bytes per record{' (sampled)' if approx else ''}: min {b['min']}, "
+                   f"mean {b['mean']:.1f}, max {b['max']}; "
                    f"{approx}{_human_bytes(report['value_bytes'])} of values")
-        out.append("  channels x height x width:")
-        out.extend(_hist_lines(report["shapes"]))
-        out.append(f"  labels ({len(report['labels'])} distinct):")
-        out.extend(_hist_lines(report["labels"], limit=20))
+        out.extend(_shape_lines(report, approx))
+        out.append(f"  labels ({len(report['labels'])} distinct{' in the sample' if approx else ''}):")
+        out.extend(_hist_lines(report["labels"], limit=20, approx=approx))
     elif kind == "mean":
         out.append(f"{report['path']}: mean blob, shape {tuple(report['shape'])} "
                    f"(from {report['shape_from']}, values from {report['values_from']}), "
