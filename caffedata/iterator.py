@@ -72,6 +72,14 @@ class CaffeDataIter(mx.io.DataIter):
         What happens to a last partial batch, as in ``mx.io.NDArrayIter``.
         With 'pad' it is completed with the epoch's first records and
         ``DataBatch.pad`` counts them.
+    num_parts, part_index : int
+        Read only part ``part_index`` (from 0) of ``num_parts`` disjoint parts of
+        every epoch, as ImageRecordIter does, for data-parallel training.  All
+        parts must share ``seed``, ``shuffle``, ``num_examples`` and
+        ``last_batch_handle``; every part gets the same number of batches per
+        epoch (rules in ``caffedata/pipeline/shards.py``).
+    shard : mx.kv.KVStore, optional
+        Take the part from a kvstore: ``num_parts=kv.num_workers, part_index=kv.rank``.
 
     Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
     and hold exactly ``num_examples`` records (plus padding).  The arrays of a
@@ -83,7 +91,8 @@ class CaffeDataIter(mx.io.DataIter):
 
     def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
                  label_name="softmax_label", dtype=None, shuffle=False, seed=0,
-                 preprocess_threads=1, prefetch_buffer=None, last_batch_handle="pad", **kwargs):
+                 preprocess_threads=1, prefetch_buffer=None, last_batch_handle="pad",
+                 num_parts=None, part_index=None, shard=None, **kwargs):
         unknown = set(kwargs) - {"ctx"}  # the old plugin accepted (and ignored) ctx
         if unknown:
             raise SpecError(f"CaffeDataIter got unknown arguments {sorted(unknown)}")
@@ -92,11 +101,14 @@ class CaffeDataIter(mx.io.DataIter):
         self._pipeline = CaffePipeline(
             spec, num_examples=num_examples, dtype=self._dtype, shuffle=shuffle, seed=seed,
             preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
-            last_batch_handle=last_batch_handle, flat=flat)
+            last_batch_handle=last_batch_handle, flat=flat, num_parts=num_parts,
+            part_index=part_index, shard=shard)
         super().__init__(spec.batch_size)
         self.spec = spec
         self.data_name, self.label_name = data_name, label_name
         self.num_examples = self._pipeline.num_examples
+        self.num_parts = self._pipeline.shard.num_parts
+        self.part_index = self._pipeline.shard.part_index
         layout = "NC" if flat else "NCHW"
         self._provide_data = [mx.io.DataDesc(data_name, self._pipeline.data_shape, self._dtype,
                                              layout=layout)]

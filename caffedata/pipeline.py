@@ -10,13 +10,21 @@ output shape) through a short-lived handle that it closes again.  Worker
 threads open the database lazily, in the thread that reads it, one shared
 environment per pipeline and one read transaction per thread.  ``close()``
 stops the threads and closes the database.
+
+Shards (``num_parts``, ``part_index``): see ``caffedata/pipeline/shards.py``.
 """
 import logging
 import os
 import sys
 import threading
 
+# Old-layout bridge, to delete when this file moves into caffedata/pipeline/:
+# lets ``caffedata.pipeline.shards`` resolve to caffedata/pipeline/shards.py.
+__path__ = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")]
+
 import numpy as np
+
+from caffedata.pipeline import shards
 
 from . import _fast
 from .db import open_source
@@ -144,7 +152,7 @@ class CaffePipeline:
 
     def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False):
+                 flat=False, num_parts=None, part_index=None, shard=None):
         if str(np.dtype(dtype)) not in SUPPORTED_DTYPES:
             raise SpecError(f"dtype {dtype!r} is not supported -- use float32 or float64 "
                             f"(Caffe layers run in float or double)")
@@ -177,9 +185,12 @@ class CaffePipeline:
                         "database; reading wraps around it as Caffe's cursor does", self.path,
                         self.num_examples, spec.batch_size, self.num_records)
         self.data_shape, self.label_shape = output_shapes(spec, self.first_chw, self.flat)
+        self.shard = shards.shard_from(shard, num_parts, part_index)
+        shards.check_shard(self.shard, self.num_records, self.num_examples, spec.batch_size,
+                           last_batch_handle, where=self.path)
         self.planner = EpochPlanner(self.num_records, self.num_examples, spec.batch_size,
                                     spec.transform, shuffle=shuffle, seed=seed,
-                                    last_batch_handle=last_batch_handle)
+                                    last_batch_handle=last_batch_handle, shard=self.shard)
         self._shared = _SharedSource(self.path, spec.backend, self.num_records)
         # Enough buffers for the queue, the running workers and the batches a
         # consumer typically holds (Module.fit keeps the next one).

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caffedata.pipeline.shards import Shard, check_shard, split_epoch
+
 from .errors import SpecError
 from .kernels import draw_count, expand_draws
 
@@ -56,7 +58,7 @@ class Batch:
 
 class EpochPlanner:
     def __init__(self, num_records, num_examples, batch_size, transform, shuffle=False,
-                 seed=0, last_batch_handle="pad"):
+                 seed=0, last_batch_handle="pad", shard=None):
         if last_batch_handle not in LAST_BATCH_HANDLES:
             raise SpecError(f"last_batch_handle must be one of {LAST_BATCH_HANDLES}, "
                             f"got {last_batch_handle!r}")
@@ -71,6 +73,9 @@ class EpochPlanner:
         self.last_batch_handle = last_batch_handle
         self.engine = caffe_engine(seed)
         self.shuffle_rng = np.random.default_rng(seed)
+        self.shard = shard if shard is not None else Shard()
+        check_shard(self.shard, self.num_records, self.num_examples, self.batch_size,
+                    last_batch_handle)
         self.carry = np.zeros(0, dtype=np.int64)  # roll_over leftovers
 
     def _order(self):
@@ -82,33 +87,19 @@ class EpochPlanner:
         return np.concatenate([self.shuffle_rng.permutation(n) for _ in range(passes)])[:total]
 
     def plan_epoch(self, epoch):
-        """The epoch's batches, in order.  Advances the random streams by a whole epoch."""
+        """This part's batches of the epoch, in order.  Advances the random streams by a whole epoch."""
         order = self._order()
-        if self.last_batch_handle == "roll_over" and len(self.carry):
+        if len(self.carry):
             order = np.concatenate([self.carry, order])
-        B = self.batch_size
-        full, rest = divmod(len(order), B)
-        pads = []
-        if rest:
-            if self.last_batch_handle == "pad":
-                fill = np.resize(order, B - rest) if len(order) else order
-                order = np.concatenate([order, fill[:B - rest]])
-                full += 1
-                pads = [B - rest]
-            elif self.last_batch_handle == "roll_over":
-                self.carry = order[full * B:]
-                order = order[:full * B]
-            else:
-                order = order[:full * B]
-        if not (self.last_batch_handle == "roll_over" and rest):
-            self.carry = np.zeros(0, dtype=np.int64)
+        part = split_epoch(order, self.batch_size, self.shard, self.last_batch_handle)
+        self.carry = part.carry
+        # Draws for every part's slots, so all parts' engines stay in step; keep ours.
         k = draw_count(self.transform)
-        raw = (self.engine.random_raw(len(order) * k).astype(np.uint32).reshape(len(order), k)
-               if k else np.zeros((len(order), 0), dtype=np.uint32))
-        draws = expand_draws(raw, self.transform)
-        batches = []
-        for b in range(full):
-            sl = slice(b * B, (b + 1) * B)
-            pad = pads[0] if (pads and b == full - 1) else 0
-            batches.append(Batch(epoch, b, order[sl], np.ascontiguousarray(draws[sl]), pad))
-        return batches
+        raw = (self.engine.random_raw(part.total_slots * k).astype(np.uint32)
+               .reshape(part.total_slots, k) if k
+               else np.zeros((part.total_slots, 0), dtype=np.uint32))
+        draws = expand_draws(raw[part.draw_start:part.draw_start + len(part.slots)], self.transform)
+        B = self.batch_size
+        return [Batch(epoch, b, part.slots[b * B:(b + 1) * B],
+                      np.ascontiguousarray(draws[b * B:(b + 1) * B]), pad)
+                for b, pad in enumerate(part.pads)]
