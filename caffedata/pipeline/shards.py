@@ -42,9 +42,11 @@ Random draws.  The crops and mirrors follow the seed rule of ``sampling.py``:
 at an epoch's start every part draws the raw values for *all* parts' slots
 (``total_slots``, in part order) and keeps those of its own slots
 (``draw_start`` onwards).  So every part's engine advances identically, the
-draws are a function of the seed, the epoch and the shard only, and under
-``discard``/``roll_over`` the union of the parts' batches is, slot for slot,
-what the unsharded iterator would produce for the same positions.
+draws are a function of the seed, the epoch and the shard only.  Under
+``discard``/``roll_over`` the parts' batches, laid end to end in part order,
+are slot for slot (records, crops, mirrors) those of one unsharded iterator
+with batch size ``P * B``; under ``pad`` the parts hold the same records as
+the unsharded epoch, with their own slots' draws.
 
 Errors.  ``part_index`` outside ``[0, num_parts)``, ``num_parts`` larger than
 the database or than the records of one epoch, or a ``discard`` epoch too
