@@ -113,7 +113,8 @@ def launched(n, threads, db, batch, epochs, workdir, timeout):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_dist", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer epochs (about a minute)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs, the first one untimed (default 8, quick 3)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs, the first one untimed (default 8, quick 3)")
     p.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "caffedata-bench-dist"))
     p.add_argument("--json", default=None, help="also write the figures here")

@@ -232,7 +232,9 @@ def test_over_ssh_with_a_hostfile(launcher, tmp_path):
     # (the remote login shell gets the command string); no sshd is available here.
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text('#!/bin/bash\n'
-                        'while [ $# -gt 0 ]; do case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac; done\n'
+                        'while [ $# -gt 0 ]; do\n'
+                        '  case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac\n'
+                        'done\n'
                         'shift\nexec bash -c "$*"\n')
     fake_ssh.chmod(0o755)
     hostfile = tmp_path / "hosts"
@@ -293,6 +295,15 @@ def test_sigterm_to_the_launcher_stops_everything(launcher):
     os.kill(job.proc.pid, signal.SIGTERM)
     rc = job.wait(timeout=30)
     assert rc == 128 + signal.SIGTERM, job.text
+    assert wait_session_empty(job.proc.pid) == []
+
+
+def test_a_killed_launcher_takes_its_processes_along(launcher):
+    job = launcher(["-n", "1", "-s", "1", "--", sys.executable, "-c",
+                    "import time; print('up', flush=True); time.sleep(600)"])
+    assert job.wait_for(lambda line: line == "[worker 0] up", 60), job.text
+    os.kill(job.proc.pid, signal.SIGKILL)  # no chance to clean up: PR_SET_PDEATHSIG does it
+    job.wait(timeout=30)
     assert wait_session_empty(job.proc.pid) == []
 
 
