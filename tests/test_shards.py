@@ -158,8 +158,10 @@ def test_bad_shards_are_spec_errors():
         check_shard(Shard(9, 0), 8, 8, 1, "pad")
     with pytest.raises(SpecError, match="larger than num_examples=4"):
         check_shard(Shard(5, 0), 8, 4, 1, "pad")
-    with pytest.raises(SpecError, match="leaves no batch"):
-        check_shard(Shard(3, 0), 8, 8, 3, "discard")
+    for lbh in ("discard", "roll_over"):
+        with pytest.raises(SpecError, match="without a batch on every part"):
+            check_shard(Shard(3, 0), 8, 8, 3, lbh)
+    check_shard(Shard(3, 0), 8, 8, 3, "pad")  # pad gives every part a (padded) batch
     with pytest.raises(SpecError, match="larger than the 8 records"):
         EpochPlanner(8, 8, 2, TRAIN_RANDOM, shard=Shard(9, 3))
 

@@ -49,8 +49,8 @@ with batch size ``P * B``; under ``pad`` the parts hold the same records as
 the unsharded epoch, with their own slots' draws.
 
 Errors.  ``part_index`` outside ``[0, num_parts)``, ``num_parts`` larger than
-the database or than the records of one epoch, or a ``discard`` epoch too
-short to give each part one batch, raise ``SpecError``.
+the database or than the records of one epoch, or a ``discard``/``roll_over``
+epoch too short to give each part one batch, raise ``SpecError``.
 """
 from dataclasses import dataclass
 
@@ -109,7 +109,7 @@ def shard_from(shard=None, num_parts=None, part_index=None):
 
 
 def check_shard(shard, num_records, num_examples, batch_size, last_batch_handle, where=""):
-    """SpecError unless every part of ``shard`` gets records (and, under discard, a batch)."""
+    """SpecError unless every part of ``shard`` gets records (and, under discard/roll_over, a batch)."""
     prefix = f"{where}: " if where else ""
     parts = shard.num_parts
     if parts > num_records:
@@ -118,10 +118,12 @@ def check_shard(shard, num_records, num_examples, batch_size, last_batch_handle,
     if parts > num_examples:
         raise SpecError(f"{prefix}num_parts={parts} is larger than num_examples={num_examples} "
                         f"-- every part needs at least one record per epoch")
-    if parts > 1 and last_batch_handle == "discard" and num_examples < parts * batch_size:
-        raise SpecError(f"{prefix}last_batch_handle='discard' with num_examples={num_examples} "
-                        f"< num_parts * batch_size = {parts * batch_size} leaves no batch for "
-                        f"any part -- use 'pad', fewer parts or a smaller batch_size")
+    if (parts > 1 and last_batch_handle in ("discard", "roll_over")
+            and num_examples < parts * batch_size):
+        raise SpecError(f"{prefix}last_batch_handle={last_batch_handle!r} with num_examples="
+                        f"{num_examples} < num_parts * batch_size = {parts * batch_size} leaves "
+                        f"the first epoch without a batch on every part -- use 'pad', fewer "
+                        f"parts or a smaller batch_size")
 
 
 def part_sizes(length, num_parts):
