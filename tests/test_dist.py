@@ -319,3 +319,37 @@ def test_usage_errors_are_one_line(launcher, tmp_path):
         rc = job.wait(timeout=60)
         assert rc != 0 and message in job.text and "Traceback" not in job.text, job.text
         assert wait_session_empty(job.proc.pid) == []
+
+
+def test_hostfile_and_task_plan(tmp_path):
+    from caffedata.errors import SpecError
+    from caffedata.tools.launch import parse_env, plan_tasks, read_hostfile
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1\n\n# a comment\n10.0.0.2:2222  # inline\n")
+    assert read_hostfile(hosts) == [("10.0.0.1", "22"), ("10.0.0.2", "2222")]
+    bad = tmp_path / "bad"
+    bad.write_text("10.0.0.1:ssh\n")
+    with pytest.raises(SpecError, match="line 1"):
+        read_hostfile(bad)
+    assert parse_env(["A=1", "B"], environ={"B": "from here"}) == {"A": "1", "B": "from here"}
+    with pytest.raises(SpecError, match="not set here"):
+        parse_env(["UNSET_NAME"], environ={})
+    # As dmlc's ssh tracker: the scheduler here, servers then workers round robin over the hosts.
+    tasks = plan_tasks(3, ["python", "train.py", "--lr", "0.1"], num_servers=2, hostfile=hosts,
+                       host_ip="10.0.0.9", port=9100, env={"OMP_NUM_THREADS": "2"}, cwd="/data/job")
+    assert [(t.label, t.host) for t in tasks] == [
+        ("scheduler", None), ("server 0", "10.0.0.1"), ("server 1", "10.0.0.2"),
+        ("worker 0", "10.0.0.1"), ("worker 1", "10.0.0.2"), ("worker 2", "10.0.0.1")]
+    assert tasks[0].argv == [sys.executable, "-c", "import mxnet"]
+    assert tasks[0].env["DMLC_ROLE"] == "scheduler" and tasks[0].env["DMLC_PS_ROOT_URI"] == "10.0.0.9"
+    worker = tasks[4]
+    assert worker.argv[:2] == ["ssh", "-o"] and worker.argv[-2] == "10.0.0.2"
+    assert worker.argv[worker.argv.index("-p") + 1] == "2222"
+    remote = worker.argv[-1]
+    for export in ("DMLC_ROLE=worker", "DMLC_PS_ROOT_URI=10.0.0.9", "DMLC_PS_ROOT_PORT=9100",
+                   "DMLC_NUM_SERVER=2", "DMLC_NUM_WORKER=3", "DMLC_NODE_HOST=10.0.0.2",
+                   "OMP_NUM_THREADS=2"):
+        assert f"export {export};" in remote
+    assert "cd /data/job && exec bash -c" in remote and remote.endswith("python train.py --lr 0.1")
+    assert tasks[1].argv[-1].endswith("python3 -c 'import mxnet'")
