@@ -308,11 +308,18 @@ def test_a_killed_launcher_takes_its_processes_along(launcher):
 
 
 def test_usage_errors_are_one_line(launcher, tmp_path):
+    from caffedata.errors import SpecError
+    from caffedata.tools.launch import parse_env, plan_tasks
+
+    for kwargs, message in [(dict(num_workers=0), "-n/--num-workers must be >= 1"),
+                            (dict(num_servers=0), "ps-lite needs a server"),
+                            (dict(hostfile=str(tmp_path / "none")), "hostfile")]:
+        with pytest.raises(SpecError, match=message):
+            plan_tasks(**{"num_workers": 1, "command": ["true"], **kwargs})
+    with pytest.raises(SpecError, match="expected NAME=VALUE"):
+        parse_env(["1BAD"])
+    # Through the command line: one line on stderr, no traceback, nothing left running.
     for args, message in [(["-n", "2"], "no COMMAND given"),
-                          (["-n", "0", "--", "true"], "-n/--num-workers must be >= 1"),
-                          (["-n", "1", "-s", "0", "--", "true"], "ps-lite needs a server"),
-                          (["-n", "1", "--env", "1BAD", "--", "true"], "expected NAME=VALUE"),
-                          (["-n", "1", "-H", str(tmp_path / "none"), "--", "true"], "hostfile"),
                           (["-n", "1", "--", str(tmp_path / "missing-program")],
                            "cannot start worker 0")]:
         job = launcher(args)
