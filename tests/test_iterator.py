@@ -205,3 +205,19 @@ def test_hdf5_layer_through_caffe_data_iter_extra_tops_join_the_data(tmp_path):
     np.testing.assert_array_equal(batch.data[1].asnumpy()[:, 0], [0, 10, 20, 30])
     assert batch.label[0].asnumpy().tolist() == [0, 1, 2, 3]
     it.close()
+
+
+def test_iterator_shard_errors_name_the_database(raw_db):
+    from types import SimpleNamespace
+
+    from caffedata.errors import SpecError
+
+    db = raw_db(n=5)
+    with pytest.raises(SpecError, match=f"{db}: num_parts=6 is larger than the 5 records"):
+        mx.io.CaffeDataIter(prototxt=data_prototxt(db, 2), num_parts=6, part_index=0)
+    with pytest.raises(SpecError, match="part_index must be in"):
+        mx.io.CaffeDataIter(prototxt=data_prototxt(db, 2), num_parts=2, part_index=2)
+    it = mx.io.CaffeDataIter(prototxt=data_prototxt(db, 2), shard=SimpleNamespace(num_workers=2, rank=1))
+    labels = [l for b in it for l in b.label[0].asnumpy()[:2 - b.pad].tolist()]
+    it.close()
+    assert (it.num_parts, it.part_index) == (2, 1) and labels == [3.0, 4.0]

@@ -1,6 +1,6 @@
 """The ``caffedata`` command line: one subcommand per job, each a thin ``cmd_*`` over a public API.
 
-``caffedata convert | mean | inspect | bench | demo``; ``caffedata <verb> --help``
+``caffedata convert | mean | inspect | bench | demo | launch``; ``caffedata <verb> --help``
 for each.  Every ``cmd_*`` function takes the parsed arguments and returns an
 exit code; user errors (a missing file, a bad record, a bad flag) end in one
 line on stderr, ``caffedata: <message>``, and a non-zero exit, never a
@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from . import bench, convert, demo, inspect, mean
+    from . import bench, convert, demo, inspect, launch, mean
 
     parser = _Parser(prog="caffedata", description=(
         "Caffe datasets for MXNet: convert images to a Caffe LMDB/LevelDB, compute its mean, "
@@ -49,7 +49,7 @@ def build_parser():
 
     parser.add_argument("--version", action="version", version=f"caffedata {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (convert, mean, inspect, bench, demo):
+    for module in (convert, mean, inspect, bench, demo, launch):
         module.add_parser(sub)
     return parser
 

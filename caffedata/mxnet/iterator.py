@@ -80,6 +80,14 @@ class CaffeDataIter(mx.io.DataIter):
         (counted in ``it.layer.skipped``); 'warn' also logs each once.
     arrays : dict, optional
         A MemoryData layer's arrays by top name, e.g. ``{"data": X, "label": y}``.
+    num_parts, part_index : int
+        Read only part ``part_index`` (from 0) of ``num_parts`` disjoint parts of
+        every epoch, as ImageRecordIter does, for data-parallel training.  All
+        parts must share ``seed``, ``shuffle``, ``num_examples`` and
+        ``last_batch_handle``; every part gets the same number of batches per
+        epoch (rules in ``caffedata/pipeline/shards.py``).
+    shard : mx.kv.KVStore, optional
+        Take the part from a kvstore: ``num_parts=kv.num_workers, part_index=kv.rank``.
 
     Epochs start at the first record (``reset()`` mid-epoch restarts cleanly)
     and hold exactly ``num_examples`` records (plus padding); ``len(it)`` is the
@@ -94,7 +102,8 @@ class CaffeDataIter(mx.io.DataIter):
     def __init__(self, prototxt="layer{}", flat=False, num_examples=None, data_name="data",
                  label_name="softmax_label", dtype=None, shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 on_error="raise", arrays=None, **kwargs):
+                 on_error="raise", arrays=None, num_parts=None, part_index=None, shard=None,
+                 **kwargs):
         unknown = set(kwargs) - {"ctx"}  # the old plugin accepted (and ignored) ctx
         if unknown:
             raise SpecError(f"CaffeDataIter got unknown arguments {sorted(unknown)}")
@@ -102,12 +111,14 @@ class CaffeDataIter(mx.io.DataIter):
         self.layer = DataLayer(prototxt, flat=flat, num_examples=num_examples, dtype=self._dtype,
                                shuffle=shuffle, seed=seed, preprocess_threads=preprocess_threads,
                                prefetch_buffer=prefetch_buffer, last_batch_handle=last_batch_handle,
-                               on_error=on_error, arrays=arrays)
+                               on_error=on_error, arrays=arrays, num_parts=num_parts,
+                               part_index=part_index, shard=shard)
         spec = self.layer.spec
         super().__init__(spec.batch_size)
         self.spec = spec
         self.data_name, self.label_name = data_name, label_name
         self.num_examples = self.layer.num_examples
+        self.num_parts, self.part_index = self.layer.num_parts, self.layer.part_index
         # Top 0 is the data, top 1 the label; further tops (HDF5Data) join the data by their names.
         shapes = list(self.layer.shapes.values())
         names = [data_name, label_name] + list(self.layer.tops[2:])

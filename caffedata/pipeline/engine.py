@@ -11,6 +11,9 @@ output shape) through a short-lived handle that it closes again.  Worker
 threads open the database lazily, in the thread that reads it, one shared
 environment per pipeline and one read transaction per thread.  ``close()``
 stops the threads and closes the database.
+
+Shards (``num_parts``, ``part_index``, ``shard=kv``): every engine takes them;
+the rules are in ``shards.py``.
 """
 import dataclasses
 import logging
@@ -25,6 +28,7 @@ from ..errors import RecordError, SpecError
 from ..formats.mean import load_mean_file
 from ..formats.spec import TransformSpec
 from ..sources.db import open_source
+from . import shards
 from .kernels import BatchAssembler
 from .prefetch import DEFAULT_MAX_THREADS, Prefetcher, default_threads
 from .sampling import EpochPlanner
@@ -152,7 +156,7 @@ class BatchEngine:
     def __init__(self, *, where, num_records, batch_size, num_examples=None, dtype="float32",
                  shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
                  default_prefetch=4, last_batch_handle="pad", transform=None, permutation=None,
-                 on_error="raise"):
+                 on_error="raise", num_parts=None, part_index=None, shard=None):
         if str(np.dtype(dtype)) not in SUPPORTED_DTYPES:
             raise SpecError(f"dtype {dtype!r} is not supported -- use float32 or float64 "
                             f"(Caffe layers run in float or double)")
@@ -178,9 +182,13 @@ class BatchEngine:
             log.warning("%s: num_examples=%d / batch_size=%d exceed its %d records; reading wraps "
                         "around them as Caffe's cursor does", where, self.num_examples, batch_size,
                         self.num_records)
+        self.shard = shards.shard_from(shard, num_parts, part_index)
+        shards.check_shard(self.shard, self.num_records, self.num_examples, batch_size,
+                           last_batch_handle, where=where)
         self.planner = EpochPlanner(self.num_records, self.num_examples, batch_size,
                                     transform or TransformSpec(), shuffle=shuffle, seed=seed,
-                                    last_batch_handle=last_batch_handle, permutation=permutation)
+                                    last_batch_handle=last_batch_handle, permutation=permutation,
+                                    shard=self.shard)
         # Enough buffers for the queue, the running workers and the batches a
         # consumer typically holds (Module.fit keeps the next one).
         self._pool = BufferPool(self.depth + self.threads + 4)
@@ -303,7 +311,7 @@ class CaffePipeline(BatchEngine):
 
     def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False, on_error="raise"):
+                 flat=False, on_error="raise", num_parts=None, part_index=None, shard=None):
         self.spec = spec
         self.flat = bool(flat)
         self.path = spec.source
@@ -317,7 +325,8 @@ class CaffePipeline(BatchEngine):
                          num_examples=num_examples, dtype=dtype, shuffle=shuffle, seed=seed,
                          preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
                          default_prefetch=spec.prefetch, last_batch_handle=last_batch_handle,
-                         transform=spec.transform, on_error=on_error)
+                         transform=spec.transform, on_error=on_error, num_parts=num_parts,
+                         part_index=part_index, shard=shard)
         self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
         rec = self.assembler.parse(first, self.keys[0], 0)
         self.first_chw = (rec.channels, rec.height, rec.width)

@@ -96,6 +96,10 @@ class DataLayer:
         ``RecordError`` (default), or is replaced by the next good record
         ('skip'), or that and logged once per record ('warn').  ``skipped`` and
         ``bad_records`` (record number -> message) count them.
+    num_parts, part_index, shard
+        Read only part ``part_index`` of ``num_parts`` disjoint parts of every
+        epoch (``shard=kv`` takes them from an MXNet kvstore); every part has the
+        same number of batches (rules in ``caffedata/pipeline/shards.py``).
     arrays : dict, optional
         A MemoryData layer's arrays by top name: ``{"data": X, "label": y}`` with X
         of shape (N, C, H, W) (after the transform's crop, (C, H, W) is the layer's
@@ -110,7 +114,8 @@ class DataLayer:
 
     def __init__(self, prototxt, phase=None, flat=False, num_examples=None, dtype="float32",
                  shuffle=False, seed=0, preprocess_threads=None, prefetch_buffer=None,
-                 last_batch_handle="pad", arrays=None, on_error="raise"):
+                 last_batch_handle="pad", arrays=None, on_error="raise", num_parts=None,
+                 part_index=None, shard=None):
         if isinstance(phase, str):
             from ..formats.spec import Phase
 
@@ -122,7 +127,8 @@ class DataLayer:
         self._pipeline = make_engine(
             self.spec, arrays=arrays, flat=flat, seed=seed, num_examples=num_examples, dtype=dtype,
             shuffle=shuffle, preprocess_threads=preprocess_threads, prefetch_buffer=prefetch_buffer,
-            last_batch_handle=last_batch_handle, on_error=on_error)
+            last_batch_handle=last_batch_handle, on_error=on_error, num_parts=num_parts,
+            part_index=part_index, shard=shard)
         self.tops = tuple(self.spec.tops[:len(self._pipeline.shapes)])
         self._epoch_length = None  # batches of the running epoch; None before the first
         self._epoch_done = False
@@ -139,6 +145,14 @@ class DataLayer:
     @property
     def dtype(self):
         return self._pipeline.dtype
+
+    @property
+    def num_parts(self):
+        return self._pipeline.shard.num_parts
+
+    @property
+    def part_index(self):
+        return self._pipeline.shard.part_index
 
     @property
     def skipped(self):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SpecError
+from .shards import Shard, check_shard, split_epoch
 from .kernels import draw_count, expand_draws
 
 
@@ -78,7 +79,7 @@ class Batch:
 
 class EpochPlanner:
     def __init__(self, num_records, num_examples, batch_size, transform, shuffle=False,
-                 seed=0, last_batch_handle="pad", permutation=None):
+                 seed=0, last_batch_handle="pad", permutation=None, shard=None):
         last_batch_handle = LastBatch.parse(last_batch_handle).value
         if num_records <= 0:
             raise SpecError("the database holds no records")
@@ -94,6 +95,9 @@ class EpochPlanner:
         # permutation(rng) -> one shuffled pass; a source may impose its own structure
         # (HDF5Data permutes files, then rows within each file).
         self.permutation = permutation or (lambda rng: rng.permutation(self.num_records))
+        self.shard = shard if shard is not None else Shard()
+        check_shard(self.shard, self.num_records, self.num_examples, self.batch_size,
+                    last_batch_handle)
         self.carry = np.zeros(0, dtype=np.int64)  # roll_over leftovers
 
     def _order(self):
@@ -105,39 +109,24 @@ class EpochPlanner:
         return np.concatenate([self.permutation(self.shuffle_rng) for _ in range(passes)])[:total]
 
     def batches_per_epoch(self):
-        """How many batches the next planned epoch holds."""
-        n = self.num_examples + (len(self.carry) if self.last_batch_handle == "roll_over" else 0)
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest and self.last_batch_handle == "pad" else 0)
+        """How many batches this part of the next planned epoch holds."""
+        slots = np.zeros(self.num_examples + len(self.carry), dtype=np.int64)  # only the count matters
+        return len(split_epoch(slots, self.batch_size, self.shard, self.last_batch_handle).pads)
 
     def plan_epoch(self, epoch):
-        """The epoch's batches, in order.  Advances the random streams by a whole epoch."""
+        """This part's batches of the epoch, in order.  Advances the random streams by a whole epoch."""
         order = self._order()
-        if self.last_batch_handle == "roll_over" and len(self.carry):
+        if len(self.carry):
             order = np.concatenate([self.carry, order])
-        B = self.batch_size
-        full, rest = divmod(len(order), B)
-        pads = []
-        if rest:
-            if self.last_batch_handle == "pad":
-                fill = np.resize(order, B - rest) if len(order) else order
-                order = np.concatenate([order, fill[:B - rest]])
-                full += 1
-                pads = [B - rest]
-            elif self.last_batch_handle == "roll_over":
-                self.carry = order[full * B:]
-                order = order[:full * B]
-            else:
-                order = order[:full * B]
-        if not (self.last_batch_handle == "roll_over" and rest):
-            self.carry = np.zeros(0, dtype=np.int64)
+        part = split_epoch(order, self.batch_size, self.shard, self.last_batch_handle)
+        self.carry = part.carry
+        # Draws for every part's slots, so all parts' engines stay in step; keep ours.
         k = draw_count(self.transform)
-        raw = (self.engine.random_raw(len(order) * k).astype(np.uint32).reshape(len(order), k)
-               if k else np.zeros((len(order), 0), dtype=np.uint32))
-        draws = expand_draws(raw, self.transform)
-        batches = []
-        for b in range(full):
-            sl = slice(b * B, (b + 1) * B)
-            pad = pads[0] if (pads and b == full - 1) else 0
-            batches.append(Batch(epoch, b, order[sl], np.ascontiguousarray(draws[sl]), pad))
-        return batches
+        raw = (self.engine.random_raw(part.total_slots * k).astype(np.uint32)
+               .reshape(part.total_slots, k) if k
+               else np.zeros((part.total_slots, 0), dtype=np.uint32))
+        draws = expand_draws(raw[part.draw_start:part.draw_start + len(part.slots)], self.transform)
+        B = self.batch_size
+        return [Batch(epoch, b, part.slots[b * B:(b + 1) * B],
+                      np.ascontiguousarray(draws[b * B:(b + 1) * B]), pad)
+                for b, pad in enumerate(part.pads)]
