@@ -3,7 +3,7 @@
 1. ``caffedata._fast``: the Cython core (Datum decoding and the fused transform).
 2. ``caffedata/libcaffedata_ops.so``: the C++ MXNet extension library built from
    ``ops/*.cc`` plus the ``lib_api.cc`` shipped inside the mxnet wheel.  It is
-   not a Python module; ``caffedata.ops`` loads it with ``mx.library.load``.
+   not a Python module; ``caffedata.mxnet.library`` loads it with ``mx.library.load``.
 """
 import glob
 import os

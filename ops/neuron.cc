@@ -14,29 +14,12 @@
 
 #include "layer.h"
 #include "layer_util.h"
+#include "neuron_layer.h"
 
 namespace caffedata {
 namespace {
 
 using namespace layer_util;  // NOLINT
-
-// Caffe's NeuronLayer: one bottom, one top of the same shape, no blobs.
-template <typename Dtype>
-class NeuronLayer : public Layer<Dtype> {
- public:
-  using Layer<Dtype>::Layer;
-  int ExactNumBottomBlobs() const override { return 1; }
-  int ExactNumTopBlobs() const override { return 1; }
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    if (bottom.size() != 1) {
-      throw LayerError(std::string(this->type()) + " takes exactly 1 bottom, got " +
-                       std::to_string(bottom.size()));
-    }
-    blobs->clear();
-    top->assign(1, bottom[0]);
-  }
-};
 
 // ---------------------------------------------------------------------------
 template <typename Dtype>
@@ -458,6 +441,10 @@ class PReLULayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
   std::vector<int> BlobNumAxes(int) const override { return {1}; }
+  // Caffe's PReLU default: constant 0.25.
+  std::vector<Filler> BlobFillers() const override {
+    return {Filler::From(this->param().child("prelu_param"), "filler", Filler::Constant(0.25, Filler::LAYER_DEFAULT))};
+  }
   void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
                std::vector<Shape>* top) override {
     if (bottom.size() != 1) {

@@ -283,10 +283,7 @@ class EltwiseLayer : public Layer<Dtype> {
   int MinBottomBlobs() const override { return 2; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Eltwise", bottom, 2);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>& bottom) override {
     const ProtoNode& ep = this->param().child("eltwise_param");
     const std::string op = ep.get_enum("operation", "SUM");
     if (op == "PROD" || op == "0") op_ = PROD;
@@ -305,6 +302,11 @@ class EltwiseLayer : public Layer<Dtype> {
     coeffs_.assign(bottom.size(), Dtype(1));
     for (size_t i = 0; i < coeff.size(); ++i) coeffs_[i] = static_cast<Dtype>(coeff[i]);
     stable_prod_grad_ = ep.get_bool("stable_prod_grad", true);
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
     for (size_t i = 1; i < bottom.size(); ++i) {
       if (bottom[i] != bottom[0]) {
         throw LayerError("Eltwise: all inputs must have the same shape; input 0 is " +
@@ -670,16 +672,18 @@ class TileLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Tile", bottom, 1);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& tp = this->param().child("tile_param");
-    axis_ = canonical_axis(static_cast<int>(tp.get_int("axis", 1)),
-                           static_cast<int>(bottom[0].size()));
+    axis_param_ = static_cast<int>(tp.get_int("axis", 1));
     if (!tp.has("tiles")) throw LayerError("Tile: number of tiles must be specified (tile_param { tiles: N })");
     tiles_ = tp.get_int("tiles", 0);
     if (tiles_ <= 0) throw LayerError("Tile: number of tiles must be positive, got " + std::to_string(tiles_));
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
+    axis_ = canonical_axis(axis_param_, static_cast<int>(bottom[0].size()));
     Shape out = bottom[0];
     out[axis_] *= tiles_;
     top->assign(1, out);
@@ -722,6 +726,7 @@ class TileLayer : public Layer<Dtype> {
  private:
   int axis_ = 1;
   int64_t tiles_ = 1;
+  int axis_param_ = 1;
 };
 
 CAFFEDATA_REGISTER_LAYER("Concat", ConcatLayer)
