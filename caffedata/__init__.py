@@ -16,12 +16,9 @@ __version__ = "0.1.0"
 
 _mx.io.CaffeDataIter = CaffeDataIter
 
-try:
-    from . import ops as _ops
-except ImportError:  # the ops wrapper module is optional at this stage
-    _ops = None
-else:
-    _ops.install()
+from .mxnet import symbols as _symbols  # noqa: E402
+
+_symbols.install()
 
 __all__ = ["CaffeDataIter", "CaffePipeline", "data_layer_spec", "Backend", "DataLayerSpec", "Phase",
            "TransformSpec", "CaffeDataError", "DatabaseError", "OpsLibraryError", "RecordError",
