@@ -293,8 +293,14 @@ class MultinomialLogisticLossLayer : public LossLayer<Dtype> {
 };
 
 // ---------------------------------------------------------------------------
-// InfogainLoss (Caffe 1.0: over probabilities, no internal softmax):
-// -sum_j H[label, j] * log(max(p_j, 1e-20)) / num.  H is the third input.
+// InfogainLoss over probabilities (Caffe 1.0's input contract: no internal
+// softmax), with the fields of BVLC's final caffe.proto: infogain_loss_param
+// { axis } (the class axis: predictions (N, K, H, W) with axis 1 and labels
+// N*H*W make a spatial infogain loss), loss_param { ignore_label,
+// normalization (default VALID), normalize }.
+//   loss = -sum_{i,j not ignored} sum_k H[label_ij, k] log(max(p_ikj, 1e-20)) / normalizer
+// With axis 1 on (N, K) inputs and no ignore_label this is Caffe 1.0's
+// "/ num".  H (K x K) is the third input.
 template <typename Dtype>
 class InfogainLossLayer : public LossLayer<Dtype> {
  public:
@@ -305,50 +311,69 @@ class InfogainLossLayer : public LossLayer<Dtype> {
   int MaxBottomBlobs() const override { return 3; }
   std::vector<int> NoGradBottoms() const override { return {1, 2}; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    LossLayer<Dtype>::Reshape(bottom, blobs, top);
+  void LayerSetUp(const std::vector<Shape>& bottom) override {
+    const ProtoNode& lp = this->param().child("loss_param");
+    has_ignore_label_ = lp.has("ignore_label");
+    ignore_label_ = static_cast<int>(lp.get_int("ignore_label", 0));
+    normalization_ = read_normalization(this->param(), Normalization::VALID);
+    const ProtoNode& ip = this->param().child("infogain_loss_param");
+    axis_param_ = static_cast<int>(ip.get_int("axis", 1));
     if (bottom.size() < 3) {
-      const bool has_source = this->param().child("infogain_loss_param").has("source");
       throw LayerError(std::string("InfogainLoss: ") +
-                       (has_source ? "infogain_loss_param.source (a binaryproto file) is not supported"
-                                   : "the infogain matrix H is missing") +
+                       (ip.has("source") ? "infogain_loss_param.source (a binaryproto file) is not supported"
+                                         : "the infogain matrix H is missing") +
                        "; pass H as a third input (data_2, a (K, K) or (1, 1, K, K) array, K = number "
                        "of classes) with num_data=3");
     }
-    if (legacy(bottom[1], 1) != 1 || legacy(bottom[1], 2) != 1 || legacy(bottom[1], 3) != 1) {
-      throw LayerError("InfogainLoss: the label must hold one value per item, shape (N,) or "
-                       "(N, 1, 1, 1); got " + shape_str(bottom[1]));
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    LossLayer<Dtype>::Reshape(bottom, blobs, top);
+    const Shape& b = bottom[0];
+    axis_ = canonical_axis(axis_param_, static_cast<int>(b.size()));
+    outer_ = shape_count(b, 0, axis_);
+    inner_ = shape_count(b, axis_ + 1);
+    classes_ = b[axis_];
+    if (outer_ * inner_ != shape_count(bottom[1])) {
+      std::ostringstream os;
+      os << "InfogainLoss: number of labels must match number of predictions; e.g., if infogain axis == 1 "
+            "and prediction shape is (N, C, H, W), label count (number of labels) must be N*H*W, with "
+            "integer values in {0, 1, ..., C-1}; got predictions "
+         << shape_str(b) << " (axis " << axis_ << ") and labels " << shape_str(bottom[1]);
+      throw LayerError(os.str());
     }
-    const int64_t dim = shape_count(bottom[0]) / legacy(bottom[0], 0);
     // Caffe wants H as a (1, 1, K, K) blob; a plain (K, K) matrix is accepted too.
     const Shape& h = bottom[2];
-    bool ok = h.size() >= 2 && h[h.size() - 1] == dim && h[h.size() - 2] == dim &&
-              shape_count(h) == dim * dim;
+    const int64_t k = classes_;
+    bool ok = h.size() >= 2 && h[h.size() - 1] == k && h[h.size() - 2] == k && shape_count(h) == k * k;
     if (!ok) {
       std::ostringstream os;
-      os << "InfogainLoss: H must be a " << dim << "x" << dim << " matrix, shape (" << dim << ", "
-         << dim << ") or (1, 1, " << dim << ", " << dim << "), to match the predictions "
-         << shape_str(bottom[0]) << "; got " << shape_str(h);
+      os << "InfogainLoss: H must be a " << k << "x" << k << " matrix, shape (" << k << ", " << k
+         << ") or (1, 1, " << k << ", " << k << "), to match the predictions " << shape_str(b)
+         << " (axis " << axis_ << "); got " << shape_str(h);
       throw LayerError(os.str());
     }
   }
 
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
-    const int64_t num = bottom[0]->legacy_shape(0);
-    const int64_t dim = bottom[0]->count() / num;
     const Dtype* p = bottom[0]->data;
     const Dtype* label = bottom[1]->data;
     const Dtype* H = bottom[2]->data;
+    const int64_t dim = classes_ * inner_;
     Dtype loss = 0;
-    for (int64_t i = 0; i < num; ++i) {
-      const int l = static_cast<int>(label[i]);
-      if (l < 0 || l >= dim) label_range_error("InfogainLoss", l, i, dim);
-      for (int64_t j = 0; j < dim; ++j)
-        loss -= H[l * dim + j] * std::log(std::max(p[i * dim + j], Dtype(kLogThreshold)));
+    int64_t count = 0;
+    for (int64_t i = 0; i < outer_; ++i) {
+      for (int64_t j = 0; j < inner_; ++j) {
+        const int l = label_at(label, i, j);
+        if (l < 0) continue;
+        for (int64_t c = 0; c < classes_; ++c)
+          loss -= H[l * classes_ + c] * std::log(std::max(p[i * dim + c * inner_ + j], Dtype(kLogThreshold)));
+        ++count;
+      }
     }
-    top[0]->data[0] = loss / batch_normalizer(bottom);
+    top[0]->data[0] = loss / this->normalizer(normalization_, outer_, inner_, count);
   }
 
   void Backward(const std::vector<Blob<Dtype>*>& top, const std::vector<bool>& propagate_down,
@@ -357,20 +382,40 @@ class InfogainLossLayer : public LossLayer<Dtype> {
     zero_if(propagate_down.size() > 1 && propagate_down[1], bottom[1]);
     zero_if(propagate_down.size() > 2 && propagate_down[2], bottom[2]);
     if (!propagate_down[0] || !bottom[0]->diff) return;
-    const int64_t num = bottom[0]->legacy_shape(0);
-    const int64_t dim = bottom[0]->count() / num;
     const Dtype* p = bottom[0]->data;
     const Dtype* label = bottom[1]->data;
     const Dtype* H = bottom[2]->data;
     Dtype* d = bottom[0]->diff;
-    const Dtype scale = -top[0]->diff[0] / batch_normalizer(bottom);
-    for (int64_t i = 0; i < num; ++i) {
-      const int l = static_cast<int>(label[i]);
-      if (l < 0 || l >= dim) label_range_error("InfogainLoss", l, i, dim);
-      for (int64_t j = 0; j < dim; ++j)
-        d[i * dim + j] = scale * H[l * dim + j] / std::max(p[i * dim + j], Dtype(kLogThreshold));
+    const int64_t dim = classes_ * inner_;
+    int64_t count = 0;
+    for (int64_t i = 0; i < outer_; ++i) {
+      for (int64_t j = 0; j < inner_; ++j) {
+        const int l = label_at(label, i, j);
+        for (int64_t c = 0; c < classes_; ++c) {
+          const int64_t o = i * dim + c * inner_ + j;
+          d[o] = l < 0 ? Dtype(0) : -H[l * classes_ + c] / std::max(p[o], Dtype(kLogThreshold));
+        }
+        if (l >= 0) ++count;
+      }
     }
+    const Dtype scale = top[0]->diff[0] / this->normalizer(normalization_, outer_, inner_, count);
+    for (int64_t o = 0; o < bottom[0]->count(); ++o) d[o] *= scale;
   }
+
+ private:
+  // The label at (i, j), -1 when ignored; throws when out of range.
+  int label_at(const Dtype* label, int64_t i, int64_t j) const {
+    const int l = static_cast<int>(label[i * inner_ + j]);
+    if (has_ignore_label_ && l == ignore_label_) return -1;
+    if (l < 0 || l >= classes_) label_range_error("InfogainLoss", l, i * inner_ + j, classes_);
+    return l;
+  }
+
+  bool has_ignore_label_ = false;
+  int ignore_label_ = 0;
+  Normalization normalization_ = Normalization::VALID;
+  int axis_param_ = 1, axis_ = 1;
+  int64_t outer_ = 0, inner_ = 0, classes_ = 0;
 };
 
 // ---------------------------------------------------------------------------
