@@ -252,7 +252,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
            << shape_str(want) << " (0 = unknown)";
         throw LayerError(os.str());
       }
-      s.assign(want.begin(), want.end());
+      s.assign(want.begin(), want.end());  // fits: SetUp refused counts over INT_MAX
     }
     if (c.phase_input) (*in)[c.num_data + c.num_weight] = {1};
     if (static_cast<int>(tops.size()) != c.num_out) {
@@ -263,7 +263,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     out->resize(tops.size());
     for (size_t t = 0; t < tops.size(); ++t) {
       Shape s = mx_shape(tops[t]);
-      (*out)[t].assign(s.begin(), s.end());
+      (*out)[t].assign(s.begin(), s.end());  // lib_api's unsigned dims; SetUp refused counts over INT_MAX
     }
   });
 }
