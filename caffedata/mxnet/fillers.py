@@ -17,6 +17,7 @@ from caffedata.errors import SpecError
 
 __all__ = ["CaffeFiller", "filler_class", "initializer_for"]
 
+
 def _legacy(shape, index):
     """Caffe's Blob::LegacyShape (num/channels/height/width with 1-padding)."""
     n = len(shape)
