@@ -3,7 +3,7 @@
 1. ``caffedata._fast``: the Cython core (Datum decoding and the fused transform).
 2. ``caffedata/libcaffedata_ops.so``: the C++ MXNet extension library built from
    ``ops/*.cc`` plus the ``lib_api.cc`` shipped inside the mxnet wheel.  It is
-   not a Python module; ``caffedata.mxnet.ops`` loads it with ``mx.library.load``.
+   not a Python module; ``caffedata.mxnet.library`` loads it with ``mx.library.load``.
    Where mxnet is not installed (Python >= 3.12: no mxnet 1.9.1 runs there)
    the library is skipped with a message and the core is built alone.
 """

@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 
 import caffedata  # noqa: F401  (registers mx.sym.CaffeOp)
-from caffedata.mxnet import ops
+from caffedata.mxnet import library as ops
 
 CASES = [
     # name, data shape, caffe prototxt, native symbol builder

@@ -50,6 +50,7 @@ class TextParser {
  private:
   const std::string& s_;
   size_t pos_ = 0;
+  int depth_ = 0;  // current message nesting (parse_fields)
 
   [[noreturn]] void fail(const std::string& what) const {
     int line = 1, col = 1;
@@ -97,7 +98,19 @@ class TextParser {
   }
 
   // closing: '}' or '>' for a nested message, 0 for the top level.
+  // Nested messages deeper than this are refused: the parser recurses, and a
+  // hostile prototxt 200,000 levels deep would overflow the stack.  Real
+  // Caffe layers nest 3 or 4 levels.
+  static constexpr int kMaxDepth = 100;
+
   void parse_fields(ProtoNode* node, char closing) {
+    struct DepthGuard {
+      int& d;
+      explicit DepthGuard(int& depth) : d(depth) { ++d; }
+      ~DepthGuard() { --d; }
+    } guard(depth_);
+    if (depth_ > kMaxDepth)
+      fail("messages nested more than " + std::to_string(kMaxDepth) + " levels deep");
     while (true) {
       skip_ws();
       if (pos_ >= s_.size()) {
@@ -420,6 +433,45 @@ std::vector<std::string> LayerRegistry<Dtype>::Types() {
   std::vector<std::string> out;
   for (const auto& kv : Registry()) out.push_back(kv.first);
   return out;
+}
+
+// The user's prototxt is a NetParameter text with exactly one `layer { ... }`.
+// A bare LayerParameter text (`type: "ReLU" ...`) is accepted too.
+ProtoNode layer_node(const std::string& text) {
+  ProtoNode root = ProtoNode::parse(text);
+  if (root.count("layers"))
+    throw LayerError("prototxt uses the V1 'layers { ... }' syntax; write 'layer { type: \"...\" ... }'");
+  int n = root.count("layer");
+  if (n == 1) return root.child("layer");
+  if (n == 0 && root.has("type")) return root;
+  std::ostringstream os;
+  os << "prototxt must hold exactly one 'layer { ... }', found " << n;
+  throw LayerError(os.str());
+}
+
+std::string layer_label(const ProtoNode& node) {
+  std::string s = "layer type '" + node.get_string("type", "?") + "'";
+  if (node.has("name")) s += " (name '" + node.get_string("name", "") + "')";
+  return s;
+}
+
+Filler Filler::From(const ProtoNode& parent, const std::string& field, const Filler& dflt) {
+  if (!parent.has(field)) return dflt;
+  const ProtoNode& p = parent.child(field);
+  Filler f;
+  f.origin = USER;
+  f.type = p.get_string("type", "constant");
+  f.value = p.get_float("value", 0.0);
+  f.min = p.get_float("min", 0.0);
+  f.max = p.get_float("max", 1.0);
+  f.mean = p.get_float("mean", 0.0);
+  f.std = p.get_float("std", 1.0);
+  f.sparse = p.get_int("sparse", -1);
+  f.variance_norm = p.get_enum("variance_norm", "FAN_IN");
+  if (f.variance_norm == "0") f.variance_norm = "FAN_IN";
+  if (f.variance_norm == "1") f.variance_norm = "FAN_OUT";
+  if (f.variance_norm == "2") f.variance_norm = "AVERAGE";
+  return f;
 }
 
 template class LayerRegistry<float>;

@@ -161,6 +161,16 @@ class ConvLayerT : public Layer<Dtype> {
   int MinTopBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return -1; }
 
+  int setup_axes_ = 0;
+
+  // Caffe's default for both is constant 0; MXNet's initializer decides instead.
+  std::vector<Filler> BlobFillers() const override {
+    const ProtoNode& cp = this->param().child("convolution_param");
+    std::vector<Filler> f{Filler::From(cp, "weight_filler", Filler::Constant(0, Filler::FRAMEWORK))};
+    if (bias_term_) f.push_back(Filler::From(cp, "bias_filler", Filler::Constant(0, Filler::FRAMEWORK)));
+    return f;
+  }
+
   std::vector<int> BlobNumAxes(int bottom0_axes) const override {
     const ProtoNode& cp = this->param().child("convolution_param");
     int ns;
@@ -178,9 +188,11 @@ class ConvLayerT : public Layer<Dtype> {
     return v;
   }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs, std::vector<Shape>* top) override {
+  // Caffe's BaseConvolutionLayer::LayerSetUp: the geometry, once.
+  void LayerSetUp(const std::vector<Shape>& bottom) override {
     const ProtoNode& cp = this->param().child("convolution_param");
-    const int nax = static_cast<int>(bottom[0].size());
+    const int nax = static_cast<int>(bottom.at(0).size());
+    setup_axes_ = nax;
     channel_axis_ = canonical_axis(axis_param_, nax);
     const int64_t ns = nax - channel_axis_ - 1;
     if (ns < 1) throw LayerError("convolution input " + shape_str(bottom[0]) + " has no spatial axes after axis " +
@@ -202,6 +214,12 @@ class ConvLayerT : public Layer<Dtype> {
       if (pad_[i] < 0) throw LayerError("pad must be >= 0");
       if (dilation_[i] <= 0) throw LayerError("dilation must be > 0");
     }
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs, std::vector<Shape>* top) override {
+    if (static_cast<int>(bottom[0].size()) != setup_axes_)
+      throw LayerError("bottom num_axes may not change: set up with " + std::to_string(setup_axes_) +
+                       " axes, got " + shape_str(bottom[0]));
     const Shape& b0 = bottom[0];
     channels_ = b0[channel_axis_];
     if (channels_ % group_) throw LayerError("number of input channels " + std::to_string(channels_) +

@@ -34,6 +34,13 @@ class EmbedLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
   std::vector<int> NoGradBottoms() const override { return {0}; }
+  // Caffe's default for both is constant 0; MXNet's initializer decides instead.
+  std::vector<Filler> BlobFillers() const override {
+    const ProtoNode& ep = this->param().child("embed_param");
+    std::vector<Filler> f{Filler::From(ep, "weight_filler", Filler::Constant(0, Filler::FRAMEWORK))};
+    if (bias_term_) f.push_back(Filler::From(ep, "bias_filler", Filler::Constant(0, Filler::FRAMEWORK)));
+    return f;
+  }
   std::vector<int> BlobNumAxes(int) const override {
     return bias_term_ ? std::vector<int>{2, 1} : std::vector<int>{2};
   }

@@ -19,6 +19,13 @@ class InnerProductLayer : public Layer<Dtype> {
   const char* type() const override { return "InnerProduct"; }
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
+  // Caffe's default for both is constant 0; MXNet's initializer decides instead.
+  std::vector<Filler> BlobFillers() const override {
+    const ProtoNode& ip = this->param().child("inner_product_param");
+    std::vector<Filler> f{Filler::From(ip, "weight_filler", Filler::Constant(0, Filler::FRAMEWORK))};
+    if (bias_term_) f.push_back(Filler::From(ip, "bias_filler", Filler::Constant(0, Filler::FRAMEWORK)));
+    return f;
+  }
   std::vector<int> BlobNumAxes(int) const override {
     return bias_term_ ? std::vector<int>{2, 1} : std::vector<int>{2};
   }

@@ -83,6 +83,12 @@ class ProtoNode {
   std::vector<Entry> entries;
 };
 
+// The op's prototxt: a NetParameter text with exactly one `layer { ... }`,
+// or a bare LayerParameter text.  Returns the layer node; throws LayerError.
+ProtoNode layer_node(const std::string& text);
+// "layer type 'X' (name 'y')" for error messages.
+std::string layer_label(const ProtoNode& node);
+
 // A non-owning view of one MXNet tensor (data) and its gradient (diff).
 // diff is null where no gradient buffer exists (forward, or no propagation).
 template <typename Dtype>
@@ -100,6 +106,35 @@ struct Blob {
 };
 
 enum class Phase { TRAIN = 0, TEST = 1 };
+
+// A Caffe FillerParameter for one parameter blob, declared by the layer next
+// to its code (Layer::BlobFillers) and read by the Python side through the
+// ctypes API to build the blob's initializer.  `origin` says whose it is:
+//   USER           the layer's prototxt gave it (weight_filler, filler, ...);
+//   LAYER_DEFAULT  Caffe's default for this layer, applied as is (PReLU 0.25,
+//                  Scale 1, Bias 0, BatchNorm's running state 0);
+//   FRAMEWORK      Caffe's default (the fields say what it is, usually
+//                  constant 0) deferred to the framework's own initializer
+//                  (Module.init_params(initializer=...)), as MXNet users expect
+//                  for InnerProduct, Convolution, Deconvolution and Embed.
+struct Filler {
+  enum Origin { USER = 0, LAYER_DEFAULT = 1, FRAMEWORK = 2 };
+  Origin origin = FRAMEWORK;
+  std::string type = "constant";
+  double value = 0, min = 0, max = 1, mean = 0, std = 1;
+  int64_t sparse = -1;
+  std::string variance_norm = "FAN_IN";  // FAN_IN, FAN_OUT, AVERAGE
+
+  static Filler Constant(double v, Origin o) {
+    Filler f;
+    f.origin = o;
+    f.value = v;
+    return f;
+  }
+  // parent's `field` sub-message (proto defaults for unset fields) as USER,
+  // or `dflt` when the field is absent.
+  static Filler From(const ProtoNode& parent, const std::string& field, const Filler& dflt);
+};
 
 template <typename Dtype>
 class Layer {
@@ -128,12 +163,43 @@ class Layer {
   // shapes).  `bottom0_axes` is the assumed number of axes of bottom 0 (4
   // unless the caller knows better).  Its size is the layer's blob count.
   virtual std::vector<int> BlobNumAxes(int bottom0_axes) const { return {}; }
+  // One Filler per parameter blob (same count and order as BlobNumAxes).
+  virtual std::vector<Filler> BlobFillers() const { return {}; }
   // Parameter blobs that are running state, not learned (BatchNorm's mean,
   // variance and factor).  The glue marks them as mutable (auxiliary) inputs.
   virtual std::vector<int> StateBlobs() const { return {}; }
 
+  // Caffe's Layer::SetUp, non-virtual.  The first call checks the bottom and
+  // top counts (CheckBlobCounts) and runs LayerSetUp once, so parameters are
+  // parsed once per layer instance; every call then runs Reshape and checks
+  // that no blob holds more than INT_MAX elements (Caffe's Blob::Reshape
+  // check; the mxnet 1.9.1 wheel has 32-bit tensor sizes).  The glue calls
+  // SetUp wherever Caffe would call SetUp or Reshape.
+  void SetUp(const std::vector<Shape>& bottom, std::vector<Shape>* blobs, std::vector<Shape>* top) {
+    if (!set_up_) {
+      CheckBlobCounts(static_cast<int>(bottom.size()), num_tops_);
+      LayerSetUp(bottom);
+      set_up_ = true;
+    }
+    Reshape(bottom, blobs, top);
+    CheckCountLimit("parameter blob", *blobs);
+    CheckCountLimit("top", *top);
+  }
+
+  // Caffe's CheckBlobCounts; num_top < 0 (unknown) skips the top checks.
+  // Throws LayerError naming the layer type and both counts.
+  void CheckBlobCounts(int num_bottom, int num_top) const {
+    check_count("bottom", "num_data", num_bottom, ExactNumBottomBlobs(), MinBottomBlobs(), MaxBottomBlobs());
+    if (num_top >= 0) check_count("top", "num_out", num_top, ExactNumTopBlobs(), MinTopBlobs(), MaxTopBlobs());
+  }
+
+  // One-time setup from the prototxt (and the first bottom shapes): parse and
+  // validate parameters here, not in Reshape.
+  virtual void LayerSetUp(const std::vector<Shape>& bottom) {}
+
   // Shapes: given the bottom shapes, fill the parameter-blob shapes (in Caffe
   // blobs_ order) and the top shapes.  Throws LayerError on inconsistency.
+  // Called through SetUp only.
   virtual void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
                        std::vector<Shape>* top) = 0;
 
@@ -170,6 +236,33 @@ class Layer {
   ProtoNode param_;  // the whole `layer { ... }` node
   int num_tops_ = -1;
   int num_bottoms_ = -1;
+
+ private:
+  bool set_up_ = false;
+
+  void check_count(const char* what, const char* attr, int got, int exact, int min, int max) const {
+    const char* rel = nullptr;
+    int want = 0;
+    if (exact >= 0 && got != exact) rel = "exactly ", want = exact;
+    else if (min >= 0 && got < min) rel = "at least ", want = min;
+    else if (max >= 0 && got > max) rel = "at most ", want = max;
+    if (!rel) return;
+    throw LayerError(std::string(type()) + " layer takes " + rel + std::to_string(want) + " " + what +
+                     " blob(s), got " + std::to_string(got) + " (" + attr + "=" + std::to_string(got) + ")");
+  }
+
+  void CheckCountLimit(const char* what, const std::vector<Shape>& shapes) const {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      int64_t count = 1;
+      for (int64_t d : shapes[i]) {
+        if (d < 0 || (d > 0 && count > INT32_MAX / d))
+          throw LayerError(std::string(type()) + ": " + what + " " + std::to_string(i) + " would have shape " +
+                           shape_str(shapes[i]) + ", more than INT_MAX (2147483647) elements; Caffe and the "
+                           "mxnet 1.9.1 wheel (32-bit tensor sizes) cannot hold it");
+        count *= d;
+      }
+    }
+  }
 };
 
 // Registry: type string -> factory, filled by REGISTER_LAYER in each .cc file.

@@ -1,5 +1,6 @@
 // Element-wise ("neuron") layers with Caffe 1.0 semantics: ReLU, Sigmoid,
-// TanH, AbsVal, BNLL, ELU, Exp, Log, Power, Threshold and PReLU.
+// TanH, AbsVal, BNLL, ELU, Exp, Log, Power, Threshold and PReLU; Clip and
+// Swish from BVLC's final master.
 //
 // Each follows the matching src/caffe/layers/<name>_layer.cpp of Caffe 1.0,
 // including its special cases (BNLL's overflow threshold, Power's shortcuts
@@ -14,29 +15,12 @@
 
 #include "layer.h"
 #include "layer_util.h"
+#include "neuron_layer.h"
 
 namespace caffedata {
 namespace {
 
 using namespace layer_util;  // NOLINT
-
-// Caffe's NeuronLayer: one bottom, one top of the same shape, no blobs.
-template <typename Dtype>
-class NeuronLayer : public Layer<Dtype> {
- public:
-  using Layer<Dtype>::Layer;
-  int ExactNumBottomBlobs() const override { return 1; }
-  int ExactNumTopBlobs() const override { return 1; }
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    if (bottom.size() != 1) {
-      throw LayerError(std::string(this->type()) + " takes exactly 1 bottom, got " +
-                       std::to_string(bottom.size()));
-    }
-    blobs->clear();
-    top->assign(1, bottom[0]);
-  }
-};
 
 // ---------------------------------------------------------------------------
 template <typename Dtype>
@@ -445,6 +429,79 @@ class ThresholdLayer : public NeuronLayer<Dtype> {
 };
 
 // ---------------------------------------------------------------------------
+// Clip (BVLC's final caffe.proto): y = max(min, min(x, max)); the gradient
+// passes where min <= x <= max.  clip_param { min max } are required.
+template <typename Dtype>
+class ClipLayer : public NeuronLayer<Dtype> {
+ public:
+  explicit ClipLayer(const ProtoNode& p) : NeuronLayer<Dtype>(p) {
+    const ProtoNode& cp = p.child("clip_param");
+    if (!cp.has("min") || !cp.has("max"))
+      throw LayerError("Clip needs clip_param { min: <float> max: <float> } (both are required)");
+    min_ = proto_float(cp, "min", 0.f);
+    max_ = proto_float(cp, "max", 0.f);
+    if (min_ > max_) throw LayerError("Clip: clip_param.min must not exceed clip_param.max");
+  }
+  const char* type() const override { return "Clip"; }
+  void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
+               const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
+    const Dtype* x = bottom[0]->data;
+    Dtype* y = top[0]->data;
+    const int64_t n = bottom[0]->count();
+    for (int64_t i = 0; i < n; ++i) y[i] = std::max(min_, std::min(x[i], max_));
+  }
+  void Backward(const std::vector<Blob<Dtype>*>& top, const std::vector<bool>& pd,
+                const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
+                Phase) override {
+    if (!wants_diff(pd, bottom, 0)) return;
+    const Dtype* x = bottom[0]->data;
+    const Dtype* dy = top[0]->diff;
+    Dtype* dx = bottom[0]->diff;
+    const int64_t n = bottom[0]->count();
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (x[i] >= min_ && x[i] <= max_);
+  }
+
+ private:
+  Dtype min_, max_;
+};
+
+// ---------------------------------------------------------------------------
+// Swish (BVLC's final caffe.proto): y = x * sigmoid(beta * x), swish_param
+// { beta (default 1) }; dy/dx = beta * y + sigmoid(beta * x) * (1 - beta * y).
+template <typename Dtype>
+class SwishLayer : public NeuronLayer<Dtype> {
+ public:
+  explicit SwishLayer(const ProtoNode& p)
+      : NeuronLayer<Dtype>(p), beta_(proto_float(p.child("swish_param"), "beta", 1.f)) {}
+  const char* type() const override { return "Swish"; }
+  void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
+               const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
+    const Dtype* x = bottom[0]->data;
+    Dtype* y = top[0]->data;
+    const int64_t n = bottom[0]->count();
+    for (int64_t i = 0; i < n; ++i)
+      y[i] = x[i] * (Dtype(0.5) * std::tanh(Dtype(0.5) * beta_ * x[i]) + Dtype(0.5));  // Caffe's sigmoid
+  }
+  void Backward(const std::vector<Blob<Dtype>*>& top, const std::vector<bool>& pd,
+                const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
+                Phase) override {
+    if (!wants_diff(pd, bottom, 0)) return;
+    const Dtype* x = bottom[0]->data;
+    const Dtype* y = top[0]->data;
+    const Dtype* dy = top[0]->diff;
+    Dtype* dx = bottom[0]->diff;
+    const int64_t n = bottom[0]->count();
+    for (int64_t i = 0; i < n; ++i) {
+      const Dtype s = Dtype(0.5) * std::tanh(Dtype(0.5) * beta_ * x[i]) + Dtype(0.5);
+      dx[i] = dy[i] * (beta_ * y[i] + s * (1 - beta_ * y[i]));
+    }
+  }
+
+ private:
+  Dtype beta_;
+};
+
+// ---------------------------------------------------------------------------
 // PReLU: y = max(0, x) + a_c * min(0, x), with one learned slope per channel
 // (axis 1) or a single shared slope.  Caffe's shared slope is a 0-axis blob;
 // MXNet 1.9.1 reads a 0-dim shape as "unknown", so it is exposed as (1,).
@@ -458,6 +515,10 @@ class PReLULayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
   std::vector<int> BlobNumAxes(int) const override { return {1}; }
+  // Caffe's PReLU default: constant 0.25.
+  std::vector<Filler> BlobFillers() const override {
+    return {Filler::From(this->param().child("prelu_param"), "filler", Filler::Constant(0.25, Filler::LAYER_DEFAULT))};
+  }
   void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
                std::vector<Shape>* top) override {
     if (bottom.size() != 1) {
@@ -526,5 +587,7 @@ CAFFEDATA_REGISTER_LAYER("Log", LogLayer)
 CAFFEDATA_REGISTER_LAYER("Power", PowerLayer)
 CAFFEDATA_REGISTER_LAYER("Threshold", ThresholdLayer)
 CAFFEDATA_REGISTER_LAYER("PReLU", PReLULayer)
+CAFFEDATA_REGISTER_LAYER("Clip", ClipLayer)
+CAFFEDATA_REGISTER_LAYER("Swish", SwishLayer)
 
 }  // namespace caffedata

@@ -466,6 +466,9 @@ class BatchNormLayer : public Layer<Dtype> {
   int ExactNumTopBlobs() const override { return 1; }
   std::vector<int> BlobNumAxes(int) const override { return {1, 1, 1}; }
   std::vector<int> StateBlobs() const override { return {0, 1, 2}; }
+  std::vector<Filler> BlobFillers() const override {
+    return std::vector<Filler>(3, Filler::Constant(0, Filler::LAYER_DEFAULT));  // running state starts at 0
+  }
   void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
                std::vector<Shape>* top) override {
     expect_one_bottom("BatchNorm", bottom);

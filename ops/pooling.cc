@@ -1,6 +1,6 @@
 // Pooling, as Caffe 1.0's pooling_layer.cpp: MAX and AVE (STOCHASTIC has no
 // CPU implementation in Caffe), global_pooling, ceil rounding of the output
-// size, the rule that drops a last window starting inside the padding, and
+// size (or floor with BVLC master's round_mode: FLOOR), the rule that drops a last window starting inside the padding, and
 // AVE's divisor counting the padded window (clipped to height + pad).
 #include <cfloat>
 #include <sstream>
@@ -55,6 +55,11 @@ class PoolingLayer : public Layer<Dtype> {
     if (global_ && (ph_ != 0 || pw_ != 0 || sh_ != 1 || sw_ != 1))
       throw LayerError("with global_pooling: true only pad = 0 and stride = 1 are allowed");
     if (!global_ && (ph_ >= kh_ || pw_ >= kw_)) throw LayerError("pad must be smaller than the kernel");
+    // BVLC's final caffe.proto: round_mode { CEIL (default) | FLOOR }.
+    const std::string r = pp.get_enum("round_mode", "CEIL");
+    if (r == "CEIL" || r == "0") floor_ = false;
+    else if (r == "FLOOR" || r == "1") floor_ = true;
+    else throw LayerError("unknown pooling round_mode '" + r + "' (CEIL, FLOOR)");
   }
   const char* type() const override { return "Pooling"; }
   int ExactNumBottomBlobs() const override { return 1; }
@@ -73,8 +78,9 @@ class PoolingLayer : public Layer<Dtype> {
       kh_ = height_;
       kw_ = width_;
     }
-    pooled_h_ = static_cast<int64_t>(std::ceil(static_cast<float>(height_ + 2 * ph_ - kh_) / sh_)) + 1;
-    pooled_w_ = static_cast<int64_t>(std::ceil(static_cast<float>(width_ + 2 * pw_ - kw_) / sw_)) + 1;
+    auto round = [this](float v) { return static_cast<int64_t>(floor_ ? std::floor(v) : std::ceil(v)); };
+    pooled_h_ = round(static_cast<float>(height_ + 2 * ph_ - kh_) / sh_) + 1;
+    pooled_w_ = round(static_cast<float>(width_ + 2 * pw_ - kw_) / sw_) + 1;
     if (ph_ || pw_) {
       // The last pooling window must start inside the image, not the padding.
       if ((pooled_h_ - 1) * sh_ >= height_ + ph_) --pooled_h_;
@@ -180,7 +186,7 @@ class PoolingLayer : public Layer<Dtype> {
   }
 
  private:
-  bool max_ = true, global_ = false;
+  bool max_ = true, global_ = false, floor_ = false;
   int64_t kh_ = 0, kw_ = 0, ph_ = 0, pw_ = 0, sh_ = 1, sw_ = 1;
   int64_t num_ = 0, channels_ = 0, height_ = 0, width_ = 0, pooled_h_ = 0, pooled_w_ = 0;
   std::vector<int64_t> mask_;

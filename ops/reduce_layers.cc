@@ -28,10 +28,7 @@ class ReductionLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Reduction", bottom, 1);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& rp = this->param().child("reduction_param");
     const std::string op = rp.get_enum("operation", "SUM");
     if (op == "SUM" || op == "1") op_ = SUM;
@@ -39,11 +36,17 @@ class ReductionLayer : public Layer<Dtype> {
     else if (op == "SUMSQ" || op == "3") op_ = SUMSQ;
     else if (op == "MEAN" || op == "4") op_ = MEAN;
     else throw LayerError("Reduction: unknown operation '" + op + "' (use SUM, ASUM, SUMSQ or MEAN)");
-    const int axis = canonical_axis(static_cast<int>(rp.get_int("axis", 0)),
-                                    static_cast<int>(bottom[0].size()));
+    axis_param_ = static_cast<int>(rp.get_int("axis", 0));
+    coeff_param_ = static_cast<Dtype>(rp.get_float("coeff", 1.0));
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
+    const int axis = canonical_axis(axis_param_, static_cast<int>(bottom[0].size()));
     num_ = shape_count(bottom[0], 0, axis);
     dim_ = shape_count(bottom[0], axis);
-    coeff_ = static_cast<Dtype>(rp.get_float("coeff", 1.0));
+    coeff_ = coeff_param_;
     if (op_ == MEAN) coeff_ /= static_cast<Dtype>(dim_);
     top->assign(1, Shape(bottom[0].begin(), bottom[0].begin() + axis));
   }
@@ -99,6 +102,8 @@ class ReductionLayer : public Layer<Dtype> {
   Op op_ = SUM;
   int64_t num_ = 0, dim_ = 0;
   Dtype coeff_ = 1;
+  int axis_param_ = 0;
+  Dtype coeff_param_ = 1;
 };
 
 // ---------------------------------------------------------------------------
@@ -112,19 +117,22 @@ class ArgMaxLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("ArgMax", bottom, 1);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& ap = this->param().child("argmax_param");
     out_max_val_ = ap.get_bool("out_max_val", false);
     top_k_ = ap.get_int("top_k", 1);
     has_axis_ = ap.has("axis");
-    const Shape& in = bottom[0];
+    axis_param_ = static_cast<int>(ap.get_int("axis", 0));
     if (top_k_ < 1) throw LayerError("ArgMax: top k must not be less than 1");
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
+    const Shape& in = bottom[0];
     if (in.empty()) throw LayerError("ArgMax: the input must have at least one axis");
     if (has_axis_) {
-      axis_ = canonical_axis(static_cast<int>(ap.get_int("axis", 0)), static_cast<int>(in.size()));
+      axis_ = canonical_axis(axis_param_, static_cast<int>(in.size()));
       if (top_k_ > in[axis_]) {
         std::ostringstream os;
         os << "ArgMax: top_k (" << top_k_ << ") must be less than or equal to the dimension of the axis ("
@@ -198,6 +206,7 @@ class ArgMaxLayer : public Layer<Dtype> {
   bool out_max_val_ = false, has_axis_ = false;
   int64_t top_k_ = 1;
   int axis_ = 0;
+  int axis_param_ = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -213,14 +222,17 @@ class AccuracyLayer : public Layer<Dtype> {
   int MaxTopBlobs() const override { return 2; }
   std::vector<int> NoGradBottoms() const override { return {1}; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Accuracy", bottom, 2);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& ap = this->param().child("accuracy_param");
     top_k_ = ap.get_int("top_k", 1);
     has_ignore_label_ = ap.has("ignore_label");
     ignore_label_ = static_cast<int>(ap.get_int("ignore_label", 0));
+    axis_param_ = static_cast<int>(ap.get_int("axis", 1));
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
     const Shape& in = bottom[0];
     const int64_t label_count = shape_count(bottom[1]);
     if (in.empty()) throw LayerError("Accuracy: the predictions must have at least one axis");
@@ -232,7 +244,7 @@ class AccuracyLayer : public Layer<Dtype> {
       throw LayerError(os.str());
     }
     if (top_k_ < 1) throw LayerError("Accuracy: top_k must be at least 1");
-    label_axis_ = canonical_axis(static_cast<int>(ap.get_int("axis", 1)), static_cast<int>(in.size()));
+    label_axis_ = canonical_axis(axis_param_, static_cast<int>(in.size()));
     outer_num_ = shape_count(in, 0, label_axis_);
     inner_num_ = shape_count(in, label_axis_ + 1);
     if (outer_num_ * inner_num_ != label_count) {
@@ -306,6 +318,7 @@ class AccuracyLayer : public Layer<Dtype> {
 
  private:
   int64_t top_k_ = 1;
+  int axis_param_ = 1;
   bool has_ignore_label_ = false;
   int ignore_label_ = 0;
   int label_axis_ = 1;

@@ -150,6 +150,11 @@ class BiasLayer : public Layer<Dtype> {
   int MinBottomBlobs() const override { return 1; }
   int MaxBottomBlobs() const override { return 2; }
   int ExactNumTopBlobs() const override { return 1; }
+  // Caffe's Bias default: constant 0.
+  std::vector<Filler> BlobFillers() const override {
+    if (bottom_count(*this) >= 2) return {};
+    return {Filler::From(this->param().child("bias_param"), "filler", Filler::Constant(0, Filler::LAYER_DEFAULT))};
+  }
   std::vector<int> BlobNumAxes(int bottom0_axes) const override {
     if (bottom_count(*this) >= 2) return {};
     int n = num_axes_;
@@ -213,6 +218,15 @@ class ScaleLayer : public Layer<Dtype> {
   int MinBottomBlobs() const override { return 1; }
   int MaxBottomBlobs() const override { return 2; }
   int ExactNumTopBlobs() const override { return 1; }
+  // Caffe's Scale defaults: the scale constant 1 (`filler`), the bias constant
+  // 0 (`bias_filler`).  With two bottoms the scale is bottom 1: only the bias.
+  std::vector<Filler> BlobFillers() const override {
+    const ProtoNode& q = this->param().child("scale_param");
+    std::vector<Filler> f;
+    if (bottom_count(*this) < 2) f.push_back(Filler::From(q, "filler", Filler::Constant(1, Filler::LAYER_DEFAULT)));
+    if (bias_term_) f.push_back(Filler::From(q, "bias_filler", Filler::Constant(0, Filler::LAYER_DEFAULT)));
+    return f;
+  }
   std::vector<int> BlobNumAxes(int bottom0_axes) const override {
     int n = num_axes_;
     if (n == -1) {

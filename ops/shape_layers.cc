@@ -283,10 +283,7 @@ class EltwiseLayer : public Layer<Dtype> {
   int MinBottomBlobs() const override { return 2; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Eltwise", bottom, 2);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>& bottom) override {
     const ProtoNode& ep = this->param().child("eltwise_param");
     const std::string op = ep.get_enum("operation", "SUM");
     if (op == "PROD" || op == "0") op_ = PROD;
@@ -305,6 +302,11 @@ class EltwiseLayer : public Layer<Dtype> {
     coeffs_.assign(bottom.size(), Dtype(1));
     for (size_t i = 0; i < coeff.size(); ++i) coeffs_[i] = static_cast<Dtype>(coeff[i]);
     stable_prod_grad_ = ep.get_bool("stable_prod_grad", true);
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
     for (size_t i = 1; i < bottom.size(); ++i) {
       if (bottom[i] != bottom[0]) {
         throw LayerError("Eltwise: all inputs must have the same shape; input 0 is " +
@@ -474,35 +476,42 @@ class ReshapeLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Reshape", bottom, 1);
-    blobs->clear();
+  // Caffe's ReshapeLayer::LayerSetUp: classify the requested dims, once.
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& rp = this->param().child("reshape_param");
-    const std::vector<int64_t> dims = rp.child("shape").get_ints("dim");
-    const Shape& in = bottom[0];
-    const int in_axes = static_cast<int>(in.size());
-    // LayerSetUp: classify the requested dims.
-    int inferred_axis = -1;
-    std::vector<int> copy_axes;
-    int64_t constant_count = 1;
+    dims_ = rp.child("shape").get_ints("dim");
+    const std::vector<int64_t>& dims = dims_;
     for (size_t i = 0; i < dims.size(); ++i) {
       if (dims[i] == 0) {
-        copy_axes.push_back(static_cast<int>(i));
+        copy_axes_.push_back(static_cast<int>(i));
       } else if (dims[i] == -1) {
-        if (inferred_axis != -1)
+        if (inferred_axis_ != -1)
           throw LayerError("Reshape: new shape [" + join_ints(dims) +
                            "] contains multiple -1 dims; at most a single (1) value of -1 may be "
                            "specified");
-        inferred_axis = static_cast<int>(i);
+        inferred_axis_ = static_cast<int>(i);
       } else if (dims[i] < 0) {
         throw LayerError("Reshape: new shape [" + join_ints(dims) +
                          "] has a negative dim other than -1");
       } else {
-        constant_count *= dims[i];
+        constant_count_ *= dims[i];
       }
     }
-    const int64_t input_start = rp.get_int("axis", 0);
+    axis_param_ = rp.get_int("axis", 0);
+    num_axes_param_ = rp.get_int("num_axes", -1);
+    if (num_axes_param_ < -1) throw LayerError("Reshape: num_axes must be >= 0, or -1 for all");
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
+    const std::vector<int64_t>& dims = dims_;
+    const std::vector<int>& copy_axes = copy_axes_;
+    const int inferred_axis = inferred_axis_;
+    const int64_t constant_count = constant_count_;
+    const Shape& in = bottom[0];
+    const int in_axes = static_cast<int>(in.size());
+    const int64_t input_start = axis_param_;
     const int64_t start = input_start >= 0 ? input_start : in_axes + input_start + 1;
     if (start < 0 || start > in_axes) {
       std::ostringstream os;
@@ -510,8 +519,7 @@ class ReshapeLayer : public Layer<Dtype> {
          << "-D input blob " << shape_str(in);
       throw LayerError(os.str());
     }
-    const int64_t num_axes = rp.get_int("num_axes", -1);
-    if (num_axes < -1) throw LayerError("Reshape: num_axes must be >= 0, or -1 for all");
+    const int64_t num_axes = num_axes_param_;
     const int64_t end = num_axes == -1 ? in_axes : start + num_axes;
     if (end > in_axes) {
       std::ostringstream os;
@@ -563,6 +571,13 @@ class ReshapeLayer : public Layer<Dtype> {
     if (propagate_down[0] && bottom[0]->diff)
       copy_n(top[0]->diff, bottom[0]->count(), bottom[0]->diff);
   }
+
+ private:
+  std::vector<int64_t> dims_;
+  std::vector<int> copy_axes_;
+  int inferred_axis_ = -1;
+  int64_t constant_count_ = 1;
+  int64_t axis_param_ = 0, num_axes_param_ = -1;
 };
 
 // ---------------------------------------------------------------------------
@@ -670,16 +685,18 @@ class TileLayer : public Layer<Dtype> {
   int ExactNumBottomBlobs() const override { return 1; }
   int ExactNumTopBlobs() const override { return 1; }
 
-  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
-               std::vector<Shape>* top) override {
-    need_bottoms("Tile", bottom, 1);
-    blobs->clear();
+  void LayerSetUp(const std::vector<Shape>&) override {
     const ProtoNode& tp = this->param().child("tile_param");
-    axis_ = canonical_axis(static_cast<int>(tp.get_int("axis", 1)),
-                           static_cast<int>(bottom[0].size()));
+    axis_param_ = static_cast<int>(tp.get_int("axis", 1));
     if (!tp.has("tiles")) throw LayerError("Tile: number of tiles must be specified (tile_param { tiles: N })");
     tiles_ = tp.get_int("tiles", 0);
     if (tiles_ <= 0) throw LayerError("Tile: number of tiles must be positive, got " + std::to_string(tiles_));
+  }
+
+  void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs,
+               std::vector<Shape>* top) override {
+    blobs->clear();
+    axis_ = canonical_axis(axis_param_, static_cast<int>(bottom[0].size()));
     Shape out = bottom[0];
     out[axis_] *= tiles_;
     top->assign(1, out);
@@ -722,6 +739,7 @@ class TileLayer : public Layer<Dtype> {
  private:
   int axis_ = 1;
   int64_t tiles_ = 1;
+  int axis_param_ = 1;
 };
 
 CAFFEDATA_REGISTER_LAYER("Concat", ConcatLayer)

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "layer.h"
+#include "loss_layer.h"
 #include "math.h"
 
 namespace caffedata {
@@ -82,32 +83,21 @@ class SoftmaxLayer : public Layer<Dtype> {
 };
 
 template <typename Dtype>
-class SoftmaxWithLossLayer : public Layer<Dtype> {
+class SoftmaxWithLossLayer : public LossLayer<Dtype> {
  public:
-  enum class Norm { FULL, VALID, BATCH_SIZE, NONE };
-
-  explicit SoftmaxWithLossLayer(const ProtoNode& p) : Layer<Dtype>(p) {
-    axis_param_ = static_cast<int>(p.child("softmax_param").get_int("axis", 1));
-    const ProtoNode& lp = p.child("loss_param");
-    has_ignore_label_ = lp.has("ignore_label");
-    ignore_label_ = static_cast<int>(lp.get_int("ignore_label", 0));
-    if (!lp.has("normalization") && lp.has("normalize")) {
-      norm_ = lp.get_bool("normalize", true) ? Norm::VALID : Norm::BATCH_SIZE;
-    } else {
-      std::string n = lp.get_enum("normalization", "VALID");
-      if (n == "FULL" || n == "0") norm_ = Norm::FULL;
-      else if (n == "VALID" || n == "1") norm_ = Norm::VALID;
-      else if (n == "BATCH_SIZE" || n == "2") norm_ = Norm::BATCH_SIZE;
-      else if (n == "NONE" || n == "3") norm_ = Norm::NONE;
-      else throw LayerError("loss_param.normalization must be FULL, VALID, BATCH_SIZE or NONE, got " + n);
-    }
-  }
+  explicit SoftmaxWithLossLayer(const ProtoNode& p) : LossLayer<Dtype>(p) {}
   const char* type() const override { return "SoftmaxWithLoss"; }
-  int ExactNumBottomBlobs() const override { return 2; }
+  int ExactNumTopBlobs() const override { return -1; }
   int MinTopBlobs() const override { return 1; }
   int MaxTopBlobs() const override { return 2; }
-  bool IsLoss() const override { return true; }
-  std::vector<int> NoGradBottoms() const override { return {1}; }
+
+  void LayerSetUp(const std::vector<Shape>&) override {
+    axis_param_ = static_cast<int>(this->param().child("softmax_param").get_int("axis", 1));
+    const ProtoNode& lp = this->param().child("loss_param");
+    has_ignore_label_ = lp.has("ignore_label");
+    ignore_label_ = static_cast<int>(lp.get_int("ignore_label", 0));
+    norm_ = read_normalization(this->param(), Normalization::VALID);
+  }
 
   void Reshape(const std::vector<Shape>& bottom, std::vector<Shape>* blobs, std::vector<Shape>* top) override {
     const Shape& b = bottom[0];
@@ -185,7 +175,7 @@ class SoftmaxWithLossLayer : public Layer<Dtype> {
   int axis_param_ = 1;
   bool has_ignore_label_ = false;
   int ignore_label_ = 0;
-  Norm norm_ = Norm::VALID;
+  Normalization norm_ = Normalization::VALID;
   int64_t outer_ = 0, channels_ = 0, inner_ = 0;
   std::vector<Dtype> prob_;
 
@@ -198,14 +188,7 @@ class SoftmaxWithLossLayer : public Layer<Dtype> {
   }
 
   Dtype normalizer(int64_t valid_count) const {
-    double n = 1;
-    switch (norm_) {
-      case Norm::FULL: n = double(outer_ * inner_); break;
-      case Norm::VALID: n = valid_count == -1 ? double(outer_ * inner_) : double(valid_count); break;
-      case Norm::BATCH_SIZE: n = double(outer_); break;
-      case Norm::NONE: n = 1; break;
-    }
-    return static_cast<Dtype>(std::max(1.0, n));
+    return LossLayer<Dtype>::normalizer(norm_, outer_, inner_, valid_count);
   }
 };
 

@@ -16,7 +16,8 @@ import pytest
 
 import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402
-from caffedata.mxnet import ops  # noqa: E402
+from caffedata.mxnet import library as ops  # noqa: E402
+from caffedata.mxnet import symbols  # noqa: E402
 from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402
 
 if not os.path.isfile(ops.library_path()):
@@ -555,8 +556,8 @@ def test_missing_or_broken_library(tmp_path, lib_bytes):
 
 
 def test_install_is_idempotent():
-    assert ops.install() is True
-    assert ops.install() is True
+    assert symbols.install() is True
+    assert symbols.install() is True
     y = mx.nd.CaffeOp(mx.nd.ones((2, 3)), prototxt='layer{type:"Softmax"}')
     np.testing.assert_allclose(y.asnumpy(), 1 / 3, rtol=1e-6)
 

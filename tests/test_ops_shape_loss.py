@@ -608,7 +608,7 @@ def test_loss_top_is_scalar_and_float32_works():
 
 
 # ---------------------------------------------------------------------------
-# CaffeLoss scaling (gradient = grad_scale x N x Caffe's gradient; see caffedata.ops)
+# CaffeLoss scaling (gradient = grad_scale x N x Caffe's gradient; see caffedata.mxnet.symbols)
 
 
 @pytest.mark.skipif(not hasattr(mx.nd, "CaffeLoss"), reason="CaffeLoss wrapper not available")

@@ -15,9 +15,9 @@ from .iterator import CaffeDataIter  # noqa: E402
 def install():
     """Register ``mx.io.CaffeDataIter`` and (when the ops library loads) ``mx.sym.CaffeOp``/``CaffeLoss``."""
     mx.io.CaffeDataIter = CaffeDataIter
-    from . import ops
+    from . import symbols
 
-    ops.install()
+    symbols.install()
 
 
 __all__ = ["CaffeDataIter", "install"]

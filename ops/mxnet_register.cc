@@ -1,8 +1,7 @@
 // MXNet side of the layer library: registers the two stateful library ops
 // `_caffedata_op` (CaffeOp) and `_caffedata_loss` (CaffeLoss) through the
-// lib_api.h of the mxnet 1.9.1 wheel, and exports a few extern "C" helpers
-// that caffedata/ops.py reads through ctypes, so the C++ registry stays the
-// one source of truth for layer types and blob counts.
+// lib_api.h of the mxnet 1.9.1 wheel.  The ctypes API is in capi.cc, the
+// BLAS core check in blas_setup.cc.
 //
 // Inputs of both ops, in order:
 //   data_0 .. data_{num_data-1}            Caffe bottoms
@@ -25,8 +24,6 @@
 // 0's diff) to  grad_scale (or the prototxt's loss_weight) x N,  N = the first
 // dim of bottom 0, and ignores the head gradient.  After MXNet's 1/N the
 // optimizer sees exactly Caffe's gradient, so an SGD step equals Caffe's.
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +34,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "blas_setup.h"
 #include "layer.h"
 #include "math.h"
 #include "mxnet/lib_api.h"
@@ -115,44 +113,9 @@ OpConfig read_config(const Attrs& a, bool loss) {
   return c;
 }
 
-// The user's prototxt is a NetParameter text with exactly one `layer { ... }`.
-// A bare LayerParameter text (`type: "ReLU" ...`) is accepted too.
-ProtoNode layer_node(const std::string& text) {
-  ProtoNode root = ProtoNode::parse(text);
-  if (root.count("layers"))
-    throw LayerError("prototxt uses the V1 'layers { ... }' syntax; write 'layer { type: \"...\" ... }'");
-  int n = root.count("layer");
-  if (n == 1) return root.child("layer");
-  if (n == 0 && root.has("type")) return root;
-  std::ostringstream os;
-  os << "prototxt must hold exactly one 'layer { ... }', found " << n;
-  throw LayerError(os.str());
-}
-
 template <typename Dtype>
 std::unique_ptr<Layer<Dtype>> make_layer(const ProtoNode& node) {
   return LayerRegistry<Dtype>::Create(node);
-}
-
-std::string layer_label(const ProtoNode& node) {
-  std::string s = "layer type '" + node.get_string("type", "?") + "'";
-  if (node.has("name")) s += " (name '" + node.get_string("name", "") + "')";
-  return s;
-}
-
-template <typename Dtype>
-void check_counts(const Layer<Dtype>& L, int nb, int nt) {
-  auto fail = [&](const char* what, const char* rel, int want, int got) {
-    std::ostringstream os;
-    os << L.type() << " layer takes " << rel << want << " " << what << " blob(s), got " << got;
-    throw LayerError(os.str());
-  };
-  if (L.ExactNumBottomBlobs() >= 0 && nb != L.ExactNumBottomBlobs()) fail("bottom (num_data)", "", L.ExactNumBottomBlobs(), nb);
-  if (L.MinBottomBlobs() >= 0 && nb < L.MinBottomBlobs()) fail("bottom (num_data)", "at least ", L.MinBottomBlobs(), nb);
-  if (L.MaxBottomBlobs() >= 0 && nb > L.MaxBottomBlobs()) fail("bottom (num_data)", "at most ", L.MaxBottomBlobs(), nb);
-  if (L.ExactNumTopBlobs() >= 0 && nt != L.ExactNumTopBlobs()) fail("top (num_out)", "", L.ExactNumTopBlobs(), nt);
-  if (L.MinTopBlobs() >= 0 && nt < L.MinTopBlobs()) fail("top (num_out)", "at least ", L.MinTopBlobs(), nt);
-  if (L.MaxTopBlobs() >= 0 && nt > L.MaxTopBlobs()) fail("top (num_out)", "at most ", L.MaxTopBlobs(), nt);
 }
 
 void check_num_weight(const char* type, int num_weight, size_t blobs) {
@@ -253,7 +216,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     auto L = make_layer<float>(node);
     L->set_num_tops(c.num_out);
     L->set_num_bottoms(c.num_data);
-    check_counts(*L, c.num_data, c.num_out);
+    L->CheckBlobCounts(c.num_data, c.num_out);
     std::vector<Shape> bottom;
     for (int i = 0; i < c.num_data; ++i) {
       const auto& s = (*in)[i];
@@ -274,7 +237,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
       bottom.emplace_back(s.begin(), s.end());
     }
     std::vector<Shape> blobs, tops;
-    L->Reshape(bottom, &blobs, &tops);
+    L->SetUp(bottom, &blobs, &tops);
     check_num_weight(L->type(), c.num_weight, blobs.size());
     for (int j = 0; j < c.num_weight; ++j) {
       auto& s = (*in)[c.num_data + j];
@@ -289,7 +252,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
            << shape_str(want) << " (0 = unknown)";
         throw LayerError(os.str());
       }
-      s.assign(want.begin(), want.end());
+      s.assign(want.begin(), want.end());  // fits: SetUp refused counts over INT_MAX
     }
     if (c.phase_input) (*in)[c.num_data + c.num_weight] = {1};
     if (static_cast<int>(tops.size()) != c.num_out) {
@@ -300,7 +263,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     out->resize(tops.size());
     for (size_t t = 0; t < tops.size(); ++t) {
       Shape s = mx_shape(tops[t]);
-      (*out)[t].assign(s.begin(), s.end());
+      (*out)[t].assign(s.begin(), s.end());  // lib_api's unsigned dims; SetUp refused counts over INT_MAX
     }
   });
 }
@@ -325,7 +288,7 @@ class CaffeState : public CustomStatefulOp {
   CaffeState(const OpConfig& c, const ProtoNode& node) : c_(c), node_(node), layer_(make_layer<Dtype>(node)) {
     layer_->set_num_tops(c_.num_out);
     layer_->set_num_bottoms(c_.num_data);
-    check_counts(*layer_, c_.num_data, c_.num_out);
+    layer_->CheckBlobCounts(c_.num_data, c_.num_out);
     no_grad_ = layer_->NoGradBottoms();
     state_ = layer_->StateBlobs();
     if (c_.loss || layer_->IsLoss()) {
@@ -345,7 +308,7 @@ class CaffeState : public CustomStatefulOp {
       std::vector<Shape> bshapes;
       for (int i = 0; i < c_.num_data; ++i) bshapes.push_back(in[i].shape);
       std::vector<Shape> blob_shapes, top_shapes;
-      layer_->Reshape(bshapes, &blob_shapes, &top_shapes);
+      layer_->SetUp(bshapes, &blob_shapes, &top_shapes);
       check_num_weight(layer_->type(), c_.num_weight, blob_shapes.size());
       bottom_.assign(c_.num_data, Blob<Dtype>());
       blobs_.assign(c_.num_weight, Blob<Dtype>());
@@ -392,7 +355,7 @@ class CaffeState : public CustomStatefulOp {
       std::vector<Shape> bshapes;
       for (int i = 0; i < c_.num_data; ++i) bshapes.push_back(fin[i].shape);
       std::vector<Shape> blob_shapes = blob_shapes_, top_shapes = top_shapes_;
-      if (!have_fwd_ || bshapes != fwd_bshapes_) layer_->Reshape(bshapes, &blob_shapes, &top_shapes);
+      if (!have_fwd_ || bshapes != fwd_bshapes_) layer_->SetUp(bshapes, &blob_shapes, &top_shapes);
       bottom_.assign(c_.num_data, Blob<Dtype>());
       top_.assign(nout, Blob<Dtype>());
       for (int i = 0; i < c_.num_data; ++i) {
@@ -520,61 +483,6 @@ MXReturnValue create_state(const Attrs& attrs, const MXContext& ctx,
 
 }  // namespace
 
-// ---------------------------------------------------------------------------
-// BLAS core check (see ops/README.md).  OpenBLAS 0.3.13 DYNAMIC_ARCH in the
-// wheel has no SkylakeX kernels and on some AVX-512 CPUs settles for the
-// SSE3 "Prescott" core.  When no OPENBLAS_CORETYPE was set by the user and
-// the detected core is such a weak fallback on a CPU with AVX2+FMA, re-run
-// OpenBLAS' core selection with Haswell forced.  Runs once, at library load.
-extern "C" {
-__attribute__((weak)) char* openblas_get_corename();
-__attribute__((weak)) char* openblas_get_config();
-__attribute__((weak)) void gotoblas_dynamic_init();
-__attribute__((weak)) void gotoblas_dynamic_quit();
-}
-
-namespace {
-std::string g_blas_note = "not checked";
-
-void blas_tune() {
-#ifdef CAFFEDATA_USE_CBLAS
-  if (!openblas_get_corename) {
-    g_blas_note = "not OpenBLAS";
-    return;
-  }
-  std::string core = openblas_get_corename();
-  std::string low;
-  for (char ch : core) low += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  static const char* weak[] = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom",
-                               "katmai", "coppermine", "northwood", "banias", "athlon", "opteron",
-                               "opteron_sse3", "barcelona", "bobcat", "unknown"};
-  bool is_weak = false;
-  for (const char* w : weak) is_weak = is_weak || low == w;
-  const char* user = std::getenv("OPENBLAS_CORETYPE");
-  __builtin_cpu_init();
-  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (is_weak && avx2 && !user && gotoblas_dynamic_init && gotoblas_dynamic_quit) {
-    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
-    gotoblas_dynamic_quit();
-    gotoblas_dynamic_init();
-    unsetenv("OPENBLAS_CORETYPE");
-    g_blas_note = "upgraded from " + core + " to " + openblas_get_corename();
-  } else {
-    g_blas_note = "as detected" + std::string(user ? " (OPENBLAS_CORETYPE set by the user)" : "");
-  }
-#else
-  g_blas_note = "no BLAS (reference loops)";
-#endif
-}
-
-int copy_out(const std::string& s, char* buf, int len) {
-  if (buf && len > 0) {
-    std::snprintf(buf, static_cast<size_t>(len), "%s", s.c_str());
-  }
-  return static_cast<int>(s.size());
-}
-}  // namespace
-
 }  // namespace caffedata
 
 // ---------------------------------------------------------------------------
@@ -602,94 +510,3 @@ MXReturnValue initialize(int version) {
   return MX_SUCCESS;
 }
 
-// ---------------------------------------------------------------------------
-// ctypes helpers for caffedata/ops.py.  Each returns 0 on success, or -1 with
-// the message in err.
-
-extern "C" {
-
-// Comma-separated registered layer types.
-int caffedata_layer_types(char* buf, int len) {
-  std::string s;
-  for (const auto& t : caffedata::LayerRegistry<float>::Types()) s += (s.empty() ? "" : ",") + t;
-  return caffedata::copy_out(s, buf, len);
-}
-
-// "<corename> | <config> | <note>"
-int caffedata_blas_info(char* buf, int len) {
-  std::string s;
-#ifdef CAFFEDATA_USE_CBLAS
-  if (caffedata::openblas_get_corename)
-    s = std::string(caffedata::openblas_get_corename()) + " | " + caffedata::openblas_get_config() + " | ";
-#endif
-  s += caffedata::g_blas_note;
-  return caffedata::copy_out(s, buf, len);
-}
-
-// Facts about one layer from its prototxt alone:
-//   info[0] = number of parameter blobs, info[1] = is loss, info[2] = number of
-//   state blobs, info[3] = number of no-grad bottoms, info[4..6] = exact/min/max
-//   bottoms, info[7..9] = exact/min/max tops;
-//   axes[i] = number of axes of blob i (bottom 0 assumed to have bottom0_axes);
-//   state[i] = index of the i-th state blob.  axes/state hold up to cap entries.
-//   num_bottoms: the op's num_data (Layer::set_num_bottoms), -1 when unknown.
-int caffedata_layer_info(const char* prototxt, int bottom0_axes, int num_bottoms, int* info, int* axes,
-                         int* state, int cap, char* err, int errlen) {
-  try {
-    caffedata::ProtoNode node = caffedata::layer_node(prototxt);
-    auto L = caffedata::LayerRegistry<float>::Create(node);
-    L->set_num_bottoms(num_bottoms);
-    std::vector<int> ax = L->BlobNumAxes(bottom0_axes);
-    std::vector<int> st = L->StateBlobs();
-    info[0] = static_cast<int>(ax.size());
-    info[1] = L->IsLoss() ? 1 : 0;
-    info[2] = static_cast<int>(st.size());
-    info[3] = static_cast<int>(L->NoGradBottoms().size());
-    info[4] = L->ExactNumBottomBlobs();
-    info[5] = L->MinBottomBlobs();
-    info[6] = L->MaxBottomBlobs();
-    info[7] = L->ExactNumTopBlobs();
-    info[8] = L->MinTopBlobs();
-    info[9] = L->MaxTopBlobs();
-    for (int i = 0; i < static_cast<int>(ax.size()) && i < cap; ++i) axes[i] = ax[i];
-    for (int i = 0; i < static_cast<int>(st.size()) && i < cap; ++i) state[i] = st[i];
-    return 0;
-  } catch (const std::exception& e) {
-    caffedata::copy_out(e.what(), err, errlen);
-    return -1;
-  }
-}
-
-// Shape inference for given bottom shapes (flattened dims + ndims), for
-// Python-side checks and tests.  Writes blob and top shapes as
-// "<b0d0>,<b0d1>;<b1d0>|<t0d0>,..." into buf.
-int caffedata_layer_shapes(const char* prototxt, const int64_t* dims, const int* ndims, int nbottom, char* buf,
-                           int len) {
-  try {
-    caffedata::ProtoNode node = caffedata::layer_node(prototxt);
-    auto L = caffedata::LayerRegistry<double>::Create(node);
-    L->set_num_bottoms(nbottom);
-    std::vector<caffedata::Shape> bottom;
-    for (int i = 0, k = 0; i < nbottom; ++i) {
-      bottom.emplace_back(dims + k, dims + k + ndims[i]);
-      k += ndims[i];
-    }
-    std::vector<caffedata::Shape> blobs, tops;
-    L->Reshape(bottom, &blobs, &tops);
-    auto join = [](const std::vector<caffedata::Shape>& v) {
-      std::string s;
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (i) s += ";";
-        for (size_t j = 0; j < v[i].size(); ++j) s += (j ? "," : "") + std::to_string(v[i][j]);
-      }
-      return s;
-    };
-    caffedata::copy_out(join(blobs) + "|" + join(tops), buf, len);
-    return 0;
-  } catch (const std::exception& e) {
-    caffedata::copy_out(e.what(), buf, len);
-    return -1;
-  }
-}
-
-}  // extern "C"

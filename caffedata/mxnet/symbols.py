@@ -1,9 +1,7 @@
 """``mx.sym.CaffeOp`` / ``mx.sym.CaffeLoss``: Caffe layers as MXNet operators.
 
-The layers live in a C++ extension library, ``caffedata/libcaffedata_ops.so``,
-compiled from ``ops/`` against the ``lib_api.h`` of the installed mxnet wheel
-(``pip install .`` or ``python setup.py build_ext --inplace``).  :func:`install`
-(called by ``import caffedata``) loads it once with ``mx.library.load`` and
+The layers live in a C++ extension library (see caffedata.mxnet.library).
+:func:`install` (called by ``import caffedata``) loads it once and
 puts the wrappers on ``mx.sym``, ``mx.symbol``, ``mx.nd`` and ``mx.ndarray``
 (so ``F.CaffeOp`` works in Gluon, hybridized or not).  If the library is
 missing or does not load, ``import caffedata`` still works and the wrappers
@@ -38,12 +36,12 @@ training mode, so both wrappers add a hidden input ``Dropout(ones((1,)), p=0.5)`
 Weights.  CaffeOp creates one Variable per Caffe blob, ``<name>_0_weight``,
 ``<name>_1_bias``, ``<name>_2_bias``, ... with partial shapes of the right
 number of axes (MXNet 1.9.1 crashes on fully unknown shapes of library-op
-inputs); the layer's own shape logic fills in the dims.  ``weight_filler`` /
-``bias_filler`` become the Variables' initializers (:class:`CaffeFiller`);
-without a filler the layer's Caffe default applies where Caffe has one (Scale's
-scale: 1; Bias, Scale's bias: 0; PReLU's slope: 0.25), otherwise (InnerProduct,
-Convolution, ...) the Module's initializer decides (``*_weight`` / ``*_bias``
-patterns).  ``param { lr_mult decay_mult }`` become ``lr_mult`` / ``wd_mult``.
+inputs); the layer's own shape logic fills in the dims.  Each blob's initializer comes
+from the filler the C++ layer declares (caffedata.mxnet.fillers): the
+prototxt's ``weight_filler`` / ``bias_filler`` / ``filler``, else the layer's
+Caffe default where Caffe applies one (Scale's scale: 1; Bias, Scale's bias: 0;
+PReLU's slope: 0.25), otherwise (InnerProduct, Convolution, Deconvolution,
+Embed) the Module's initializer decides (``*_weight`` / ``*_bias`` patterns).  ``param { lr_mult decay_mult }`` become ``lr_mult`` / ``wd_mult``.
 Running-state blobs (BatchNorm's mean, variance and factor) are auxiliary
 states, initialised to zero and never touched by the optimizer, as Caffe
 masks them.
@@ -51,144 +49,13 @@ masks them.
 Limits: CPU only; ``grad_req='add'`` is not supported (the library API never
 passes the request, so gradients are always overwritten).
 """
-import ctypes
-import math
-import os
-import threading
+import mxnet as mx
 
-import numpy as np
+from caffedata.errors import OpsLibraryError, SpecError
+from caffedata.mxnet import fillers, library
+from caffedata.mxnet.library import layer_info, supported_layers
 
-from ..errors import OpsLibraryError, SpecError
-
-__all__ = ["install", "load_library", "library_path", "CaffeOp", "CaffeLoss", "CaffeFiller",
-           "supported_layers", "layer_info", "blas_info"]
-
-LIBRARY_NAME = "libcaffedata_ops.so"
-_REBUILD_HINT = ("rebuild it from the source tree with `pip install .` or "
-                 "`python setup.py build_ext --inplace`")
-
-_lock = threading.Lock()
-_state = {"loaded_path": None, "error": None, "cdll": None}
-
-
-def library_path():
-    """Absolute path of the bundled ops library (it may not exist)."""
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(package_dir, LIBRARY_NAME)
-
-
-def load_library(path=None):
-    """Load the ops library once (idempotent); raise OpsLibraryError on failure.
-
-    ``mx.library.load`` must see each library once: a second load re-registers
-    the ops and a third one fails inside MXNet, so the loaded path is
-    remembered for the process.
-    """
-    path = os.path.abspath(path or library_path())
-    with _lock:
-        if _state["loaded_path"] is not None:
-            return _state["cdll"]
-        if not os.path.isfile(path):
-            err = OpsLibraryError(f"the CaffeOp/CaffeLoss library {path} does not exist; " + _REBUILD_HINT)
-            _state["error"] = err
-            raise err
-        import mxnet as mx
-        try:
-            mx.library.load(path, verbose=False)
-            cdll = ctypes.CDLL(path)
-        except Exception as exc:  # MXNetError, OSError
-            err = OpsLibraryError(f"the CaffeOp/CaffeLoss library {path} failed to load ({exc}); "
-                                  + _REBUILD_HINT + " against the installed mxnet")
-            _state["error"] = err
-            raise err from exc
-        cdll.caffedata_layer_types.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        cdll.caffedata_blas_info.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        cdll.caffedata_layer_info.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
-                                              ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
-                                              ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        cdll.caffedata_layer_shapes.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
-                                                ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_char_p,
-                                                ctypes.c_int]
-        _state.update(loaded_path=path, error=None, cdll=cdll)
-        return cdll
-
-
-def _lib():
-    if _state["cdll"] is not None:
-        return _state["cdll"]
-    if _state["error"] is not None:
-        raise OpsLibraryError(str(_state["error"]))
-    return load_library()
-
-
-def _call_str(fn, *args):
-    buf = ctypes.create_string_buffer(1 << 14)
-    fn(*args, buf, len(buf))
-    return buf.value.decode()
-
-
-def supported_layers():
-    """Layer types the compiled library implements (sorted)."""
-    return sorted(t for t in _call_str(_lib().caffedata_layer_types).split(",") if t)
-
-
-def blas_info():
-    """'<OpenBLAS core> | <OpenBLAS config> | <note>' for the GEMM the layers use."""
-    return _call_str(_lib().caffedata_blas_info)
-
-
-class LayerInfo:
-    """What the C++ layer says about itself before any input shape is known."""
-
-    def __init__(self, blob_axes, is_loss, state_blobs, bottoms, tops):
-        self.blob_axes = blob_axes      # number of axes of each parameter blob
-        self.is_loss = is_loss
-        self.state_blobs = state_blobs  # indices of running-state blobs (BatchNorm)
-        self.bottoms = bottoms          # (exact, min, max), -1 = any
-        self.tops = tops
-
-    @property
-    def num_blobs(self):
-        return len(self.blob_axes)
-
-
-def layer_info(prototxt, bottom0_axes=4, num_bottoms=-1):
-    """Parse ``prototxt`` in C++ and return a :class:`LayerInfo` (SpecError on error).
-
-    ``num_bottoms`` is the op's number of data inputs (-1: unknown; Scale and
-    Bias then count the layer's ``bottom:`` fields).
-    """
-    lib = _lib()
-    info = (ctypes.c_int * 10)()
-    axes = (ctypes.c_int * 64)()
-    state = (ctypes.c_int * 64)()
-    err = ctypes.create_string_buffer(4096)
-    rc = lib.caffedata_layer_info(prototxt.encode(), int(bottom0_axes), int(num_bottoms), info, axes, state, 64,
-                                  err, len(err))
-    if rc != 0:
-        raise SpecError(f"CaffeOp prototxt: {err.value.decode()}")
-    n = info[0]
-    return LayerInfo([axes[i] for i in range(n)], bool(info[1]), [state[i] for i in range(info[2])],
-                     (info[4], info[5], info[6]), (info[7], info[8], info[9]))
-
-
-def layer_shapes(prototxt, bottom_shapes):
-    """Caffe's shape logic: (blob shapes, top shapes) for the given bottom shapes."""
-    lib = _lib()
-    dims = [int(d) for s in bottom_shapes for d in s]
-    nd = [len(s) for s in bottom_shapes]
-    buf = ctypes.create_string_buffer(1 << 14)
-    rc = lib.caffedata_layer_shapes(prototxt.encode(), (ctypes.c_int64 * max(1, len(dims)))(*dims),
-                                    (ctypes.c_int * max(1, len(nd)))(*nd), len(nd), buf, len(buf))
-    text = buf.value.decode()
-    if rc != 0:
-        raise SpecError(f"CaffeOp prototxt: {text}")
-    blobs, tops = text.split("|")
-
-    def parse(part):
-        return [tuple(int(d) for d in s.split(",") if d) for s in part.split(";")] if part else []
-
-    return parse(blobs), parse(tops)
+__all__ = ["install", "CaffeOp", "CaffeLoss"]
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +63,7 @@ def layer_shapes(prototxt, bottom_shapes):
 
 def _parse_layer(prototxt):
     """Validate with protobuf text_format; return the single LayerParameter."""
-    from ..proto import LayerParameter, NetParameter, text_format
+    from caffedata.proto import LayerParameter, NetParameter, text_format
 
     if not isinstance(prototxt, str):
         raise SpecError(f"prototxt must be a str, got {type(prototxt).__name__}")
@@ -227,148 +94,6 @@ def _check_supported(layer):
     types = supported_layers()
     if layer.type not in types:
         raise SpecError(f"unsupported Caffe layer type '{layer.type}'; supported types: {', '.join(types)}")
-
-
-def _fillers(layer):
-    """Per-blob filler (a FillerParameter or None), Caffe's blob order."""
-    for fname in ("inner_product_param", "convolution_param", "embed_param", "scale_param", "bias_param",
-                  "prelu_param"):
-        if layer.HasField(fname):
-            p = getattr(layer, fname)
-            out = []
-            for attr in ("weight_filler", "bias_filler", "filler"):
-                if p.DESCRIPTOR.fields_by_name.get(attr) is not None:
-                    out.append(getattr(p, attr) if p.HasField(attr) else None)
-                else:
-                    out.append(None)
-            if fname in ("scale_param", "bias_param", "prelu_param"):
-                # Scale: blob 0 from `filler` (default 1), blob 1 from bias_filler.
-                main = out[2]
-                return [main, out[1]]
-            return out[:2]
-    return [None, None]
-
-
-# ---------------------------------------------------------------------------
-# Fillers as MXNet initializers.
-
-def _legacy(shape, index):
-    """Caffe's Blob::LegacyShape (num/channels/height/width with 1-padding)."""
-    n = len(shape)
-    if index >= n or index < -n:
-        return 1
-    return shape[index]
-
-
-def _caffe_fill(arr, p):
-    import mxnet as mx
-
-    shape = arr.shape
-    count = int(np.prod(shape)) if len(shape) else 1
-    kind = p["type"]
-    dtype = arr.dtype
-
-    def uniform(lo, hi):
-        return mx.nd.random.uniform(lo, hi, shape=shape, dtype="float32").astype(dtype)
-
-    def normal(mu, sigma):
-        return mx.nd.random.normal(mu, sigma, shape=shape, dtype="float32").astype(dtype)
-
-    if kind == "constant":
-        arr[:] = p["value"]
-    elif kind == "uniform":
-        arr[:] = uniform(p["min"], p["max"])
-    elif kind == "gaussian":
-        val = normal(p["mean"], p["std"])
-        if p["sparse"] >= 0:
-            if len(shape) != 2:
-                raise SpecError("a sparse gaussian filler needs a 2-axis blob (InnerProduct weights)")
-            prob = p["sparse"] / float(_legacy(shape, 0))
-            mask = mx.nd.random.uniform(0, 1, shape=shape) < prob
-            val = val * mask.astype(dtype)
-        arr[:] = val
-    elif kind in ("xavier", "msra"):
-        fan_in = count / _legacy(shape, 0)
-        fan_out = count / _legacy(shape, 1)
-        norm = p["variance_norm"]
-        if norm == "FAN_IN":
-            n = fan_in
-        elif norm == "FAN_OUT":
-            n = fan_out
-        else:  # AVERAGE
-            n = (fan_in + fan_out) / 2.0
-        if kind == "xavier":
-            scale = math.sqrt(3.0 / n)
-            arr[:] = uniform(-scale, scale)
-        else:
-            arr[:] = normal(0.0, math.sqrt(2.0 / n))
-    elif kind == "positive_unitball":
-        val = mx.nd.random.uniform(0, 1, shape=shape, dtype="float32").asnumpy().reshape(_legacy(shape, 0), -1)
-        val /= val.sum(axis=1, keepdims=True)
-        arr[:] = val.reshape(shape).astype(dtype)
-    elif kind == "bilinear":
-        if len(shape) != 4 or shape[2] != shape[3]:
-            raise SpecError("the bilinear filler needs a 4-axis blob with square kernels")
-        w = shape[3]
-        f = math.ceil(w / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
-        i = np.arange(count)
-        x = i % w
-        y = (i // w) % shape[2]
-        arr[:] = ((1 - np.abs(x / f - c)) * (1 - np.abs(y / f - c))).reshape(shape).astype(dtype)
-    else:
-        raise SpecError(f"unknown Caffe filler type '{kind}' (constant, uniform, gaussian, xavier, msra, "
-                        "positive_unitball, bilinear)")
-
-
-_FILLER_DEFAULTS = {"type": "constant", "value": 0.0, "min": 0.0, "max": 1.0, "mean": 0.0, "std": 1.0,
-                    "sparse": -1, "variance_norm": "FAN_IN"}
-
-
-def _filler_kwargs(filler):
-    """FillerParameter message -> CaffeFiller kwargs (proto defaults applied)."""
-    from ..proto import POOL
-
-    enum = POOL.FindEnumTypeByName("caffe.FillerParameter.VarianceNorm")
-    kw = dict(_FILLER_DEFAULTS)
-    kw.update(type=filler.type or "constant", value=filler.value, min=filler.min, max=filler.max,
-              mean=filler.mean, std=filler.std, sparse=filler.sparse,
-              variance_norm=enum.values_by_number[filler.variance_norm].name)
-    return kw
-
-
-def _make_filler_class():
-    import mxnet as mx
-
-    @mx.init.register
-    class CaffeFiller(mx.init.Initializer):
-        """Caffe's FillerParameter as an MXNet initializer (serializable).
-
-        ``type`` is one of constant, uniform, gaussian (with ``sparse``),
-        xavier, msra (with ``variance_norm`` FAN_IN / FAN_OUT / AVERAGE),
-        positive_unitball, bilinear.  Fans follow Caffe: fan_in = count / num,
-        fan_out = count / channels (legacy num/channels, 1 for missing axes).
-        """
-
-        def __init__(self, type="constant", value=0.0, min=0.0, max=1.0, mean=0.0, std=1.0, sparse=-1,
-                     variance_norm="FAN_IN"):
-            super().__init__(type=type, value=value, min=min, max=max, mean=mean, std=std, sparse=sparse,
-                             variance_norm=variance_norm)
-            self._p = dict(type=type, value=value, min=min, max=max, mean=mean, std=std, sparse=sparse,
-                           variance_norm=variance_norm)
-
-        def _init_weight(self, name, arr):
-            _caffe_fill(arr, self._p)
-
-        _init_bias = _init_weight
-        _init_gamma = _init_weight
-        _init_beta = _init_weight
-        _init_default = _init_weight
-
-    return CaffeFiller
-
-
-CaffeFiller = None  # set by install()
 
 
 # ---------------------------------------------------------------------------
@@ -403,8 +128,6 @@ def _collect_inputs(args, kwargs, names_first):
 
 
 def _unnamed(F, hint):
-    import mxnet as mx
-
     return mx.name.NameManager.current.get(None, hint)
 
 
@@ -415,14 +138,14 @@ def _attr_str(v):
 def _make_caffe_op(F):
     def CaffeOp(*args, num_data=None, num_weight=0, num_out=1, prototxt="layer{}", name=None, attr=None,
                 **kwargs):
-        """Apply a Caffe layer (see caffedata.ops for the full description).
+        """Apply a Caffe layer (see caffedata.mxnet.symbols for the full description).
 
         Inputs: ``data_0=..``, ``data_1=..`` (or positional symbols), then
         optionally the ``num_weight`` parameter blobs positionally (in Gluon);
         in mx.sym the parameter Variables are created when not given.
         Outputs: ``output`` or ``output0..``.
         """
-        _lib()
+        library.load_library()
         layer = _parse_layer(prototxt)
         _check_supported(layer)
         inputs, n_named = _collect_inputs(args, kwargs, [])
@@ -458,7 +181,7 @@ def _make_caffe_op(F):
             if not symbolic:
                 raise SpecError("mx.nd.CaffeOp needs the parameter blobs passed after the data inputs "
                                 f"({num_weight} of them)")
-            inputs = inputs + _weight_variables(name, layer, info, num_data)
+            inputs = inputs + _weight_variables(name, layer, info)
         extra = {k: _attr_str(v) for k, v in kwargs.items()}
         if symbolic:
             phase = _phase_signal(F, name)
@@ -473,12 +196,7 @@ def _make_caffe_op(F):
     return CaffeOp
 
 
-def _weight_variables(name, layer, info, num_data=1):
-    import mxnet as mx
-
-    fillers = _fillers(layer)
-    if layer.type == "Scale" and num_data >= 2:
-        fillers = fillers[1:]  # the scale is bottom 1: blob 0 is the bias (bias_filler)
+def _weight_variables(name, layer, info):
     params = list(layer.param)
     out = []
     for i, ndim in enumerate(info.blob_axes):
@@ -487,15 +205,9 @@ def _weight_variables(name, layer, info, num_data=1):
         if i in info.state_blobs:
             kw.update(init=mx.init.Zero(), lr_mult=0.0, wd_mult=0.0)
         else:
-            filler = fillers[i] if i < len(fillers) else None
-            if filler is not None:
-                kw["init"] = CaffeFiller(**_filler_kwargs(filler))
-            elif layer.type == "Scale" and i == 0 and num_data < 2:
-                kw["init"] = mx.init.One()  # Caffe's Scale default filler: constant 1
-            elif layer.type in ("Scale", "Bias"):
-                kw["init"] = mx.init.Zero()  # Caffe's Bias default filler (and Scale's bias): constant 0
-            elif layer.type == "PReLU":
-                kw["init"] = mx.init.Constant(0.25)  # Caffe's PReLU default filler: constant 0.25
+            init = fillers.initializer_for(info.fillers[i] if i < len(info.fillers) else None)
+            if init is not None:
+                kw["init"] = init
             if i < len(params):
                 if params[i].HasField("lr_mult"):
                     kw["lr_mult"] = params[i].lr_mult
@@ -528,7 +240,7 @@ def _make_caffe_loss(F):
         Wrapped in MakeLoss: no head gradient needed in Module.fit; with
         num_out > 1 the extra tops (e.g. SoftmaxWithLoss' prob) are BlockGrad outputs.
         """
-        _lib()
+        library.load_library()
         layer = _parse_layer(prototxt)
         _check_supported(layer)
         inputs, _ = _collect_inputs(args, kwargs, ["data", "label"])
@@ -571,16 +283,14 @@ def _make_caffe_loss(F):
 
 
 def mx_variable(name, **kw):
-    import mxnet as mx
-
     return mx.sym.Variable(name, **kw)
 
 
 def _missing(what):
     def stub(*args, **kwargs):
-        err = _state["error"]
+        err = library.load_error()
         raise OpsLibraryError(f"{what} is unavailable: {err}" if err else
-                              f"{what} is unavailable: the ops library is not loaded; " + _REBUILD_HINT)
+                              f"{what} is unavailable: the ops library is not loaded; " + library.REBUILD_HINT)
 
     stub.__name__ = what
     return stub
@@ -596,11 +306,9 @@ def install(path=None):
     Never raises for a missing or broken library: the wrappers then raise
     OpsLibraryError with the rebuild instructions when called.
     """
-    global CaffeFiller, CaffeOp, CaffeLoss
-    import mxnet as mx
+    global CaffeOp, CaffeLoss
 
-    if CaffeFiller is None:
-        CaffeFiller = _make_filler_class()
+    fillers.filler_class()
     import mxnet.ndarray
     import mxnet.symbol
 
@@ -609,7 +317,7 @@ def install(path=None):
     sym_mods = {id(m): m for m in (mxnet.symbol, mx.sym, mx.symbol)}.values()
     nd_mods = {id(m): m for m in (mxnet.ndarray, mx.nd, mx.ndarray)}.values()
     try:
-        load_library(path)
+        library.load_library(path)
     except OpsLibraryError:
         for mod in list(sym_mods) + list(nd_mods):
             mod.CaffeOp = _missing("CaffeOp")
