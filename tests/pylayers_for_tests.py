@@ -125,3 +125,27 @@ class WrongTopShape(caffe.Layer):
 
     def forward(self, bottom, top):
         top[0].data[...] = 0
+
+
+class Traced(caffe.Layer):
+    """Records every lifecycle call, per instance, in Traced.calls."""
+
+    calls = []
+
+    def _log(self, what):
+        Traced.calls.append((id(self), what, self.phase, self.param_str))
+
+    def setup(self, bottom, top):
+        self._log("setup")
+
+    def reshape(self, bottom, top):
+        self._log("reshape")
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        self._log("forward")
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self._log("backward")
+        bottom[0].diff[...] = top[0].diff

@@ -246,3 +246,25 @@ def test_blob_object_api():
     v = python_layer.BlobVec()
     v.add_blob(2, 2)
     assert v[0].data.shape == (2, 2) and not v[0].data.any()
+
+
+def test_caffe_lifecycle_setup_once_reshape_every_forward():
+    import pylayers_for_tests as mod
+
+    mod.Traced.calls.clear()
+    x = mx.sym.Variable("x", shape=(2, 2))
+    (top,) = python_layer_symbols(py_layer("Traced", "hello"), [x], "tr", "TEST")
+    args = {"x": mx.nd.ones((2, 2))}
+    exe = top.bind(mx.cpu(), args=args, args_grad={"x": mx.nd.zeros((2, 2))})
+    exe.forward(is_train=False)
+    exe.forward(is_train=True)
+    exe.backward([mx.nd.ones((2, 2))])
+    mx.nd.waitall()
+    runs = {}
+    for obj, what, phase, param_str in mod.Traced.calls:
+        assert param_str == "hello"
+        runs.setdefault(obj, []).append((what, phase))
+    # Every instance starts with setup + reshape (construction, shape inference, the bound operator).
+    assert all(r[:2] == [("setup", 1), ("reshape", 1)] for r in runs.values())
+    (bound,) = [r for r in runs.values() if len(r) > 2]
+    assert bound[2:] == [("reshape", 1), ("forward", 1), ("reshape", 0), ("forward", 0), ("backward", 0)]
