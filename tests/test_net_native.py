@@ -185,6 +185,11 @@ POOL_NATIVE = [
     ("pool: AVE kernel_size: 2 stride: 2", (2, 3, 6, 8)),            # exact tiling
     ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 7, 9)),     # windows end on the padded edge
     ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 7, 9)),
+    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),            # ceil windows overhang: explicit pad
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
+    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
+    ("pool: AVE kernel_size: 3 stride: 2", (100, 32, 16, 16)),       # CIFAR-10 quick pool2
+    ("pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 2 pad_h: 1", (2, 3, 8, 7)),
     ("pool: MAX global_pooling: true", (2, 3, 5, 4)),
     ("pool: AVE global_pooling: true", (2, 3, 5, 4)),
 ]
@@ -199,9 +204,6 @@ POOL_NOT_NATIVE = [
     ("pool: MAX kernel_size: 2 stride: 2 pad: 1", (1, 2, 5, 5)),  # Caffe trims the last window
     ("pool: AVE kernel_size: 3 stride: 3 pad: 1", (2, 3, 8, 8)),  # Caffe trims the last window
     ("pool: AVE kernel_size: 2 stride: 3", (1, 2, 6, 6)),         # last window wholly outside the input
-    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),         # ceil window overhangs: backward differs
-    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
-    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
     ("pool: STOCHASTIC kernel_size: 2 stride: 2", (2, 3, 8, 8)),
 ]
 
@@ -222,6 +224,25 @@ def test_pooling_not_native(param, shape):
                        pool_type="max" if p.pool == 0 else "avg")
     (n,), ng = run(m, {"b0": x}, True)
     assert n.shape != e.shape or not np.allclose(n, e, rtol=1e-4) or not np.allclose(ng["b0"], eg["b0"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("param,shape", [
+    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
+    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
+])
+def test_plain_mxnet_ave_pooling_differs_where_windows_overhang(param, shape):
+    """Why the overhanging AVE case needs the explicit-pad form."""
+    p = layer_of('type: "Pooling" pooling_param { %s }' % param).pooling_param
+    x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+    exact, _ = exact_symbol('type: "Pooling" pooling_param { %s }' % param, [shape])
+    (e,), eg = run(exact, {"b0": x}, True)
+    k, s, q = p.kernel_size, p.stride, p.pad
+    m = mx.sym.Pooling(mx.sym.Variable("b0"), kernel=(k, k), stride=(s, s), pad=(q, q), pooling_convention="full",
+                       pool_type="avg")
+    (n,), ng = run(m, {"b0": x}, True)
+    close(n, e, "the forward agrees")
+    assert not np.allclose(ng["b0"], eg["b0"], rtol=1e-4)
 
 
 def test_pooling_unknown_shape_needs_the_safe_rule():

