@@ -501,3 +501,85 @@ def test_test_phase_layers_ignore_the_training_flag():
     # A layer's own phase overrides the net's.
     lay = layer_of('type: "Dropout" phase: TRAIN')
     assert native.native_layer(lay, bottoms_for([x.shape]), "d", "TEST").tops[0].name != "b0"
+
+
+# ---------------------------------------------------------------------------
+# Layers composed into a net: in-place tops, fan-out, BatchNorm + Scale fused
+
+NET = [
+    'name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+    'convolution_param { num_output: 6 kernel_size: 3 pad: 1 bias_term: false }',
+    'name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1"',
+    'name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true }',
+    'name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1"',
+    'name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: AVE kernel_size: 3 stride: 2 }',
+    'name: "split" type: "Slice" bottom: "pool1" top: "a" top: "b" slice_param { slice_point: 2 }',
+    'name: "conva" type: "Convolution" bottom: "a" top: "ca" convolution_param { num_output: 4 kernel_size: 1 }',
+    'name: "convb" type: "Convolution" bottom: "b" top: "cb" convolution_param { num_output: 4 kernel_size: 1 }',
+    'name: "sum" type: "Eltwise" bottom: "ca" bottom: "cb" top: "sum" eltwise_param { coeff: 1 coeff: -2 }',
+    'name: "cat" type: "Concat" bottom: "sum" bottom: "pool1" top: "cat"',
+    'name: "drop" type: "Dropout" bottom: "cat" top: "cat" dropout_param { dropout_ratio: 0 }',
+    'name: "flat" type: "Flatten" bottom: "cat" top: "flat"',
+    'name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" inner_product_param { num_output: 5 }',
+    'name: "prob" type: "Softmax" bottom: "fc" top: "prob"',
+]
+
+
+def build_net(texts, shape, use_native, phase, blobs_by_layer, rng):
+    tops = {"data": mx.sym.Variable("data", shape=shape)}
+    args, aux = {}, {}
+    layers = [layer_of(t) for t in texts]
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        bottoms = [tops[b] for b in layer.bottom]
+        if layer.name not in blobs_by_layer:
+            blobs_by_layer[layer.name] = caffe_blobs(texts[i], [b.infer_shape()[1][0] for b in bottoms], rng)
+        blobs, used, nl = blobs_by_layer[layer.name], 1, None
+        if use_native:
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if layer.type == "BatchNorm" and nxt is not None and nxt.type == "Scale":
+                if nxt.name not in blobs_by_layer:
+                    blobs_by_layer[nxt.name] = [rng.uniform(0.5, 2, 6).astype(np.float32) for _ in range(2)]
+                nl = native.native_batchnorm_scale(layer, nxt, bottoms, nxt.name, phase)
+                blobs, used, layer = blobs + blobs_by_layer[nxt.name], 2, nxt
+            else:
+                nl = native.native_layer(layer, bottoms, layer.name, phase)
+            assert nl is not None, layer.name
+            outs = nl.tops
+            for k, v in nl.to_native(blobs).items():
+                (aux if k in nl.aux_names else args)[k] = v
+        else:
+            info = ops.layer_info(texts[i], 4, len(bottoms))
+            out = mx.sym.CaffeOp(*bottoms, num_data=len(bottoms), num_weight=info.num_blobs,
+                                 num_out=len(layer.top), prototxt=texts[i], name=layer.name)
+            outs = [out] if len(layer.top) == 1 else [out[j] for j in range(len(layer.top))]
+            if layer.type == "Scale":
+                blobs = blobs_by_layer.setdefault(layer.name, [rng.uniform(0.5, 2, 6).astype(np.float32)
+                                                               for _ in range(2)])
+            for j, b in enumerate(blobs):
+                name = f"{layer.name}_{j}_weight" if j == 0 else f"{layer.name}_{j}_bias"
+                (aux if j in info.state_blobs else args)[name] = b
+        for name, top in zip(layer.top, outs):
+            tops[name] = top
+        i += used
+    return tops["prob"], args, aux
+
+
+@pytest.mark.parametrize("phase,is_train", [("TRAIN", True), ("TEST", False)])
+def test_composed_net_native_equals_exact(phase, is_train):
+    rng = np.random.RandomState(11)
+    shape = (3, 2, 7, 7)
+    blobs = {}
+    build_net(NET, shape, False, phase, blobs, rng)
+    blobs["fc"][0] *= 0.02  # an unsaturated softmax: gradients of a useful size
+    exact, e_args, e_aux = build_net(NET, shape, False, phase, blobs, rng)
+    nat, n_args, n_aux = build_net(NET, shape, True, phase, blobs, rng)
+    data = rng.uniform(-1, 1, shape).astype(np.float32)
+    e_out, e_grad = run(exact, dict(e_args, data=data), is_train, aux=e_aux)
+    n_out, n_grad = run(nat, dict(n_args, data=data), is_train, aux=n_aux)
+    close(n_out[0], e_out[0], "net output")
+    if is_train:
+        for name in set(e_grad) & set(n_grad):
+            close(n_grad[name], e_grad[name], name)
+        assert {"data", "conv1_0_weight", "sc1_0_weight", "sc1_1_bias", "fc_0_weight"} <= set(n_grad)
