@@ -266,6 +266,24 @@ def test_neurons(text):
     compare(text, [(2, 3, 4, 5)])
 
 
+@pytest.mark.parametrize("text", [
+    'type: "AbsVal"', 'type: "BNLL"',
+    'type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }', 'type: "Power" power_param { power: 1 scale: -2 }',
+    'type: "Power" power_param { power: 3 }', 'type: "Power" power_param { power: 0.5 shift: 3 }',
+    'type: "Exp"', 'type: "Exp" exp_param { base: 2 scale: 0.5 shift: -1 }',
+    'type: "Log" log_param { shift: 3 }', 'type: "Log" log_param { base: 10 scale: 0.5 shift: 2 }',
+    'type: "PReLU"', 'type: "PReLU" prelu_param { channel_shared: true }',
+])
+def test_more_neurons(text):
+    compare(text, [(2, 3, 4, 5)])
+
+
+def test_prelu_on_two_axes_and_not_native_cases():
+    compare('type: "PReLU"', [(4, 6)])
+    assert is_none('type: "Power" power_param { power: 2 scale: 0 shift: 1 }', [(2, 3)])
+    assert is_none('type: "Log" log_param { base: -2 }', [(2, 3)])
+
+
 @pytest.mark.parametrize("axis,shape", [(1, (3, 5)), (1, (2, 4, 3, 2)), (2, (2, 3, 4)), (-1, (2, 3, 4))])
 def test_softmax(axis, shape):
     compare('type: "Softmax" softmax_param { axis: %d }' % axis, [shape])
@@ -374,6 +392,29 @@ def test_slice_not_native():
 def test_scale(param, shape):
     nl = compare('type: "Scale" scale_param { %s }' % param, [shape])
     assert nl.arg_names[0] == "L_0_weight"
+
+
+@pytest.mark.parametrize("param,shapes", [
+    ("", [(2, 3, 4, 5)]), ("axis: 2 num_axes: 2", [(2, 3, 4, 5)]), ("num_axes: 0", [(2, 3)]),
+    ("axis: 1", [(2, 3, 4, 5), (3, 4)]),
+])
+def test_bias(param, shapes):
+    bottoms = " ".join(f'bottom: "x{i}"' for i in range(len(shapes)))
+    compare('type: "Bias" %s bias_param { %s }' % (bottoms, param), shapes)
+
+
+@pytest.mark.parametrize("param,shapes", [
+    ("", [(2, 3, 8, 9), (2, 3, 5, 5)]), ("offset: 2", [(2, 3, 8, 9), (1, 1, 5, 5)]),
+    ("axis: 1 offset: 1 offset: 2 offset: 3", [(2, 5, 8, 9), (7, 2, 5, 5)]),
+    ("axis: -2 offset: 1", [(2, 3, 8, 9), (2, 3, 5, 5)]),
+])
+def test_crop(param, shapes):
+    compare('type: "Crop" bottom: "a" bottom: "b" crop_param { %s }' % param, shapes)
+
+
+def test_tile():
+    compare('type: "Tile" tile_param { tiles: 3 }', [(2, 3, 4)])
+    compare('type: "Tile" tile_param { axis: -1 tiles: 2 }', [(2, 3, 4)])
 
 
 def test_scale_two_bottoms():

@@ -7,8 +7,15 @@ backward equal Caffe's (and so ``mx.sym.CaffeOp``'s) to float tolerance, and
 the answer for anything unusual (wrong bottom/top counts, unknown fields):
 CaffeOp then reports the error in Caffe's words.
 
+Native types (``NATIVE_TYPES``): Convolution, Deconvolution (Convolution /
+Deconvolution: same weight layout), InnerProduct (FullyConnected), Pooling,
+ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Softmax,
+Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout, Scale,
+Bias, BatchNorm, and BatchNorm followed by Scale fused into one MXNet
+BatchNorm (:func:`native_batchnorm_scale`).
+
 Parameter names.  Where MXNet's parameter layout is Caffe's blob layout
-(Convolution, Deconvolution, InnerProduct, Scale) the Variables are named as
+(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU) the Variables are named as
 CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
 fillers and ``lr_mult``/``wd_mult``, so checkpoints of the two paths are
 interchangeable.  BatchNorm's statistics are MXNet auxiliary states
@@ -133,8 +140,10 @@ def _param_var(layer, name, index, num_data=1):
         kw["init"] = ops.CaffeFiller(**ops._filler_kwargs(filler))
     elif layer.type == "Scale" and index == 0 and num_data < 2:
         kw["init"] = mx.init.One()
-    elif layer.type == "Scale":
+    elif layer.type in ("Scale", "Bias"):
         kw["init"] = mx.init.Zero()
+    elif layer.type == "PReLU":
+        kw["init"] = mx.init.Constant(0.25)  # Caffe's PReLU default
     params = list(layer.param)
     if index < len(params):
         if params[index].HasField("lr_mult"):
@@ -546,9 +555,12 @@ def _broadcast_shape(ndim, axis, param_shape):
     return (1,) * axis + tuple(param_shape) + (1,) * (ndim - axis - len(param_shape))
 
 
-def _scale(layer, bottoms, name, phase):
+def _scale(layer, bottoms, name, phase, bias_layer=False):
+    """Caffe Scale (y = x * s (+ b)) or Bias (y = x + b): the parameter (or
+    bottom 1) covers bottom axes [axis, axis + num_axes) and is broadcast over
+    the others."""
     mx = _mx()
-    p = layer.scale_param
+    p = layer.bias_param if bias_layer else layer.scale_param
     if len(bottoms) not in (1, 2) or len(layer.top) > 1:
         return None
     shape = _shape(bottoms[0])
@@ -563,24 +575,124 @@ def _scale(layer, bottoms, name, phase):
         sshape = _shape(bottoms[1])
         if sshape is None or tuple(shape[axis:axis + len(sshape)]) != sshape:
             return None
-        scale = bottoms[1]
+        factor = bottoms[1]
         pshape = sshape
     else:
-        if p.num_axes < -1:
+        if p.num_axes < -1 or (p.num_axes != -1 and axis + p.num_axes > nd):
             return None
         pshape = tuple(shape[axis:]) if p.num_axes == -1 else tuple(shape[axis:axis + p.num_axes])
-        if p.num_axes != -1 and axis + p.num_axes > nd:
-            return None
-        scale, sname = _param_var(layer, name, 0)
-        names.append(sname)
+        factor, fname = _param_var(layer, name, 0)
+        names.append(fname)
     bshape = _broadcast_shape(nd, axis, pshape)
-    top = mx.sym.broadcast_mul(bottoms[0], mx.sym.reshape(scale, shape=bshape), name=name if not p.bias_term
-                               else f"{name}_mul")
-    if p.bias_term:
-        bias, bname = _param_var(layer, name, len(names), num_data=len(bottoms))
-        names.append(bname)
-        top = mx.sym.broadcast_add(top, mx.sym.reshape(bias, shape=bshape), name=name)
+    if bias_layer:
+        top = mx.sym.broadcast_add(bottoms[0], mx.sym.reshape(factor, shape=bshape), name=name)
+    else:
+        top = mx.sym.broadcast_mul(bottoms[0], mx.sym.reshape(factor, shape=bshape),
+                                   name=f"{name}_mul" if p.bias_term else name)
+        if p.bias_term:
+            bias, bname = _param_var(layer, name, len(names), num_data=len(bottoms))
+            names.append(bname)
+            top = mx.sym.broadcast_add(top, mx.sym.reshape(bias, shape=bshape), name=name)
     return NativeLayer([top], names, (), *_same_layout(names), blob_counts=(len(names),))
+
+
+def _prelu(layer, bottoms, name, phase):
+    """Caffe PReLU = MXNet LeakyReLU(act_type='prelu'); Caffe's shared slope
+    is a scalar blob (shape []), MXNet's gamma then has shape (1,)."""
+    mx = _mx()
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    nd = _ndim(bottoms[0])
+    if nd is not None and nd < 2:
+        return None
+    shared = layer.prelu_param.channel_shared
+    gamma, gname = _param_var(layer, name, 0)
+    if shared:
+        gamma = mx.sym.reshape(gamma, shape=(1,))
+    top = mx.sym.LeakyReLU(bottoms[0], gamma=gamma, act_type="prelu", name=name)
+    return NativeLayer([top], [gname], (), *_same_layout([gname]), blob_counts=(1,))
+
+
+def _elementwise(kind):
+    """AbsVal, Power, Exp, Log, BNLL with Caffe's parameters."""
+    def make(layer, bottoms, name, phase):
+        mx = _mx()
+        if not _counts(layer, bottoms, 1, 1):
+            return None
+        x = bottoms[0]
+        if kind == "AbsVal":
+            return NativeLayer([mx.sym.abs(x, name=name)])
+        if kind == "BNLL":
+            return NativeLayer([mx.sym.Activation(x, act_type="softrelu", name=name)])
+        p = {"Power": layer.power_param, "Exp": layer.exp_param, "Log": layer.log_param}[kind]
+        inner = x if p.scale == 1 else x * float(p.scale)
+        if p.shift != 0:
+            inner = inner + float(p.shift)
+        if kind == "Power":
+            if p.power == 1:
+                top = inner if inner is not x else mx.sym.identity(x)
+            elif p.scale == 0:
+                return None  # a constant top: Caffe's gradient is 0, MXNet's too, but keep CaffeOp
+            else:
+                top = inner ** float(p.power)
+            return NativeLayer([mx.sym.identity(top, name=name)])
+        if p.base != -1 and p.base <= 0:
+            return None
+        ln_base = 1.0 if p.base == -1 else float(np.log(p.base))
+        if kind == "Exp":
+            arg = inner if ln_base == 1.0 else inner * ln_base
+            return NativeLayer([mx.sym.exp(arg, name=name)])
+        top = mx.sym.log(inner)
+        if ln_base != 1.0:
+            top = top * (1.0 / ln_base)
+        return NativeLayer([mx.sym.identity(top, name=name)])
+
+    return make
+
+
+def _crop(layer, bottoms, name, phase):
+    """Caffe Crop: bottom 0 cut to bottom 1's shape on the axes from ``axis``
+    on, at the given offsets; bottom 1 gets no gradient.  A static slice
+    (shapes known); the axes before ``axis`` are left whole."""
+    mx = _mx()
+    if len(bottoms) != 2 or len(layer.top) > 1:
+        return None
+    a, b = _shape(bottoms[0]), _shape(bottoms[1])
+    if a is None or b is None or len(a) != len(b):
+        return None
+    p = layer.crop_param
+    nd = len(a)
+    start = p.axis + nd if p.axis < 0 else p.axis
+    offsets = list(p.offset)
+    if not 0 <= start < nd or (len(offsets) > 1 and len(offsets) != nd - start):
+        return None
+    begin, end = [], []
+    for i in range(nd):
+        if i < start:
+            begin.append(None)
+            end.append(None)
+            continue
+        off = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+        if off + b[i] > a[i]:
+            return None
+        begin.append(off)
+        end.append(off + b[i])
+    return NativeLayer([mx.sym.slice(bottoms[0], begin=tuple(begin), end=tuple(end), name=name)])
+
+
+def _tile(layer, bottoms, name, phase):
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.tile_param
+    nd = _ndim(bottoms[0])
+    if nd is None or p.tiles < 1:
+        return None
+    axis = p.axis + nd if p.axis < 0 else p.axis
+    if not 0 <= axis < nd:
+        return None
+    reps = [1] * nd
+    reps[axis] = p.tiles
+    return NativeLayer([_mx().sym.tile(bottoms[0], reps=tuple(reps), name=name)])
 
 
 def _bn_checks(layer, bottoms):
@@ -704,6 +816,15 @@ _BUILDERS = {
     "Split": _split,
     "Slice": _slice,
     "Scale": _scale,
+    "Bias": lambda *a: _scale(*a, bias_layer=True),
+    "PReLU": _prelu,
+    "AbsVal": _elementwise("AbsVal"),
+    "Power": _elementwise("Power"),
+    "Exp": _elementwise("Exp"),
+    "Log": _elementwise("Log"),
+    "BNLL": _elementwise("BNLL"),
+    "Crop": _crop,
+    "Tile": _tile,
     "BatchNorm": _batchnorm,
 }
 
