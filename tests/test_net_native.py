@@ -278,6 +278,11 @@ def test_more_neurons(text):
     compare(text, [(2, 3, 4, 5)])
 
 
+@pytest.mark.parametrize("param", ["", "local_size: 3 alpha: 0.5 beta: 0.6 k: 2", "alpha: 0.0001 beta: 0.75"])
+def test_lrn_across_channels(param):
+    compare('type: "LRN" lrn_param { %s }' % param, [(2, 7, 5, 5)])
+
+
 def test_prelu_on_two_axes_and_not_native_cases():
     compare('type: "PReLU"', [(4, 6)])
     assert is_none('type: "Power" power_param { power: 2 scale: 0 shift: 1 }', [(2, 3)])
@@ -504,7 +509,7 @@ def test_batchnorm_scale_not_fused():
 @pytest.mark.parametrize("text,shapes", [
     ('type: "SoftmaxWithLoss"', [(2, 3), (2,)]),
     ('type: "EuclideanLoss"', [(2, 3), (2, 3)]),
-    ('type: "LRN"', [(2, 3, 4, 4)]),
+    ('type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL }', [(2, 3, 4, 4)]),
     ('type: "ReLU" loss_weight: 1', [(2, 3)]),
     ('type: "Python" python_param { module: "m" layer: "L" }', [(2, 3)]),
 ])

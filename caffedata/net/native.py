@@ -9,7 +9,8 @@ CaffeOp then reports the error in Caffe's words.
 
 Native types (``NATIVE_TYPES``): Convolution, Deconvolution (Convolution /
 Deconvolution: same weight layout), InnerProduct (FullyConnected), Pooling,
-ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Softmax,
+LRN (across channels), ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power,
+Exp, Log, Softmax,
 Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout, Scale,
 Bias, BatchNorm, and BatchNorm followed by Scale fused into one MXNet
 BatchNorm (:func:`native_batchnorm_scale`).
@@ -680,6 +681,21 @@ def _crop(layer, bottoms, name, phase):
     return NativeLayer([mx.sym.slice(bottoms[0], begin=tuple(begin), end=tuple(end), name=name)])
 
 
+def _lrn(layer, bottoms, name, phase):
+    """Caffe LRN ACROSS_CHANNELS: x / (k + alpha / n * sum of x^2 over n
+    channels)^beta, MXNet's LRN formula; WITHIN_CHANNEL has no MXNet op."""
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.lrn_param
+    if p.norm_region != 0 or p.local_size % 2 == 0:
+        return None
+    nd = _ndim(bottoms[0])
+    if nd is not None and nd != 4:
+        return None
+    top = _mx().sym.LRN(bottoms[0], alpha=p.alpha, beta=p.beta, knorm=p.k, nsize=p.local_size, name=name)
+    return NativeLayer([top])
+
+
 def _tile(layer, bottoms, name, phase):
     if not _counts(layer, bottoms, 1, 1):
         return None
@@ -825,6 +841,7 @@ _BUILDERS = {
     "BNLL": _elementwise("BNLL"),
     "Crop": _crop,
     "Tile": _tile,
+    "LRN": _lrn,
     "BatchNorm": _batchnorm,
 }
 
