@@ -7,17 +7,23 @@ backward equal Caffe's (and so ``mx.sym.CaffeOp``'s) to float tolerance, and
 the answer for anything unusual (wrong bottom/top counts, unknown fields):
 CaffeOp then reports the error in Caffe's words.
 
-Native types (``NATIVE_TYPES``): Convolution, Deconvolution (Convolution /
-Deconvolution: same weight layout), InnerProduct (FullyConnected), Pooling,
-LRN (across channels), ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power,
-Exp, Log, Softmax,
-Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout, Scale,
-Bias, BatchNorm, and BatchNorm followed by Scale fused into one MXNet
-BatchNorm (:func:`native_batchnorm_scale`).
+Native types (``NATIVE_TYPES``): Convolution and Deconvolution (same weight
+layout as MXNet's), InnerProduct (FullyConnected), Pooling, LRN (across
+channels), ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log,
+Softmax, Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout,
+Scale, Bias, BatchNorm, and a BatchNorm followed by a Scale fused into one
+MXNet BatchNorm (:func:`native_batchnorm_scale`).
+
+Phase.  CaffeOp follows MXNet's training flag at every call; so do the native
+Dropout and BatchNorm in a TRAIN-phase layer.  In a TEST-phase layer (the
+layer's own ``phase``, else the net's) they are fixed as Caffe fixes them:
+Dropout is the identity and BatchNorm uses the stored statistics, whatever the
+flag says.  MXNet defines gradients only after a training-mode forward (its
+oneDNN pooling keeps no workspace otherwise).
 
 Parameter names.  Where MXNet's parameter layout is Caffe's blob layout
-(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU) the Variables are named as
-CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
+(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU) the Variables
+are named as CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
 fillers and ``lr_mult``/``wd_mult``, so checkpoints of the two paths are
 interchangeable.  BatchNorm's statistics are MXNet auxiliary states
 ``{name}_moving_mean`` / ``{name}_moving_var``; :meth:`NativeLayer.to_native`
@@ -40,9 +46,9 @@ that is neither 1 nor the last one, layers with axes other than MXNet's
 channel axis 1 where the op has no axis parameter.
 
 BatchNorm in training: outputs and gradients equal Caffe's, but MXNet updates
-its running statistics as an exponential moving average with momentum
-``moving_average_fraction`` of the biased batch variance, whereas Caffe keeps
-decayed sums of the means and of the unbiased variances plus a normaliser.
+its running statistics by its own rule (moving = m * moving + (1 - m) * batch,
+m = ``moving_average_fraction``), whereas Caffe keeps decayed sums of the
+means and of the unbiased variances plus a normaliser.
 After native TRAIN forwards the statistics (and so later TEST outputs) are
 therefore MXNet's, not Caffe's; use the exact path to reproduce Caffe's
 accumulators bit for bit.
