@@ -23,7 +23,7 @@ import mxnet as mx
 import numpy as np
 
 import caffedata  # noqa: F401  (registers mx.sym.CaffeOp)
-from caffedata import ops
+from caffedata.mxnet import library as ops
 from caffedata.net import native
 from caffedata.proto import LayerParameter, text_format
 

@@ -481,6 +481,16 @@ MXReturnValue create_state(const Attrs& attrs, const MXContext& ctx,
   });
 }
 
+// Every input and output is a dense array.  Without this callback MXNet 1.9.1
+// refuses to bind a library op whose inputs are not all known to be dense yet
+// (BatchNorm's aux states, before Module.bind allocates them): "input tensors
+// are not dense for custom operator".
+MXReturnValue infer_storage_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (auto& s : *in) s = mxnet::ext::kDefaultStorage;
+  for (auto& s : *out) s = mxnet::ext::kDefaultStorage;
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 }  // namespace caffedata
@@ -492,6 +502,7 @@ REGISTER_OP(_caffedata_op)
     .setParseAttrs(caffedata::parse_attrs<false>)
     .setInferType(caffedata::infer_type<false>)
     .setInferShape(caffedata::infer_shape<false>)
+    .setInferSType(caffedata::infer_storage_type)
     .setMutateInputs(caffedata::mutate_inputs)
     .setCreateOpState(caffedata::create_state<false>, "cpu");
 
@@ -499,6 +510,7 @@ REGISTER_OP(_caffedata_loss)
     .setParseAttrs(caffedata::parse_attrs<true>)
     .setInferType(caffedata::infer_type<true>)
     .setInferShape(caffedata::infer_shape<true>)
+    .setInferSType(caffedata::infer_storage_type)
     .setCreateOpState(caffedata::create_state<true>, "cpu");
 
 MXReturnValue initialize(int version) {

@@ -14,7 +14,7 @@ import pytest
 
 import mxnet as mx
 import caffedata  # noqa: F401  (registers mx.sym.CaffeOp)
-from caffedata import ops
+from caffedata.mxnet import library as ops
 from caffedata.net import native
 from caffedata.proto import LayerParameter, text_format
 

@@ -388,6 +388,22 @@ def test_batchnorm_train_and_test_phase_with_running_stats():
     np.testing.assert_allclose(ex.aux_dict[sorted(ex.aux_dict)[2]].asnumpy(), [1.5])
 
 
+def test_batchnorm_binds_in_module_and_simple_bind():
+    # MXNet 1.9.1 refuses to bind a library op whose inputs' storage types are still
+    # unknown (BatchNorm's aux states) unless the op declares them dense.
+    x = RNG.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    net = mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt=BN % "", name="bn")
+    mod = mx.mod.Module(net, data_names=["data"], label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", x.shape)], for_training=True)
+    mod.init_params()
+    mod.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=True)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(mod.get_outputs()[0].asnumpy(), bn_ref(x, mean, var, 1e-5), rtol=1e-4,
+                               atol=1e-5)
+    ex = net.simple_bind(mx.cpu(), data=x.shape)
+    assert sorted(ex.aux_dict) and all(a.shape in ((3,), (1,)) for a in ex.aux_dict.values())
+
+
 def test_batchnorm_use_global_stats_and_zero_factor():
     x = RNG.standard_normal((2, 3, 2))
     mean, var = np.array([1.0, -2.0, 0.5]), np.array([4.0, 0.25, 1.0])

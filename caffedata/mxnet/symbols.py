@@ -181,7 +181,7 @@ def _make_caffe_op(F):
             if not symbolic:
                 raise SpecError("mx.nd.CaffeOp needs the parameter blobs passed after the data inputs "
                                 f"({num_weight} of them)")
-            inputs = inputs + _weight_variables(name, layer, info)
+            inputs = inputs + weight_variables(name, layer, info)
         extra = {k: _attr_str(v) for k, v in kwargs.items()}
         if symbolic:
             phase = _phase_signal(F, name)
@@ -196,7 +196,12 @@ def _make_caffe_op(F):
     return CaffeOp
 
 
-def _weight_variables(name, layer, info):
+def weight_variables(name, layer, info):
+    """The parameter Variables CaffeOp creates for ``layer`` (names, fillers, multipliers).
+
+    ``info`` is the layer's ``library.layer_info``.  Shared with the native path
+    (``caffedata.net.native``), so both name and initialise parameters alike.
+    """
     params = list(layer.param)
     out = []
     for i, ndim in enumerate(info.blob_axes):

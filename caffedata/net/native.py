@@ -133,35 +133,14 @@ def _ndim(sym):
 
 
 def _param_var(layer, name, index, num_data=1):
-    """CaffeOp's Variable for parameter blob ``index``: name, filler, multipliers."""
-    mx = _mx()
-    from .. import ops
+    """CaffeOp's Variable for parameter blob ``index``: the same name, filler and multipliers."""
+    from google.protobuf import text_format
 
-    vname = f"{name}_{index}_weight" if index == 0 else f"{name}_{index}_bias"
-    kw = {}
-    fillers = ops._fillers(layer)
-    if layer.type == "Embed":
-        p = layer.embed_param
-        fillers = [p.weight_filler if p.HasField("weight_filler") else None,
-                   p.bias_filler if p.HasField("bias_filler") else None]
-    if layer.type == "Scale" and num_data >= 2:
-        fillers = fillers[1:]
-    filler = fillers[index] if index < len(fillers) else None
-    if filler is not None and ops.CaffeFiller is not None:
-        kw["init"] = ops.CaffeFiller(**ops._filler_kwargs(filler))
-    elif layer.type == "Scale" and index == 0 and num_data < 2:
-        kw["init"] = mx.init.One()
-    elif layer.type in ("Scale", "Bias"):
-        kw["init"] = mx.init.Zero()
-    elif layer.type == "PReLU":
-        kw["init"] = mx.init.Constant(0.25)  # Caffe's PReLU default
-    params = list(layer.param)
-    if index < len(params):
-        if params[index].HasField("lr_mult"):
-            kw["lr_mult"] = params[index].lr_mult
-        if params[index].HasField("decay_mult"):
-            kw["wd_mult"] = params[index].decay_mult
-    return mx.sym.Variable(vname, **kw), vname
+    from ..mxnet import library, symbols
+
+    info = library.layer_info("layer { %s }" % text_format.MessageToString(layer), num_bottoms=num_data)
+    var = symbols.weight_variables(name, layer, info)[index]
+    return var, var.name
 
 
 def _spatial(p, name, n, default, allow_hw=True):
