@@ -5,32 +5,10 @@ slow, obviously-correct twin (protobuf + numpy) that the command line, the
 tests and the naive benchmark use, and the one place that *writes* Datums
 byte-compatibly with Caffe's tools.
 """
-from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
+from ..errors import RecordError
 from ..proto import Datum
-
-
-@dataclass
-class DatumRecord:
-    """One decoded Datum.  ``pixels`` is CHW (uint8 for ``data``, float32 for
-    ``float_data``) or, when ``encoded`` is true, None (``payload`` holds the file)."""
-
-    channels: int
-    height: int
-    width: int
-    label: int
-    encoded: bool
-    payload: bytes
-    pixels: Optional[np.ndarray]
-
-    @property
-    def kind(self):
-        if self.encoded:
-            return "encoded"
-        return "float" if self.pixels is not None and self.pixels.dtype == np.float32 else "raw"
 
 
 def parse_datum(value):
@@ -39,26 +17,41 @@ def parse_datum(value):
     return datum
 
 
-def datum_to_record(datum):
-    """A ``DatumRecord`` from a parsed Datum; raises ValueError when sizes disagree."""
-    c, h, w = datum.channels, datum.height, datum.width
-    if datum.encoded:
-        return DatumRecord(c, h, w, datum.label, True, datum.data, None)
-    if len(datum.data):
-        if len(datum.data) != c * h * w:
-            raise ValueError(f"data holds {len(datum.data)} bytes but channels*height*width = "
-                             f"{c}*{h}*{w} = {c * h * w}")
-        pixels = np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)
-    else:
-        if len(datum.float_data) != c * h * w:
-            raise ValueError(f"float_data holds {len(datum.float_data)} values but "
-                             f"channels*height*width = {c}*{h}*{w} = {c * h * w}")
-        pixels = np.asarray(datum.float_data, dtype=np.float32).reshape(c, h, w)
-    return DatumRecord(c, h, w, datum.label, False, b"", pixels)
+def decode_datum(value, db_path="<db>", key=b"", index=None, flag=-1):
+    """``(CHW pixels, label)`` of one serialized Datum, the slow reference way (protobuf + OpenCV).
 
+    Raw records give their ``data`` bytes (uint8) or ``float_data`` (float32)
+    with the stored channels/height/width; encoded records are decoded with
+    ``cv2.imdecode(flag)`` (-1: as stored, BGR(A)) and must be 8-bit, as Caffe
+    requires.  Any problem is a ``RecordError`` naming the DB and the key.
+    The tools (mean, inspect) use this; the iterator's hot path is ``_fast``.
+    """
+    try:
+        d = parse_datum(value)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise RecordError(db_path, key, index, f"not a Datum ({exc})",
+                          "the record is corrupt or the DB holds something else") from None
+    if d.encoded:
+        import cv2
 
-def decode_record(value):
-    return datum_to_record(parse_datum(value))
+        img = cv2.imdecode(np.frombuffer(d.data, np.uint8), flag)
+        if img is None:
+            raise RecordError(db_path, key, index, f"encoded image of {len(d.data)} bytes cannot be "
+                              "decoded by OpenCV", "the record is truncated or not JPEG/PNG")
+        if img.dtype != np.uint8:
+            raise RecordError(db_path, key, index, f"encoded image decodes to {img.dtype}, Caffe "
+                              "needs 8-bit pixels", "re-encode the image as 8-bit")
+        chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
+        return np.ascontiguousarray(chw), d.label
+    c, h, w = d.channels, d.height, d.width
+    size = max(len(d.data), len(d.float_data))
+    if size != c * h * w or size == 0:
+        raise RecordError(db_path, key, index,
+                          f"holds {size} values but channels*height*width = {c}*{h}*{w} = {c * h * w}",
+                          "the record is corrupt")
+    if len(d.data):
+        return np.frombuffer(d.data, np.uint8).reshape(c, h, w), d.label
+    return np.asarray(d.float_data, np.float32).reshape(c, h, w), d.label
 
 
 def array_to_datum_bytes(array, label=0):

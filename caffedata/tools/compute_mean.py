@@ -27,10 +27,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..sources.db import open_source
 from ..errors import CaffeDataError, DatabaseError, RecordError
+from ..formats.datum import decode_datum
 from ..formats.mean import mean_to_blobproto_bytes
-from ..proto import Datum
+from ..sources.db import open_source
 
 __all__ = ["compute_image_mean", "MeanResult", "record_pixels", "channel_means", "open_db_arg"]
 
@@ -86,35 +86,9 @@ class MeanResult:
 def record_pixels(value, db_path="<db>", key=b"", index=None):
     """The values compute_image_mean adds for one serialized Datum: uint8 or float32, CHW.
 
-    Raw records give their ``data`` bytes (or ``float_data``) with the stored
-    channels/height/width; encoded records are decoded with ``imdecode(-1)``.
+    Encoded records are decoded as stored (``imdecode(-1)``), as Caffe's tool does.
     """
-    try:
-        d = Datum.FromString(bytes(value))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise RecordError(db_path, key, index, f"not a Datum ({exc})",
-                          "the record is corrupt or the DB holds something else") from None
-    if d.encoded:
-        import cv2
-
-        img = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise RecordError(db_path, key, index, f"encoded image of {len(d.data)} bytes cannot be "
-                              "decoded by OpenCV", "the record is truncated or not JPEG/PNG")
-        if img.dtype != np.uint8:
-            raise RecordError(db_path, key, index, f"encoded image decodes to {img.dtype}, Caffe "
-                              "needs 8-bit pixels", "re-encode the image as 8-bit")
-        chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
-        return np.ascontiguousarray(chw)
-    c, h, w = d.channels, d.height, d.width
-    size = max(len(d.data), len(d.float_data))
-    if size != c * h * w or size == 0:
-        raise RecordError(db_path, key, index,
-                          f"holds {size} values but channels*height*width = {c}*{h}*{w} = {c * h * w}",
-                          "the record is corrupt")
-    if len(d.data):
-        return np.frombuffer(d.data, np.uint8).reshape(c, h, w)
-    return np.asarray(d.float_data, np.float32).reshape(c, h, w)
+    return decode_datum(value, db_path, key, index)[0]
 
 
 def channel_means(mean):

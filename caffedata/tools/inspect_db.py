@@ -34,7 +34,8 @@ from collections import Counter
 
 import numpy as np
 
-from ..errors import CaffeDataError, SpecError
+from ..errors import CaffeDataError, RecordError, SpecError
+from ..formats.datum import decode_datum, parse_datum
 
 __all__ = ["inspect", "inspect_db", "inspect_mean", "inspect_prototxt", "detect_kind",
            "render_grid", "grid_geometry", "db_grid", "mean_grid", "record_image", "format_report"]
@@ -103,56 +104,27 @@ def _image_format(payload):
 
 
 def _parse(value, db_path, key, index):
-    from ..errors import RecordError
-    from ..proto import Datum
-
     try:
-        return Datum.FromString(bytes(value))
+        return parse_datum(value)
     except Exception as exc:
         raise RecordError(db_path, key, index, f"not a Datum ({exc})",
                           "the record is corrupt or the DB holds something else") from None
 
 
-def _decode(d, flag=-1):
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(d.data, np.uint8), flag)
-    if img is None:
-        return None
-    return img[np.newaxis] if img.ndim == 2 else np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
 def record_image(value, db_path="<db>", key=b"", index=None):
     """(CHW array, label) of one serialized Datum, decoded as Caffe's tools decode it."""
-    from ..errors import RecordError
-
-    d = _parse(value, db_path, key, index)
-    if d.encoded:
-        chw = _decode(d)
-        if chw is None:
-            raise RecordError(db_path, key, index, "encoded image cannot be decoded",
-                              "the record is truncated or not JPEG/PNG")
-        return chw, d.label
-    c, h, w = d.channels, d.height, d.width
-    if len(d.data):
-        if len(d.data) != c * h * w:
-            raise RecordError(db_path, key, index, f"data holds {len(d.data)} bytes, "
-                              f"channels*height*width = {c * h * w}", "the record is corrupt")
-        return np.frombuffer(d.data, np.uint8).reshape(c, h, w), d.label
-    if len(d.float_data) != c * h * w:
-        raise RecordError(db_path, key, index, f"float_data holds {len(d.float_data)} values, "
-                          f"channels*height*width = {c * h * w}", "the record is corrupt")
-    return np.asarray(d.float_data, np.float32).reshape(c, h, w), d.label
+    return decode_datum(value, db_path, key, index)
 
 
 def _record_facts(value, db_path, key, index):
     """(kind, format, 'CxHxW', label) of one record, without keeping pixels."""
     d = _parse(value, db_path, key, index)
     if d.encoded:
-        fmt = _image_format(d.data)
-        chw = _decode(d)
-        shape = "undecodable" if chw is None else "x".join(map(str, chw.shape))
-        return "encoded", fmt, shape, d.label
+        try:
+            shape = "x".join(map(str, decode_datum(value, db_path, key, index)[0].shape))
+        except RecordError:
+            shape = "undecodable"
+        return "encoded", _image_format(d.data), shape, d.label
     kind = "raw" if len(d.data) else ("float_data" if len(d.float_data) else "empty")
     return kind, None, f"{d.channels}x{d.height}x{d.width}", d.label
 
