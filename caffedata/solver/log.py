@@ -1,9 +1,9 @@
 """Caffe's solver log lines (reference section 5.9) and loss smoothing (section 5.5).
 
 The ``*_line`` functions return the text after glog's prefix; :func:`glog_prefix`
-gives the prefix (``I20261129 13:05:51.738376 19622 solver.cpp:239] ``), so
-``glog_prefix("solver.cpp", 239) + display_line(...)`` is a line Caffe's
-``tools/extra/parse_log.py`` and MXNet's ``tools/parse_log.py`` read.  Numbers
+gives the prefix (``I1129 13:05:51.738376 19622 solver.cpp:239] ``), so
+``glog_prefix("display") + display_line(...)`` is a line Caffe's
+``tools/extra/parse_log.py`` reads.  Numbers
 use C++ iostream's default format (``%g``, 6 significant digits) of the float32
 value, with C++'s ``-nan`` for NaN.  No MXNet needed.
 """
@@ -40,14 +40,20 @@ def fmt(x):
     return "%g" % v
 
 
-def glog_prefix(site="display", when=None, thread_id=None, severity="I"):
-    """``I<yyyymmdd> <hh:mm:ss.uuuuuu> <tid> <file>:<line>] `` as glog >= 0.6 writes it."""
+def glog_prefix(site="display", when=None, thread_id=None, severity="I", year=False):
+    """``I<mmdd> <hh:mm:ss.uuuuuu> <tid> <file>:<line>] ``; ``year=True``: ``I<yyyymmdd> ...``.
+
+    The default is glog's classic form because Caffe's ``parse_log.py`` (its
+    ``extract_seconds``) reads the date as ``I<mm><dd>`` and rejects the
+    ``I<yyyymmdd>`` form of glog >= 0.6.
+    """
     file, line = SITES[site] if isinstance(site, str) else site
     when = time.time() if when is None else when
     t = time.localtime(when)
     micros = int(round((when - int(when)) * 1e6)) % 1000000
     tid = thread_id if thread_id is not None else (threading.get_native_id() or os.getpid())
-    return (f"{severity}{time.strftime('%Y%m%d', t)} {time.strftime('%H:%M:%S', t)}.{micros:06d} "
+    date = time.strftime("%Y%m%d" if year else "%m%d", t)
+    return (f"{severity}{date} {time.strftime('%H:%M:%S', t)}.{micros:06d} "
             f"{tid:>5} {file}:{line}] ")
 
 
