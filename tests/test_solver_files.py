@@ -218,7 +218,8 @@ def test_binary_solverstate_is_caffes_message(tmp_path):
     path = str(tmp_path / "x.solverstate")
     write_solver_state(path, SolverStateData(3, "x_iter_3.caffemodel", [np.ones((2, 1), np.float32)], 1))
     msg = message_class("SolverState")()
-    msg.ParseFromString(open(path, "rb").read())
+    with open(path, "rb") as f:
+        msg.ParseFromString(f.read())
     assert msg.iter == 3 and msg.current_step == 1 and msg.learned_net == "x_iter_3.caffemodel"
     assert list(msg.history[0].shape.dim) == [2, 1] and list(msg.history[0].data) == [1.0, 1.0]
 
