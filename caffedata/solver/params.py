@@ -1,24 +1,17 @@
 """Reading a ``solver.prototxt`` as Caffe does (upgrade_proto.cpp, ReadSolverParamsFromTextFileOrDie).
 
-:func:`load_solver_param` parses the text with Caffe's schema, applies the
-upgrades of the reference sheet section 2.7 (``solver_type`` enum -> ``type``
-string; ``snapshot_prefix`` filled in from the file name or a directory),
-fills the defaults the bundled schema lacks (``rms_decay`` is 0.99 in BVLC
-master) and validates with :class:`~caffedata.errors.SpecError` messages that
-name the field.  No MXNet needed.
+:func:`load_solver_param` parses and upgrades with :mod:`caffedata.net.upgrade`
+(reference section 2.7), then validates with :class:`~caffedata.errors.SpecError`
+messages that name the field (Caffe's CHECKs, and a few that Caffe leaves to
+NaNs).  No MXNet needed.
 """
 import os
 
-from google.protobuf import text_format
-
 from ..errors import SpecError
-from ..proto import message_class
+from ..net import upgrade as _upgrade
 from .lr_policy import check_policy
 
-SolverParameter = message_class("SolverParameter")
-
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-_ENUM_TO_TYPE = dict(enumerate(SOLVER_TYPES))  # SolverParameter.SolverType values 0..5
 RMS_DECAY_DEFAULT = 0.99  # BVLC master's default (the rc4 schema had none)
 
 # Caffe's own spelling is the registry's; accept case variants users write ("sgd", "ADAM").
@@ -32,60 +25,23 @@ def _has(param, name):
         return False
 
 
-def parse_solver_text(text, source="<solver text>"):
-    """SolverParameter from protobuf text, no upgrades."""
-    try:
-        return text_format.Parse(text, SolverParameter())
-    except text_format.ParseError as exc:
-        raise SpecError(f"{source}: failed to parse SolverParameter: {exc} -- the file must be "
-                        f"a solver prototxt (`base_lr: 0.01`, `lr_policy: \"step\"`, ...)") from None
-
-
 def load_solver_param(solver, check=True):
-    """A SolverParameter from a path, prototxt text or message, upgraded as Caffe does.
+    """A SolverParameter from a path, prototxt text or message, upgraded and validated as Caffe does.
 
-    A path also fills ``snapshot_prefix`` (§2.7): absent -> the solver file path
-    without its extension; an existing directory -> ``<dir>/<solver file stem>``.
+    Parsing and the §2.7 upgrades are :func:`caffedata.net.upgrade.load_solver_param`'s
+    (``solver_type`` -> ``type``; for a path, ``snapshot_prefix`` absent -> the
+    path without its extension, a directory -> ``<dir>/<file stem>``).  Then the
+    type's spelling is normalised, defaults missing from an older schema are
+    filled, and (``check``) Caffe's fatal checks become SpecErrors naming the field.
     """
-    path = None
-    if isinstance(solver, SolverParameter):
-        param = SolverParameter()
-        param.CopyFrom(solver)
-    else:
-        text = str(solver)
-        if "{" not in text and ":" not in text or os.path.isfile(text):
-            if not os.path.isfile(text):
-                raise SpecError(f"{text}: solver file not found -- pass the path of a "
-                                f"solver.prototxt or its text")
-            path = text
-            with open(path) as f:
-                text = f.read()
-        param = parse_solver_text(text, path or "<solver text>")
-    upgrade_solver_param(param, path)
-    if check:
-        validate_solver_param(param, path)
-    return param
-
-
-def upgrade_solver_param(param, path=None):
-    """In-place upgrades of §2.7 plus the master defaults missing from the schema."""
-    where = f"{path}: " if path else ""
-    if _has(param, "solver_type"):
-        if _has(param, "type"):
-            raise SpecError(f"{where}solver_type and type are both given -- keep only "
-                            f"`type: \"{_ENUM_TO_TYPE.get(param.solver_type, 'SGD')}\"`")
-        param.type = _ENUM_TO_TYPE[param.solver_type]
-        param.ClearField("solver_type")
+    param = _upgrade.load_solver_param(solver)
+    path = solver if isinstance(solver, (str, os.PathLike)) and os.path.isfile(solver) else None
     if param.type.lower() in _TYPE_BY_LOWER:
         param.type = _TYPE_BY_LOWER[param.type.lower()]
-    if not _has(param, "rms_decay"):
+    if not _has(param, "rms_decay") and param.rms_decay == 0:  # a pre-master schema without the default
         param.rms_decay = RMS_DECAY_DEFAULT
-    if path is not None:
-        stem = os.path.splitext(path)[0]
-        if not _has(param, "snapshot_prefix"):
-            param.snapshot_prefix = stem
-        elif os.path.isdir(param.snapshot_prefix):
-            param.snapshot_prefix = os.path.join(param.snapshot_prefix, os.path.basename(stem))
+    if check:
+        validate_solver_param(param, os.fspath(path) if path is not None else None)
     return param
 
 
