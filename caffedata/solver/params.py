@@ -25,7 +25,7 @@ def _has(param, name):
         return False
 
 
-def load_solver_param(solver, check=True):
+def load_solver_param(solver, check=True, check_nets=True):
     """A SolverParameter from a path, prototxt text or message, upgraded and validated as Caffe does.
 
     Parsing and the §2.7 upgrades are :func:`caffedata.net.upgrade.load_solver_param`'s
@@ -33,6 +33,8 @@ def load_solver_param(solver, check=True):
     path without its extension, a directory -> ``<dir>/<file stem>``).  Then the
     type's spelling is normalised, defaults missing from an older schema are
     filled, and (``check``) Caffe's fatal checks become SpecErrors naming the field.
+    ``check_nets=False`` skips the checks of the net fields (for a solver given
+    net objects rather than net files).
     """
     param = _upgrade.load_solver_param(solver)
     path = solver if isinstance(solver, (str, os.PathLike)) and os.path.isfile(solver) else None
@@ -41,11 +43,11 @@ def load_solver_param(solver, check=True):
     if not _has(param, "rms_decay") and param.rms_decay == 0:  # a pre-master schema without the default
         param.rms_decay = RMS_DECAY_DEFAULT
     if check:
-        validate_solver_param(param, os.fspath(path) if path is not None else None)
+        validate_solver_param(param, os.fspath(path) if path is not None else None, check_nets)
     return param
 
 
-def validate_solver_param(param, path=None):
+def validate_solver_param(param, path=None, check_nets=True):
     """Caffe's fatal checks as SpecErrors naming the field (and a few that Caffe leaves to NaNs)."""
     where = f"{path}: " if path else ""
 
@@ -77,6 +79,8 @@ def validate_solver_param(param, path=None):
             fail(f"{name}: must be >= 0, got {getattr(param, name)}")
     if any(n < 0 for n in param.test_iter):
         fail(f"test_iter: entries must be >= 0, got {list(param.test_iter)}")
+    if not check_nets:
+        return param
     train_sources = [n for n in ("net", "net_param", "train_net", "train_net_param") if _has(param, n)]
     if len(train_sources) > 1:
         fail(f"{' and '.join(train_sources)}: exactly one train net source may be given")
