@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import caffedata  # noqa: F401  (installs mx.sym.CaffeOp / CaffeLoss)
+from caffedata.solver import optimizers  # noqa: F401  (registers caffe_*)
 from caffedata.solver.module_net import ModuleNet
 from caffedata.solver.solver import Solver
 from caffedata.solver.state import read_solver_state
@@ -212,3 +213,54 @@ def test_sigint_snapshots_and_stops(tmp_path):
     assert "ITER 3" in proc.stdout  # the iteration in progress finishes, then Step breaks
     assert os.path.isfile(tmp_path / "run_iter_3.caffemodel")
     assert os.path.isfile(tmp_path / "run_iter_3.solverstate")
+
+
+# --- the optimizers on their own: Module and Gluon -----------------------------------------------
+
+
+def test_caffe_sgd_in_module_equals_caffe_step():
+    """Module passes the symbol (lr_mult/wd_mult attributes) and rescale_grad = 1/batch."""
+    mod = mx.mod.Module(symbol(), data_names=["data"], label_names=["label"])
+    it = mx.io.NDArrayIter(X, LABELS, batch_size=N, label_name="label")
+    mod.bind(data_shapes=it.provide_data, label_shapes=it.provide_label)
+    mod.init_params(arg_params={"fc_0_weight": mx.nd.array(W_INIT), "fc_1_bias": mx.nd.array(B_INIT)})
+    mod.init_optimizer(optimizer="caffe_sgd", optimizer_params={"learning_rate": 0.1, "momentum": 0.9,
+                                                                "wd": 0.01})
+    batch = next(iter(it))
+    for _ in range(3):
+        mod.forward_backward(batch)
+        mod.update()
+    theta, _ = numpy_sgd(3)
+    args, _ = mod.get_params()
+    np.testing.assert_allclose(args["fc_0_weight"].asnumpy(), theta[0], rtol=2e-5, atol=1e-7)  # float32 net
+    np.testing.assert_allclose(args["fc_1_bias"].asnumpy(), theta[1], rtol=2e-5, atol=1e-7)
+
+
+def test_caffe_adam_in_gluon_trainer():
+    """Gluon: Parameter.lr_mult / wd_mult, trainer.step(batch) rescales; t follows the update count."""
+    net = mx.gluon.nn.Dense(1, in_units=D, dtype="float64")
+    net.initialize()
+    net.weight.set_data(mx.nd.array([[0.2, -0.1, 0.3]], dtype=np.float64))
+    net.bias.set_data(mx.nd.array([0.05], dtype=np.float64))
+    net.bias.lr_mult, net.bias.wd_mult = 2.0, 0.0
+    trainer = mx.gluon.Trainer(net.collect_params(), "caffe_adam",
+                               {"learning_rate": 0.01, "momentum": 0.9, "momentum2": 0.999, "wd": 0.1})
+    x, y = mx.nd.array(X, dtype=np.float64), mx.nd.array(LABELS, dtype=np.float64)
+    theta = [np.array([[0.2, -0.1, 0.3]]), np.array([0.05])]
+    m = [np.zeros_like(t) for t in theta]
+    v = [np.zeros_like(t) for t in theta]
+    for t in range(1, 4):
+        with mx.autograd.record():
+            loss = 0.5 * ((net(x).reshape(-1) - y) ** 2).sum()
+        loss.backward()
+        trainer.step(N)
+        r = X @ theta[0][0] + theta[1][0] - LABELS
+        grads = [np.array([X.T @ r / N]), np.array([r.mean()])]
+        for i, (lr_mult, decay_mult) in enumerate([(1.0, 1.0), (2.0, 0.0)]):
+            g = grads[i] + 0.1 * decay_mult * theta[i]
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.999 * v[i] + 0.001 * g ** 2
+            step = 0.01 * lr_mult * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+            theta[i] = theta[i] - step * m[i] / (np.sqrt(v[i]) + 1e-8)
+    np.testing.assert_allclose(net.weight.data().asnumpy(), theta[0], rtol=1e-12)
+    np.testing.assert_allclose(net.bias.data().asnumpy(), theta[1], rtol=1e-12)
