@@ -245,6 +245,38 @@ class Net:
         self._require_shapes()
         self._load_weights(path)
 
+    def set_mxnet_params(self, arg_params, aux_params=None):
+        """Take the weights from an MXNet checkpoint made from this net (``net.arg_params`` naming).
+
+        Every parameter of the net must be present with its Caffe shape;
+        extra arrays are ignored with a logged note.
+        """
+        self._require_shapes()
+        given = dict(arg_params or {})
+        given.update(aux_params or {})
+        used = set()
+        for bind in self._bindings:
+            blobs = self._params.get(bind.name)
+            if blobs is None:
+                continue
+            if bind.kind != "caffe":
+                raise errors.SpecError(f"layer '{bind.name}' runs as a native MXNet op; set_mxnet_params reads "
+                                       "the exact path's names -- build the Net with native=False")
+            for arg, blob in zip(bind.arg_names, blobs):
+                if arg not in given:
+                    raise errors.SpecError(
+                        f"the MXNet parameters have no '{arg}' (layer '{bind.name}'); they must come from "
+                        f"this prototxt (caffedata import / net.arg_params name them <layer>_<i>_weight|bias)")
+                value = given[arg]
+                value = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+                if tuple(value.shape) != tuple(blob.shape):
+                    raise errors.SpecError(f"parameter '{arg}' of layer '{bind.name}' has shape {value.shape}, "
+                                           f"the net needs {blob.shape}")
+                blob[...] = value
+                used.add(arg)
+        for name in sorted(set(given) - used):
+            log.info("Ignoring MXNet parameter %s (no such layer parameter in the net)", name)
+
     @property
     def symbol(self):
         """The MXNet symbol: the net's outputs (loss layers as CaffeLoss heads), Caffe's output order."""

@@ -22,11 +22,11 @@ INPUT_LAYER_TYPE = "Input"
 SILENT_LAYER_TYPES = ("Silence",)
 
 # Fields of a LayerParameter that describe its place in the net, not the layer itself.
-_PLACEMENT_FIELDS = ("bottom", "top", "include", "exclude", "blobs", "propagate_down", "phase")
+_PLACEMENT_FIELDS = ("bottom", "include", "exclude", "blobs", "propagate_down", "phase")
 
 
 def layer_text(param):
-    """One-line prototxt of a single layer, as CaffeOp takes it (no bottoms/tops/blobs)."""
+    """One-line prototxt of a single layer, as CaffeOp takes it (tops kept: they count the outputs)."""
     from ..proto import LayerParameter
 
     layer = LayerParameter()
