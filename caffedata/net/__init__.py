@@ -1,1 +1,4 @@
-"""Whole Caffe nets: prototxt/caffemodel formats (no mxnet) and ``Net`` (imports mxnet when used)."""
+"""Caffe nets without MXNet: prototxt upgrades, NetState filtering, the blob graph, .caffemodel files.
+
+Nothing here imports mxnet; ``caffedata.Net`` builds on these modules.
+"""

@@ -1,11 +1,13 @@
 """Caffe's protobuf schema, without protoc at run time.
 
-``caffe.proto`` is the copy of BVLC Caffe's schema that ships in the mxnet
-1.9.1 wheel (``mxnet/tools/caffe_converter/caffe.proto``); it matches Caffe
-rc4/1.0 in every data-related message.  ``caffe_descriptor.bin`` was produced
-from it at development time with::
+``caffe.proto`` is BVLC Caffe's final master schema, verbatim
+(``src/caffe/proto/caffe.proto`` at commit 9b89154, a superset of the copy in
+the mxnet 1.9.1 wheel: PoolingParameter.round_mode, InfogainLossParameter.axis,
+ClipParameter, SwishParameter, SolverParameter.weights, rms_decay defaulting to
+0.99).  ``caffe_descriptor.bin`` was produced from it at development time with
+grpcio-tools' bundled protoc (libprotoc 35.1)::
 
-    protoc 3.21.12: protoc --descriptor_set_out=caffe_descriptor.bin -I. caffe.proto
+    python -m grpc_tools.protoc --descriptor_set_out=caffe_descriptor.bin -I. caffe.proto
 
 Loading the serialized descriptor into a private pool works across protobuf
 runtimes 3.20 through 7.x (generated ``_pb2`` modules are tied to the protoc
@@ -49,11 +51,24 @@ BlobShape = message_class("BlobShape")
 BlobProto = message_class("BlobProto")
 BlobProtoVector = message_class("BlobProtoVector")
 NetParameter = message_class("NetParameter")
+NetState = message_class("NetState")
+NetStateRule = message_class("NetStateRule")
+ParamSpec = message_class("ParamSpec")
 LayerParameter = message_class("LayerParameter")
+V0LayerParameter = message_class("V0LayerParameter")
 V1LayerParameter = message_class("V1LayerParameter")
 TransformationParameter = message_class("TransformationParameter")
 DataParameter = message_class("DataParameter")
+InputParameter = message_class("InputParameter")
+FillerParameter = message_class("FillerParameter")
+SolverParameter = message_class("SolverParameter")
+SolverState = message_class("SolverState")
 
-__all__ = ["POOL", "message_class", "text_format", "Datum", "BlobShape", "BlobProto",
-           "BlobProtoVector", "NetParameter", "LayerParameter", "V1LayerParameter",
-           "TransformationParameter", "DataParameter"]
+# Enums the net and solver code compare against (``caffe.Phase``: TRAIN=0, TEST=1).
+TRAIN = POOL.FindEnumTypeByName("caffe.Phase").values_by_name["TRAIN"].number
+TEST = POOL.FindEnumTypeByName("caffe.Phase").values_by_name["TEST"].number
+
+__all__ = ["POOL", "message_class", "text_format", "Datum", "BlobShape", "BlobProto", "BlobProtoVector",
+           "NetParameter", "NetState", "NetStateRule", "ParamSpec", "LayerParameter", "V0LayerParameter",
+           "V1LayerParameter", "TransformationParameter", "DataParameter", "InputParameter",
+           "FillerParameter", "SolverParameter", "SolverState", "TRAIN", "TEST"]
