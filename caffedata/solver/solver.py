@@ -45,26 +45,43 @@ logger = logging.getLogger("caffedata.solver")
 STOP, SNAPSHOT, NONE = "stop", "snapshot", "none"
 
 
+def get_solver(solver, **kwargs):
+    """pycaffe's ``caffe.get_solver``: a :class:`Solver` of the file's ``type``."""
+    return Solver(solver, **kwargs)
+
+
 class Solver:
     """Caffe's SGD-family solver over a train net and test nets (see the module docstring).
 
     Parameters
     ----------
     solver : path, prototxt text or SolverParameter (read with :func:`load_solver_param`).
-    train_net : the train net (interface above).
+    train_net : the train net (interface above).  Without it the solver builds
+        ``caffedata.Net`` train and test nets from the solver's net fields, as
+        ``caffe.get_solver(file)`` (see :func:`caffedata.solver.net_adapter.build_nets`;
+        ``batches`` / ``test_batches`` feed nets without Data layers).
     test_nets : test nets, one per ``test_iter`` entry.
     log_stream : a text stream receiving Caffe-format lines with glog prefixes
         (besides the ``caffedata.solver`` logger, which gets the bare text).
     """
 
-    def __init__(self, solver, train_net, test_nets=(), log_stream=None):
+    def __init__(self, solver, train_net=None, test_nets=None, log_stream=None, batches=None,
+                 test_batches=None, stages=(), level=0):
         from . import optimizers  # imports mxnet
 
         self._optimizers = optimizers
-        self.param = load_solver_param(solver, check_nets=False)
         self.log_stream = log_stream
+        if train_net is None:
+            # pycaffe's caffe.get_solver(file): build the nets the solver names (reference §5.2)
+            self.param = load_solver_param(solver)
+            self._seed()
+            from .net_adapter import build_nets
+            train_net, test_nets = build_nets(self.param, batches, test_batches, stages, level)
+        else:
+            self.param = load_solver_param(solver, check_nets=False)
+            self._seed()
         self.net = train_net
-        self.test_nets = list(test_nets)
+        self.test_nets = list(test_nets or ())
         if len(self.test_nets) != len(self.param.test_iter):
             raise SpecError(f"test_iter: the solver has {len(self.param.test_iter)} test_iter entries but "
                             f"{len(self.test_nets)} test net(s) were given -- give one test net per entry")
@@ -79,6 +96,13 @@ class Solver:
         self.requested_action = None
         self._make_optimizer(begin_iter=0, current_step=0)
         self._emit("scaffolding", caffe_log.SCAFFOLDING_DONE)
+
+    def _seed(self):
+        """random_seed >= 0 seeds MXNet's and NumPy's generators before nets are built (fillers)."""
+        if self.param.random_seed >= 0:
+            import mxnet as mx
+            mx.random.seed(int(self.param.random_seed))
+            np.random.seed(int(self.param.random_seed) % (1 << 32))
 
     # ---------------------------------------------------------------- optimizer and its state
     def _make_optimizer(self, begin_iter, current_step):
@@ -183,6 +207,8 @@ class Solver:
             self._emit("lr", caffe_log.lr_line(self.iter, rate))
         n = len(self.net.learnable_names)
         self.updater(list(range(n)), list(grads), list(self.net.param_arrays))
+        if hasattr(self.net, "after_update"):  # nets whose master weights are not these NDArrays
+            self.net.after_update()
         if self.optimizer.last_clip is not None:
             norm, scale = self.optimizer.last_clip
             self._emit("clipping", caffe_log.clipping_line(norm, self.param.clip_gradients, scale))
