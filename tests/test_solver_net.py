@@ -70,3 +70,71 @@ def test_net_solver_resumes_with_identical_losses(files, kind):
     np.testing.assert_array_equal([h["loss"] for h in resumed.history],
                                   [h["loss"] for h in whole.history][5:])
     np.testing.assert_array_equal(resumed.net.net.params["fc"][0], whole.net.net.params["fc"][0])
+
+
+def test_fast_module_path_equals_the_net_path(files):
+    """ModuleNet.from_net (one bound executor, NDArray weights) trains exactly as the Net adapter."""
+    import mxnet as mx
+
+    from caffedata.net.net import Net
+    from caffedata.solver.module_net import ModuleNet
+
+    text = (f'base_lr: 0.1 lr_policy: "fixed" type: "Adam" momentum: 0.9 weight_decay: 0.01 max_iter: 4 '
+            f'snapshot_prefix: "{files}/fast"')
+    slow = Solver(f'net: "{files}/tiny.prototxt" ' + text, batches=[BATCH])
+    set_init(slow)
+    slow.step(4)
+    net = Net(str(files / "tiny.prototxt"), phase="TRAIN")
+    net.params["fc"][0][...] = W_INIT
+    net.params["fc"][1][...] = B_INIT
+    it = mx.io.NDArrayIter(BATCH["data"], BATCH["label"], batch_size=8, label_name="label")
+    fast_net = ModuleNet.from_net(net, it)
+    assert fast_net.rescale_grad == 1 / 8 and fast_net.output_loss_weights == {"loss": 1.0}
+    fast = Solver(text, fast_net)
+    fast.step(4)
+    np.testing.assert_allclose([h["loss"] for h in fast.history], [h["loss"] for h in slow.history], rtol=1e-6)
+    w_fast = fast_net.exe.arg_dict[fast_net.learnable_names[0]].asnumpy()
+    np.testing.assert_allclose(w_fast, slow.net.net.params["fc"][0], rtol=1e-5, atol=1e-7)
+    # its snapshot is the Net's .caffemodel, readable back into a fresh Net
+    model, _ = fast.snapshot()
+    back = Net(str(files / "tiny.prototxt"), phase="TEST", weights=model)
+    np.testing.assert_allclose(back.params["fc"][0], w_fast, rtol=0, atol=0)
+
+
+TRAIN_VAL = """name: "dbnet"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
+        transform_param {{ scale: 0.00390625 }} data_param {{ source: "{db}" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+        transform_param {{ scale: 0.00390625 }} data_param {{ source: "{db}" batch_size: 5 backend: LMDB }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param {{ num_output: 23 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "ip" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
+"""
+
+
+def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
+    from caffedata.solver.module_net import ModuleNet
+    from caffedata.solver.net_adapter import CaffeNetAdapter
+
+    db = raw_db(n=23)
+    (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL.format(db=db))
+    text = (f'net: "{tmp_path}/train_val.prototxt" test_iter: 2 test_interval: 3 base_lr: 0.05 '
+            f'lr_policy: "inv" gamma: 0.1 power: 0.75 momentum: 0.9 weight_decay: 0.0005 max_iter: 6 '
+            f'display: 3 snapshot_prefix: "{tmp_path}/dbnet" random_seed: 5')
+    runs = {}
+    for fast in (True, False):
+        log = io.StringIO()
+        with Solver(text, fast=fast, log_stream=log) as solver:
+            kind = ModuleNet if fast else CaffeNetAdapter
+            assert isinstance(solver.net, kind) and isinstance(solver.test_nets[0], kind)
+            solver.solve()
+            runs[fast] = ([h["loss"] for h in solver.history],
+                          [t["outputs"]["accuracy"] for t in solver.test_history], log.getvalue())
+    # the same random_seed gives the same xavier weights, the same data order gives the same losses
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-6)
+    assert len(runs[True][1]) == 3  # tests at 0, 3 and 6 (the last in Solve)
+    assert "Test net output #0: accuracy = " in runs[True][2]
+    assert "Test net output #1: loss = " in runs[True][2]
+    assert os.path.isfile(tmp_path / "dbnet_iter_6.caffemodel")

@@ -29,8 +29,10 @@ _CAFFEOP_ARG = re.compile(r"^(?P<layer>.+)_(?P<index>\d+)_(?:weight|bias)$")
 
 class ModuleNet:
     def __init__(self, symbol, data_iter, phase="TRAIN", loss_weights=None, initializer=None,
-                 arg_params=None, ctx=None, dtype=np.float32, name=None, output_names=None):
+                 arg_params=None, ctx=None, dtype=np.float32, name=None, output_names=None,
+                 aux_params=None, caffe_net=None):
         self.symbol = symbol
+        self.caffe_net = caffe_net  # a caffedata Net: snapshots go through its .caffemodel writer
         self.data_iter = data_iter
         self.phase = phase
         self.ctx = ctx or mx.cpu()
@@ -66,7 +68,29 @@ class ModuleNet:
             else:
                 initializer(mx.init.InitDesc(n, attrs.get(n, {})), arr)
         for n, arr in self.exe.aux_dict.items():
-            arr[:] = 0
+            arr[:] = aux_params[n] if aux_params and n in aux_params else 0
+        # head gradients: CaffeLoss ignores its own; outputs that are not losses get 0
+        self._head_grads = [mx.nd.zeros(o.shape, ctx=self.ctx, dtype=o.dtype) for o in self.exe.outputs]
+
+    @classmethod
+    def from_net(cls, net, data_iter=None, ctx=None):
+        """The fast path for a ``caffedata.Net``: its exported symbol bound once, weights as NDArrays.
+
+        ``data_iter`` defaults to the net's only Data layer's ``CaffeDataIter``.
+        """
+        if data_iter is None:
+            iters = net.data_iters()
+            if len(iters) != 1:
+                raise SpecError(f"net has {len(iters)} Data layers; pass data_iter= (one iterator giving "
+                                f"every input: {net.inputs})")
+            data_iter = next(iter(iters.values()))
+        heads = [net._graph.blob_ids[name] for name in net.outputs]
+        heads += [tid for tid in net._loss if tid not in heads]
+        names = list(net.outputs) + [f"(automatic){i}" for i in range(len(heads) - len(net.outputs))]
+        weights = {n: float(net._loss.get(tid, 0.0)) for n, tid in zip(names, heads)}
+        return cls(net.symbol, data_iter, phase=net.phase, loss_weights={n: w for n, w in weights.items() if w},
+                   arg_params=net.arg_params, aux_params=net.aux_params, ctx=ctx or net.ctx,
+                   name=net._net_param.name or "net", output_names=names, caffe_net=net)
 
     # -------------------------------------------------------------- Solver interface
     @property
@@ -101,7 +125,7 @@ class ModuleNet:
     def forward_backward(self, batch=None):
         self._load(batch if batch is not None else self._next_batch())
         self.exe.forward(is_train=True)
-        self.exe.backward()
+        self.exe.backward(self._head_grads)
         return self._result()
 
     def forward(self, batch=None):
@@ -117,6 +141,10 @@ class ModuleNet:
             if n in other.exe.aux_dict:
                 other.exe.aux_dict[n].copyto(arr)
 
+    def close(self):
+        if hasattr(self.data_iter, "close"):
+            self.data_iter.close()
+
     # -------------------------------------------------------------- weights files
     def _layers(self):
         layers = collections.OrderedDict()
@@ -126,8 +154,20 @@ class ModuleNet:
             layers.setdefault(layer, {})[index] = n
         return layers
 
+    def _sync_caffe_net(self):
+        self.caffe_net.set_mxnet_params({n: self.exe.arg_dict[n] for n in self.learnable_names},
+                                        dict(self.exe.aux_dict))
+
     def save(self, path):
-        """A .caffemodel (NetParameter: one layer per CaffeOp name with its blobs); ``.h5``: Caffe's HDF5."""
+        """A .caffemodel (NetParameter: one layer per CaffeOp name with its blobs); ``.h5``: Caffe's HDF5.
+
+        Built from a ``caffedata.Net`` (:meth:`from_net`), the binary file is the Net's own
+        ``Net::ToProto`` layout.
+        """
+        if self.caffe_net is not None and not str(path).endswith(".h5"):
+            self._sync_caffe_net()
+            self.caffe_net.save(path)
+            return path
         layers = self._layers()
         if str(path).endswith(".h5"):
             import h5py
@@ -153,6 +193,16 @@ class ModuleNet:
 
     def copy_from(self, path):
         """Load weights written by :meth:`save` (layers matched by name, as Caffe does)."""
+        if self.caffe_net is not None and not str(path).endswith(".h5"):
+            self._sync_caffe_net()
+            self.caffe_net.copy_from(path)
+            for n, v in self.caffe_net.arg_params.items():
+                if n in self.exe.arg_dict and n in self.learnable_names:
+                    self.exe.arg_dict[n][:] = v
+            for n, v in self.caffe_net.aux_params.items():
+                if n in self.exe.aux_dict:
+                    self.exe.aux_dict[n][:] = v
+            return
         layers = self._layers()
         found = {}
         if str(path).endswith(".h5"):

@@ -136,6 +136,11 @@ class CaffeNetAdapter:
                     if mine.shape == theirs.shape:
                         mine[...] = theirs
 
+    def close(self):
+        for it in (self._data_iters or {}).values():
+            if hasattr(it, "close"):
+                it.close()
+
     # ---------------------------------------------------------------- files
     def save(self, path):
         if str(path).endswith(".h5"):
@@ -165,12 +170,29 @@ class CaffeNetAdapter:
         self.net.copy_from(path)
 
 
-def build_nets(param, batches=None, test_batches=None, stages=(), level=0):
+def _adapter(net, batches, fast):
+    """The fast :class:`ModuleNet` for a net fed by exactly one Data layer, else the Net adapter."""
+    can_be_fast = (batches is None and len(net._data_layers) == 1
+                   and set(net._data_layers[0].tops) == set(net.inputs))
+    if fast is None:
+        fast = can_be_fast
+    if fast:
+        if not can_be_fast:
+            raise SpecError(f"net '{net._net_param.name}': the fast path needs exactly one Data layer "
+                            f"feeding every input ({net.inputs}) -- use fast=False")
+        from .module_net import ModuleNet
+        return ModuleNet.from_net(net)
+    return CaffeNetAdapter(net, batches)
+
+
+def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=None):
     """(train adapter, [test adapters]) from a SolverParameter's net fields (reference §5.2).
 
     Paths in ``net`` / ``train_net`` / ``test_net`` are used as written (relative
     to the working directory, as ``caffe train``).  ``test_batches``: one batch
-    source per test net (None where the net has Data layers).
+    source per test net (None where the net has Data layers).  ``fast`` (default:
+    where possible) runs a net with one Data layer as a bound MXNet executor
+    (:meth:`ModuleNet.from_net`) instead of through ``Net.forward``/``backward``.
     """
     from ..net.net import Net
 
@@ -192,7 +214,7 @@ def build_nets(param, batches=None, test_batches=None, stages=(), level=0):
                         "train_net_param")
     train_source = _as_source(train_source)
     train_stages, train_level = state_of(param.train_state if param.HasField("train_state") else None, stages)
-    train = CaffeNetAdapter(Net(train_source, phase="TRAIN", stages=train_stages, level=train_level), batches)
+    train = _adapter(Net(train_source, phase="TRAIN", stages=train_stages, level=train_level), batches, fast)
     sources = [_as_source(p) for p in param.test_net_param] + list(param.test_net)
     generic = param.net if param.HasField("net") else (param.net_param if param.HasField("net_param") else None)
     while generic is not None and len(sources) < len(param.test_iter):
@@ -202,8 +224,8 @@ def build_nets(param, batches=None, test_batches=None, stages=(), level=0):
     for k, source in enumerate(sources):
         state = param.test_state[k] if k < len(param.test_state) else None
         t_stages, t_level = state_of(state)
-        tests.append(CaffeNetAdapter(Net(source, phase="TEST", stages=t_stages, level=t_level),
-                                     test_batches[k] if k < len(test_batches) else None))
+        tests.append(_adapter(Net(source, phase="TEST", stages=t_stages, level=t_level),
+                              test_batches[k] if k < len(test_batches) else None, fast))
     for entry in getattr(param, "weights", []):
         for path in (p.strip() for p in entry.split(",") if p.strip()):
             for adapter in [train] + tests:

@@ -66,7 +66,7 @@ class Solver:
     """
 
     def __init__(self, solver, train_net=None, test_nets=None, log_stream=None, batches=None,
-                 test_batches=None, stages=(), level=0):
+                 test_batches=None, stages=(), level=0, fast=None):
         from . import optimizers  # imports mxnet
 
         self._optimizers = optimizers
@@ -76,7 +76,7 @@ class Solver:
             self.param = load_solver_param(solver)
             self._seed()
             from .net_adapter import build_nets
-            train_net, test_nets = build_nets(self.param, batches, test_batches, stages, level)
+            train_net, test_nets = build_nets(self.param, batches, test_batches, stages, level, fast)
         else:
             self.param = load_solver_param(solver, check_nets=False)
             self._seed()
@@ -103,6 +103,19 @@ class Solver:
             import mxnet as mx
             mx.random.seed(int(self.param.random_seed))
             np.random.seed(int(self.param.random_seed) % (1 << 32))
+
+    def close(self):
+        """Stop the nets' data readers (CaffeDataIter worker threads)."""
+        for net in [self.net] + self.test_nets:
+            if hasattr(net, "close"):
+                net.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     # ---------------------------------------------------------------- optimizer and its state
     def _make_optimizer(self, begin_iter, current_step):
