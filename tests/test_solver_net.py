@@ -54,7 +54,7 @@ def test_solver_from_prototxt_steps_like_caffe_sgd(files):
     assert "Train net output #0: loss = " in text and "(* 1 = " in text
 
 
-@pytest.mark.parametrize("kind", ["Nesterov", "AdaDelta"])
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaDelta"])
 def test_net_solver_resumes_with_identical_losses(files, kind):
     text = (f'net: "{files}/tiny.prototxt" base_lr: 0.5 lr_policy: "step" gamma: 0.5 stepsize: 4 '
             f'type: "{kind}" momentum: 0.9 weight_decay: 0.001 max_iter: 15 snapshot: 5 '

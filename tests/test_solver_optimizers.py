@@ -241,3 +241,29 @@ def test_three_steps_of_each_lr_policy(policy):
     # MXNet's num_update 1, 2, 3 are Caffe's iterations 0, 1, 2
     fresh = CaffeLRScheduler(param)
     np.testing.assert_allclose([fresh(n) for n in (1, 2, 3)], rates, rtol=1e-7)
+
+
+def test_float32_sgd_fused_path_and_caffe_history_sign():
+    """float32 L2 SGD runs MXNet's fused sgd_mom_update (state = −h); caffe_history gives Caffe's h."""
+    opt = mx.optimizer.create("caffe_sgd", learning_rate=0.1, momentum=0.9, wd=0.01, clip_gradients=0.5,
+                              iter_size=2)
+    updater = mx.optimizer.get_updater(opt)
+    w, b = mx.nd.array(W0, dtype=np.float32), mx.nd.array(B0, dtype=np.float32)
+    h_ref = [np.zeros(2), np.zeros(1)]
+    theta = [W0.copy(), B0.copy()]
+    for _ in range(3):
+        gw, gb = caffe_grads(w.asnumpy().astype(np.float64), b.asnumpy().astype(np.float64))
+        updater([0, 1], [mx.nd.array(2 * gw, dtype=np.float32), mx.nd.array(2 * gb, dtype=np.float32)], [w, b])
+        g = [2 * gi for gi in caffe_grads(*theta)]
+        norm = math.sqrt(sum(float(np.sum(gi * gi)) for gi in g))
+        g = [gi * min(1.0, 0.5 / norm) / 2 for gi in g]
+        for i in range(2):
+            h_ref[i] = 0.9 * h_ref[i] + 0.1 * (g[i] + 0.01 * theta[i])
+            theta[i] = theta[i] - h_ref[i]
+    assert w.dtype == np.float32
+    np.testing.assert_allclose(w.asnumpy(), theta[0], rtol=2e-6)
+    np.testing.assert_allclose(b.asnumpy(), theta[1], rtol=2e-6)
+    (h0,) = opt.caffe_history(updater.states[0])
+    np.testing.assert_allclose(h0.asnumpy(), h_ref[0], rtol=2e-5)
+    restored = opt.state_from_caffe_history([h_ref[0]], w)
+    np.testing.assert_allclose(restored.asnumpy(), -h_ref[0], rtol=1e-6)

@@ -148,39 +148,73 @@ class _CaffeOptimizer(mx.optimizer.Optimizer):
         self._update_count(indices)
         lrs = self._get_lrs(indices)
         wds = self._get_wds(indices)
-        # 1. Caffe's diff (a new array: MXNet's gradient buffers are left alone)
-        diffs = [g * float(self.rescale_grad) for g in grads]
-        # 2. clip by the global L2 norm of the (summed, not yet normalised) diffs
+        # 1.-3. one factor turns MXNet's gradient into Caffe's clipped, normalised diff
+        scale = float(self.rescale_grad)
         self.last_clip = None
         if self.clip_gradients >= 0:
-            norm, scale = clip_gradients_(diffs, self.clip_gradients)
-            if scale != 1.0:
-                self.last_clip = (norm, scale)
-        for w, g, s, lr, wd in zip(weights, diffs, states, lrs, wds):
+            # 2. the global L2 norm of the (summed, not yet normalised) diffs
+            norm = global_norm(grads, scale)
+            if norm > self.clip_gradients:
+                self.last_clip = (norm, self.clip_gradients / norm)
+                scale *= self.last_clip[1]
+        if self.iter_size != 1:
             # 3. normalise over iter_size (float, as Caffe's Dtype(1)/iter_size)
-            if self.iter_size != 1:
-                g *= float(np.float32(1.0) / np.float32(self.iter_size))
-            # 4. regularise
-            if wd != 0:
-                if self.regularization_type == "L2":
-                    g += wd * w
-                else:
-                    g += wd * nd.sign(w)
-            # 5. ComputeUpdateValue, then Net::Update
-            w -= self._update_value(w, g, s, lr)
+            scale *= float(np.float32(1.0) / np.float32(self.iter_size))
+        for w, g, s, lr, wd in zip(weights, grads, states, lrs, wds):
+            self._update_param(w, g, s, lr, wd, scale)
+
+    def _update_param(self, w, grad, state, lr, wd, scale):
+        g = grad * scale  # a new array: MXNet's gradient buffers are left alone
+        # 4. regularise
+        if wd != 0:
+            if self.regularization_type == "L2":
+                g += wd * w
+            else:
+                g += wd * nd.sign(w)
+        # 5. ComputeUpdateValue, then Net::Update
+        w -= self._update_value(w, g, state, lr)
 
     def _update_value(self, weight, g, state, lr):
         raise NotImplementedError
 
+    # Caffe's history blobs <-> this optimizer's state (the same arrays except for CaffeSGD)
+    def caffe_history(self, state):
+        """The Caffe history blobs (one or two NDArrays) held by ``state``."""
+        return tuple(state) if isinstance(state, (tuple, list)) else (state,)
+
+    def state_from_caffe_history(self, blocks, weight):
+        """The optimizer state for Caffe history blobs (NumPy or NDArray) of ``weight``."""
+        arrays = tuple(nd.array(b, ctx=weight.context, dtype=weight.dtype) for b in blocks)
+        return arrays if self.blocks == 2 else arrays[0]
+
 
 class CaffeSGD(_CaffeOptimizer):
-    """Caffe SGD: ``h = μh + αg``; ``Δ = h`` (the rate lives inside the history)."""
+    """Caffe SGD: ``h = μh + αg``; ``Δ = h`` (the rate lives inside the history).
+
+    With L2 decay on float32 weights this is MXNet's fused ``sgd_mom_update``
+    (``mom = −h``), the other steps folded into its ``rescale_grad``; the state
+    is ``mom`` and :meth:`caffe_history` gives Caffe's ``h``.
+    """
 
     solver_type = "SGD"
 
-    def _update_value(self, weight, g, h, lr):
-        h[:] = self.momentum * h + lr * g
-        return h
+    def _update_param(self, w, grad, mom, lr, wd, scale):
+        # the fused op takes its scalars as float32: float64 weights keep the exact NDArray path
+        if self.regularization_type != "L2" or w.dtype != np.float32:
+            super()._update_param(w, grad, mom, lr, wd, scale)
+            return
+        nd.sgd_mom_update(w, grad, mom, out=w, lr=lr, wd=wd, momentum=self.momentum, rescale_grad=scale,
+                          clip_gradient=-1.0)
+
+    def _update_value(self, weight, g, mom, lr):
+        mom[:] = self.momentum * mom - lr * g
+        return -mom
+
+    def caffe_history(self, state):
+        return (-state,)
+
+    def state_from_caffe_history(self, blocks, weight):
+        return -nd.array(blocks[0], ctx=weight.context, dtype=weight.dtype)
 
 
 class CaffeNesterov(_CaffeOptimizer):

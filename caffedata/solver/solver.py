@@ -143,8 +143,9 @@ class Solver:
 
     def history_arrays(self):
         """Caffe's history blobs (NumPy float32) in ``.solverstate`` order."""
-        states = [self.updater.states[i] for i in range(len(self.net.learnable_names))]
-        states = [tuple(s) if isinstance(s, (tuple, list)) else s for s in states]
+        states = [self.optimizer.caffe_history(self.updater.states[i])
+                  for i in range(len(self.net.learnable_names))]
+        states = [s if len(s) == 2 else s[0] for s in states]
         blobs = history_from_states(states, self.param.type)
         return [b.asnumpy().astype(np.float32) for b in blobs]
 
@@ -349,8 +350,7 @@ class Solver:
                 if tuple(b.shape) != tuple(w.shape):
                     raise SpecError(f"{state_file}: history blob of shape {tuple(b.shape)} for parameter "
                                     f"'{self.net.learnable_names[i]}' of shape {tuple(w.shape)}")
-            arrays = tuple(mx.nd.array(b, ctx=w.context, dtype=w.dtype) for b in blocks)
-            self.updater.states[i] = arrays if len(arrays) == 2 else arrays[0]
+            self.updater.states[i] = self.optimizer.state_from_caffe_history(blocks, w)
         self.iter = state.iter
         logger.info("SGDSolver: restoring history")
 
