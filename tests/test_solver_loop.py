@@ -264,3 +264,16 @@ def test_caffe_adam_in_gluon_trainer():
             theta[i] = theta[i] - step * m[i] / (np.sqrt(v[i]) + 1e-8)
     np.testing.assert_allclose(net.weight.data().asnumpy(), theta[0], rtol=1e-12)
     np.testing.assert_allclose(net.bias.data().asnumpy(), theta[1], rtol=1e-12)
+
+
+def test_test_compute_loss_and_plain_batch_means():
+    stream = io.StringIO()
+    test_net = make_net(N // 2, phase="TEST")
+    solver = Solver(solver_text("test_iter: 2 test_interval: 1 test_compute_loss: true"), make_net(N),
+                    [test_net], log_stream=stream)
+    result = solver.test(0)
+    # the two test batches are the two halves of the data: the printed value is the mean of their losses
+    halves = [test_net.forward()[0] for _ in range(2)]
+    assert result["outputs"]["loss"][0] == pytest.approx(np.mean(halves), rel=1e-6)
+    printed = float(re.search(r"\] Test loss: (\S+)", stream.getvalue()).group(1))
+    assert printed == pytest.approx(np.mean(halves), rel=1e-5)
