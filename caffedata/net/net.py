@@ -327,7 +327,7 @@ class Net:
 
         sym = self.symbol
         names = [t for t in self._inputs if t in sym.list_arguments()]
-        block = mx.gluon.SymbolBlock(sym, [mx.sym.var(t) for t in names])
+        block = mx.gluon.SymbolBlock(sym, [mx.sym.var(t, dtype="float32") for t in names])
         params = {f"arg:{k}": v for k, v in self.arg_params.items()}
         params.update({f"aux:{k}": v for k, v in self.aux_params.items()})
         fd, tmp = tempfile.mkstemp(suffix=".params")
