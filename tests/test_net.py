@@ -574,3 +574,58 @@ def test_cli_import_export_round_trip(tmp_path):
     res = subprocess.run(run + ["export", prefix, "0", str(tmp_path / "missing.prototxt"), out], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "missing.prototxt" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# native=True: native MXNet operators where they equal Caffe, CaffeOp elsewhere
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_native_path_agrees_with_exact_path(name, tmp_path):
+    text = NETS[name]()
+    params = random_params(Net(text), seed=13)
+    path = write_weights(tmp_path / "w.caffemodel", text, params)
+    exact = Net(text, weights=path)
+    native = Net(text, weights=path, native=True)
+    assert any(b.kind == "native" for b in native._bindings)
+    assert native.blobs == exact.blobs and list(native.params) == list(exact.params)
+    x = _input(exact)
+    want = exact.forward(data=x, blobs=list(exact.blobs))
+    got = native.forward(data=x, blobs=list(exact.blobs))
+    for blob, value in want.items():
+        np.testing.assert_allclose(got[blob], value, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(value).max()),
+                                   err_msg=f"{name}: blob {blob}")
+    # the native checkpoint triple computes the same outputs
+    sym, arg, aux = native.symbol, native.arg_params, native.aux_params
+    exe = sym.bind(mx.cpu(), dict(arg, data=mx.nd.array(x)), aux_states=aux)
+    np.testing.assert_allclose(exe.forward(is_train=False)[0].asnumpy(), want[exact.outputs[0]], rtol=1e-5,
+                               atol=1e-6)
+    # and its weights go back to Caffe's blobs
+    back = Net(text)
+    back_native = Net(text, native=True)
+    back_native.set_mxnet_params(arg, aux)
+    for layer, arrays in params.items():
+        for got_blob, want_blob in zip(back_native.params[layer], arrays):
+            if exact._graph.layer(layer).type == "BatchNorm":
+                continue  # stored as mean/var with factor 1: compared through the outputs above
+            np.testing.assert_array_equal(got_blob, want_blob)
+    del back
+
+
+# ---------------------------------------------------------------------------
+# Python layers inside a net
+
+def test_python_layer_in_a_net_forward_and_backward(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
+    layer { name: "triple" type: "Python" bottom: "ip" top: "out"
+            python_param { module: "pylayers_for_tests" layer: "ScaleByParam" param_str: '{"factor": 3}' } }
+    """
+    net = Net(text)
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    w, b = net.params["ip"]
+    np.testing.assert_allclose(net.forward(data=x)["out"], 3 * (x @ w.T + b), rtol=1e-5)
+    g = net.backward(out=np.ones((2, 4), np.float32))
+    np.testing.assert_allclose(g["data"], 3 * np.ones((2, 4)) @ w, rtol=1e-5)
