@@ -629,3 +629,47 @@ def test_python_layer_in_a_net_forward_and_backward(monkeypatch):
     np.testing.assert_allclose(net.forward(data=x)["out"], 3 * (x @ w.T + b), rtol=1e-5)
     g = net.backward(out=np.ones((2, 4), np.float32))
     np.testing.assert_allclose(g["data"], 3 * np.ones((2, 4)) @ w, rtol=1e-5)
+
+
+def test_caffe_loss_heads_give_module_n_times_caffe_gradient():
+    """net.symbol's CaffeLoss heads: loss_weight x N x Caffe's gradient (MXNet's optimizer divides by N)."""
+    mx.random.seed(5)
+    net = Net(TINY)
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    label = np.array([1, 0, 2], np.float32)
+    net.forward(data=x, label=label)
+    net.backward()
+    mod = net.to_module(for_training=True)
+    assert mod.data_names == ["data", "label"]
+    mod.forward(mx.io.DataBatch([mx.nd.array(x), mx.nd.array(label)]), is_train=True)
+    mod.backward()
+    grad = mod._exec_group.execs[0].grad_dict["ip1_0_weight"].asnumpy()
+    np.testing.assert_allclose(grad, 3 * net.param_diffs["ip1"][0], rtol=1e-5, atol=1e-7)
+
+
+def test_train_phase_batchnorm_updates_caffe_accumulators():
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 4 dim: 2 dim: 3 dim: 3 } } }
+    layer { name: "bn" type: "BatchNorm" bottom: "data" top: "y" batch_norm_param { moving_average_fraction: 0.5 } }
+    """
+    net = Net(text, phase="TRAIN")
+    rng = np.random.default_rng(2)
+    x1, x2 = (rng.normal(1, 2, (4, 2, 3, 3)).astype(np.float32) for _ in range(2))
+    y = net.forward(data=x1)["y"]
+    mean, var = x1.mean(axis=(0, 2, 3)), x1.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(y, (x1 - mean.reshape(1, 2, 1, 1)) / np.sqrt(var.reshape(1, 2, 1, 1) + 1e-5),
+                               rtol=1e-4, atol=1e-5)
+    net.forward(data=x2)
+    m = 4 * 9
+    s0, s1, f = net.params["bn"]
+    np.testing.assert_allclose(f, [0.5 * 1 + 1])
+    np.testing.assert_allclose(s0, x2.mean(axis=(0, 2, 3)) + 0.5 * mean, rtol=1e-5)
+    np.testing.assert_allclose(s1, m / (m - 1) * x2.var(axis=(0, 2, 3)) + 0.5 * m / (m - 1) * var, rtol=1e-4)
+    # a TEST net reading these statistics (through net.save) normalises with them
+    test = Net(text)
+    for dst, src in zip(test.params["bn"], net.params["bn"]):
+        dst[...] = src
+    yt = test.forward(data=x1)["y"]
+    mu, sig = s0 / f[0], s1 / f[0]
+    np.testing.assert_allclose(yt, (x1 - mu.reshape(1, 2, 1, 1)) / np.sqrt(sig.reshape(1, 2, 1, 1) + 1e-5),
+                               rtol=1e-4, atol=1e-5)
