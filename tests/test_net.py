@@ -673,3 +673,34 @@ def test_train_phase_batchnorm_updates_caffe_accumulators():
     mu, sig = s0 / f[0], s1 / f[0]
     np.testing.assert_allclose(yt, (x1 - mu.reshape(1, 2, 1, 1)) / np.sqrt(sig.reshape(1, 2, 1, 1) + 1e-5),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_inputs_the_weights_do_not_fit_are_refused_and_the_net_still_works():
+    net = Net(nets.lenet(batch=2))
+    with pytest.raises(errors.SpecError, match=r"conv1.*\(20, 1, 5, 5\).*\(20, 3, 5, 5\)"):
+        net.forward(data=np.zeros((2, 3, 28, 28), np.float32))
+    with pytest.raises(errors.SpecError, match=r"ip1.*\(500, 800\).*\(500, 200\)"):
+        net.forward(data=np.zeros((2, 1, 20, 20), np.float32))
+    assert net.blobs["conv1"] == (2, 20, 24, 24)
+    assert net.forward(data=np.zeros((2, 1, 28, 28), np.float32))["prob"].shape == (2, 10)
+
+
+def test_missing_and_extra_weight_layers_follow_copy_trained_layers(tmp_path):
+    text = nets.lenet(batch=2)
+    params = random_params(Net(text), seed=21)
+    # the file's net calls the last layer ip2_old: the target's ip2 is missing from it
+    old_text = text.replace('name: "ip2"', 'name: "ip2_old"')
+    params["ip2_old"] = params.pop("ip2")
+    path = write_weights(tmp_path / "partial.caffemodel", old_text, params)
+    renamed = text.replace('name: "conv1"', 'name: "conv1_new"')
+    net = Net(renamed, weights=path)
+    np.testing.assert_array_equal(net.params["conv2"][0], params["conv2"][0])
+    assert any("Ignoring source layer conv1" in n for n in net.weight_notes)
+    assert any("Ignoring source layer ip2_old" in n for n in net.weight_notes)
+    assert any("ip2" in n and "initial values" in n for n in net.weight_notes)
+    assert not net.params["ip2"][1].any()  # kept its filler (constant 0)
+    # a same-named layer without blobs in the file: Caffe's "Incompatible number of blobs"
+    params["ip2"] = []
+    path = write_weights(tmp_path / "empty.caffemodel", text, {k: v for k, v in params.items() if k != "ip2_old"})
+    with pytest.raises(errors.SpecError, match="Incompatible number of blobs for layer ip2"):
+        Net(text, weights=path)

@@ -12,6 +12,8 @@ The Caffe blobs of ``net.params`` (NumPy, float32) are the master copy of the
 weights: they are copied into the executor before every forward.
 """
 import collections
+import contextlib
+import io
 import logging
 
 import numpy as np
@@ -172,10 +174,11 @@ class Net:
             self._require_shapes()
             arrays = {k: np.zeros(self._input_shapes[k], np.float32) for k in self._inputs}
         shapes = {k: a.shape for k, a in arrays.items()}
-        if any(self._input_shapes.get(k) != s for k, s in shapes.items()):
+        if self._params is None:
             self._input_shapes.update(shapes)
-        self._materialize()
+            self._materialize()
         exe = self._executor(shapes)
+        self._input_shapes.update(shapes)  # only once the net accepted them
         self._push_params()
         for k, a in arrays.items():
             exe.arg_dict[k][:] = a
@@ -516,10 +519,13 @@ class Net:
             self._executors.move_to_end(key)
             return exe
         sym = self._exec_symbol
+        known = {n: self._nd[n].shape for n in sym.list_arguments() + sym.list_auxiliary_states() if n in self._nd}
         try:
-            arg_shapes, _, aux_shapes = sym.infer_shape(**shapes)
+            with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints its arguments on failure
+                arg_shapes, _, aux_shapes = sym.infer_shape(**known, **shapes)
         except mx.base.MXNetError as exc:
-            raise errors.SpecError(f"the net does not accept inputs of shapes {dict(shapes)}: {exc}") from None
+            raise errors.SpecError(f"the net does not accept inputs of shapes {dict(shapes)}: "
+                                   f"{_first_reason(exc)}") from None
         args, grads = {}, {}
         attrs = sym.attr_dict()
         for name, shape in zip(sym.list_arguments(), arg_shapes):
@@ -578,6 +584,18 @@ class Net:
     def __repr__(self):
         return (f"<caffedata.Net {self._net_param.name or '(unnamed)'}: {len(self._graph.layers)} layers, "
                 f"phase {self.phase}, inputs {self._inputs}, outputs {self.outputs}>")
+
+
+def _first_reason(exc):
+    """The informative line of an MXNet shape error (they repeat the layer's message many times)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the library keeps earlier calls' messages: the last one is this call's
+        if "caffedata" in ln:
+            return ln.split("]: ", 1)[-1][:600]
+    for ln in lines:
+        if "Check failed" in ln or "Error in operator" in ln:
+            return ln.split("] ", 1)[-1][:600]
+    return (lines[0] if lines else repr(exc))[:600]
 
 
 def _set_variable_shapes(sym, arrays):
