@@ -534,6 +534,17 @@ def test_train_test_lenet_reads_its_lmdb_and_computes_the_loss(tmp_path):
     assert set(test_net.arg_params) == {"conv1_0_weight", "conv1_1_bias", "conv2_0_weight", "conv2_1_bias",
                                         "ip1_0_weight", "ip1_1_bias", "ip2_0_weight", "ip2_1_bias"}
     assert train_net.label_names == ["label"] and train_net.data_names == ["data"]
+    # train_val -> Module: bound from the DB's shapes, trains through the CaffeLoss head
+    mod = train_net.to_module(for_training=True)
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1})
+    before = mod.get_params()[0]["ip2_0_weight"].asnumpy()
+    it = train_net.data_iters()["mnist"]
+    try:
+        mod.forward_backward(it.next())
+        mod.update()
+    finally:
+        it.close()
+    assert np.abs(mod.get_params()[0]["ip2_0_weight"].asnumpy() - before).max() > 0
 
 
 # ---------------------------------------------------------------------------
@@ -704,3 +715,19 @@ def test_missing_and_extra_weight_layers_follow_copy_trained_layers(tmp_path):
     path = write_weights(tmp_path / "empty.caffemodel", text, {k: v for k, v in params.items() if k != "ip2_old"})
     with pytest.raises(errors.SpecError, match="Incompatible number of blobs for layer ip2"):
         Net(text, weights=path)
+
+
+def test_stages_and_level_select_layers():
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }
+    layer { name: "double" type: "Power" bottom: "data" top: "out" power_param { scale: 2 }
+            include { stage: "deploy" } }
+    layer { name: "triple" type: "Power" bottom: "data" top: "out" power_param { scale: 3 }
+            exclude { stage: "deploy" } }
+    layer { name: "extra" type: "Power" bottom: "data" top: "extra" include { min_level: 1 } }
+    """
+    x = np.array([[1.0, 2.0]], np.float32)
+    np.testing.assert_allclose(Net(text, stages=["deploy"]).forward(data=x)["out"], 2 * x)
+    net = Net(text)
+    np.testing.assert_allclose(net.forward(data=x)["out"], 3 * x)
+    assert net.outputs == ["out"] and Net(text, level=1).outputs == ["extra", "out"]
