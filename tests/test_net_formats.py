@@ -13,7 +13,8 @@ import pytest
 from google.protobuf import text_format
 
 from caffedata.errors import DatabaseError, SpecError
-from caffedata.net.caffemodel import (copy_trained_layers, encode_blob, read_caffemodel, write_caffemodel)
+from caffedata.net.caffemodel import (copy_trained_layers, encode_blob, read_caffemodel, write_caffemodel,
+                                      write_caffemodel_hdf5)
 from caffedata.net.graph import build_graph
 from caffedata.net.netstate import filter_net
 from caffedata.net.upgrade import load_net_param, load_solver_param
@@ -694,3 +695,63 @@ def test_net_modules_do_not_import_mxnet():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+SHARED_NET = """
+name: "shared"
+layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "ip_a" type: "InnerProduct" bottom: "a" top: "fa" param { name: "w" } param { name: "bias" }
+        inner_product_param { num_output: 3 } }
+layer { name: "ip_b" type: "InnerProduct" bottom: "b" top: "fb" param { name: "w" } param { name: "own" }
+        inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fa" bottom: "fb" top: "loss" }
+"""
+
+
+def test_hdf5_weights_write_read_and_sharing(tmp_path):
+    import h5py
+    net = filter_net(load_net_param(SHARED_NET))
+    rng = np.random.RandomState(5)
+    w, b_a, b_b = rng.randn(3, 4), rng.randn(3), rng.randn(3)
+    params = {"ip_a": [w, b_a], "ip_b": [w, b_b]}
+    path = tmp_path / "s.caffemodel.h5"
+    write_caffemodel_hdf5(path, net, params)
+    with h5py.File(path, "r") as f:  # Net::ToHDF5's layout: every layer, datasets only for owners
+        assert sorted(f["data"]) == ["in", "ip_a", "ip_b", "loss"]
+        assert sorted(f["data/ip_a"]) == ["0", "1"] and sorted(f["data/ip_b"]) == ["1"]
+        np.testing.assert_array_equal(f["data/ip_b/1"][()], b_b.astype(np.float32))
+    layers = read_caffemodel(path)
+    assert [(l.name, l.source_format) for l in layers] == [("in", "hdf5"), ("ip_a", "hdf5"), ("ip_b", "hdf5"),
+                                                          ("loss", "hdf5")]
+    assert layers[2].blobs[0] is None
+    targets = {"in": [], "ip_a": [(3, 4), (3,)], "ip_b": [(3, 4), (3,)], "loss": []}
+    weights, notes = copy_trained_layers(targets, layers, shared={("ip_b", 0)})
+    assert notes == [] and weights["ip_b"][0] is None
+    np.testing.assert_array_equal(weights["ip_a"][0], w.astype(np.float32))
+    np.testing.assert_array_equal(weights["ip_b"][1], b_b.astype(np.float32))
+    with pytest.raises(SpecError, match="Incompatible number of blobs for layer ip_b"):
+        copy_trained_layers(targets, layers)  # ip_b's blob 0 is missing and not shared
+    with pytest.raises(SpecError, match="Cannot copy param 1 weights from layer 'ip_a'; shape mismatch"):
+        copy_trained_layers({"ip_a": [(3, 4), (1, 3)]}, layers)  # HDF5: no legacy leniency
+
+
+def test_hdf5_weights_written_by_hand(tmp_path):
+    import h5py
+    path = tmp_path / "hand.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data/conv/0", data=np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))
+        f.create_dataset("data/conv/1", data=np.array([1.5, -2.0], dtype=np.float64))
+        f.create_group("data/relu")
+    layers = read_caffemodel(path)
+    assert [(l.name, [b.shape for b in l.blobs]) for l in layers] == [("conv", [(2, 3, 2, 2), (2,)]),
+                                                                     ("relu", [])]
+    assert layers[0].blobs[1].dtype == np.float32 and list(layers[0].blobs[1]) == [1.5, -2.0]
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("weights", data=np.zeros(3))
+    with pytest.raises(SpecError, match="without a 'data' group"):
+        read_caffemodel(bad)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(SpecError, match="truncated or damaged"):
+        read_caffemodel(truncated)

@@ -29,6 +29,9 @@ class CaffeModelLayer:
     blobs: list = field(default_factory=list)
     # For each blob, the legacy (num, channels, height, width) if the file used those fields, else None.
     legacy_shapes: list = field(default_factory=list)
+    # "binaryproto", or "hdf5" (Net::ToHDF5 files: no types, blob j is dataset "j", a blob shared with
+    # another layer is not stored, so ``blobs`` holds None where dataset "j" is absent).
+    source_format: str = "binaryproto"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,8 +65,8 @@ def read_net_binary(path):
     except OSError as exc:
         raise DatabaseError(f"{path}: cannot read the weights file ({exc.strerror})") from exc
     if raw.startswith(_HDF5_MAGIC):
-        raise SpecError(f"{path}: an HDF5 weights file (.caffemodel.h5); caffedata reads binary-protobuf "
-                        f".caffemodel files -- save the net with Net::Save/`net.save` instead of save_hdf5")
+        raise SpecError(f"{path}: an HDF5 weights file (.caffemodel.h5), not a NetParameter -- read it with "
+                        f"read_caffemodel")
     net = NetParameter()
     try:
         net.ParseFromString(raw)
@@ -77,15 +80,54 @@ def read_net_binary(path):
 
 
 def read_caffemodel(path):
-    """Layers of a ``.caffemodel`` (V2 ``layer`` or V1/V0 ``layers``, upgraded) in file order."""
+    """Layers of a weights file in file order.
+
+    A binary ``.caffemodel`` (V2 ``layer`` or V1/V0 ``layers``, upgraded as Caffe does) or, recognised
+    by content as Caffe does, an HDF5 file written by Net::ToHDF5 (``.caffemodel.h5``).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_HDF5_MAGIC))
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot read the weights file ({exc.strerror})") from exc
+    if magic == _HDF5_MAGIC:
+        return _read_hdf5(path)
     net = read_net_binary(path)
     layers = []
-    for i, layer in enumerate(net.layer):
-        where = f"{os.fspath(path)}: layer '{layer.name}'"
+    for layer in net.layer:
+        where = f"{path}: layer '{layer.name}'"
         blobs = [blob_array(b, f"{where} blob {j}") for j, b in enumerate(layer.blobs)]
         legacy = [blob_shape(b) if any(b.HasField(f) for f in _LEGACY) else None for b in layer.blobs]
         layers.append(CaffeModelLayer(layer.name, layer.type, blobs, legacy))
     return layers
+
+
+def _read_hdf5(path):
+    """Net::ToHDF5's layout: group ``data``, a subgroup per layer, datasets "0", "1", ... (float)."""
+    try:
+        import h5py
+    except ImportError:
+        raise SpecError(f"{path}: an HDF5 weights file; reading it needs h5py (pip install h5py)") from None
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or not isinstance(f["data"], h5py.Group):
+                raise SpecError(f"{path}: HDF5 file without a 'data' group -- not written by Net::ToHDF5")
+            layers = []
+            for name in f["data"]:  # link-name order, as Caffe's hdf5_get_name_by_idx walks it
+                group = f["data"][name]
+                if not isinstance(group, h5py.Group):
+                    raise SpecError(f"{path}: /data/{name} is not a group -- not written by Net::ToHDF5")
+                indices = {}
+                for key in group:
+                    if not key.isdigit() or not isinstance(group[key], h5py.Dataset):
+                        raise SpecError(f"{path}: /data/{name}/{key} is not a blob dataset named by its index")
+                    indices[int(key)] = np.asarray(group[key][()], dtype=np.float32)
+                blobs = [indices.get(j) for j in range(max(indices) + 1)] if indices else []
+                layers.append(CaffeModelLayer(name, "", blobs, [None] * len(blobs), "hdf5"))
+            return layers
+    except OSError as exc:
+        raise SpecError(f"{path}: unreadable HDF5 weights file ({exc}) -- truncated or damaged") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +146,7 @@ def shape_equals(target_shape, source_shape, legacy):
     return target_shape == tuple(source_shape)
 
 
-def copy_trained_layers(target_shapes, source_layers, source_name="<weights>"):
+def copy_trained_layers(target_shapes, source_layers, source_name="<weights>", shared=()):
     """Weights for the target net from ``source_layers`` (``read_caffemodel``'s list), as Caffe copies them.
 
     ``target_shapes`` maps every layer name of the target net (parameterless layers with ``[]``) to the
@@ -114,8 +156,13 @@ def copy_trained_layers(target_shapes, source_layers, source_name="<weights>"):
     ``(weights, notes)``: ``weights`` maps layer name -> list of float32 arrays in the target shapes;
     target layers with parameters that the file lacks are absent (they keep their initial values) and
     noted.  Source layers of type Split without blobs are Caffe's machinery and are skipped silently.
+
+    HDF5 sources follow CopyTrainedLayersFromHDF5: shapes must match exactly, and a blob the file does
+    not store is allowed only for a parameter that shares another layer's (``shared``: a set of
+    (layer name, index) pairs that are not owners); its entry in the result is None.
     """
     weights, notes = {}, []
+    shared = set(shared)
     for source in source_layers:
         if source.name not in target_shapes:
             if not (source.type == "Split" and not source.blobs):
@@ -123,12 +170,20 @@ def copy_trained_layers(target_shapes, source_layers, source_name="<weights>"):
                 log.info("Ignoring source layer %s", source.name)
             continue
         targets = list(target_shapes[source.name])
-        if len(targets) != len(source.blobs):
-            raise SpecError(f"{source_name}: Incompatible number of blobs for layer {source.name} (the "
-                            f"weights file has {len(source.blobs)}, the net's layer has {len(targets)}) "
-                            f"-- rename the layer to learn it from scratch")
+        hdf5 = source.source_format == "hdf5"
+        count_error = SpecError(f"{source_name}: Incompatible number of blobs for layer {source.name} (the "
+                                f"weights file has {len(source.blobs)}, the net's layer has {len(targets)}) "
+                                f"-- rename the layer to learn it from scratch")
+        if len(source.blobs) > len(targets) or (not hdf5 and len(source.blobs) != len(targets)):
+            raise count_error
         arrays = []
-        for j, (target, blob) in enumerate(zip(targets, source.blobs)):
+        for j, target in enumerate(targets):
+            blob = source.blobs[j] if j < len(source.blobs) else None
+            if blob is None:  # HDF5 only: sharers are not stored
+                if (source.name, j) not in shared:
+                    raise count_error
+                arrays.append(None)
+                continue
             legacy = source.legacy_shapes[j] if j < len(source.legacy_shapes) else None
             if not shape_equals(target, blob.shape, legacy is not None):
                 raise SpecError(f"{source_name}: Cannot copy param {j} weights from layer '{source.name}'; "
@@ -280,5 +335,65 @@ def write_caffemodel(path, net_param, params, write_diff=False, diffs=None):
     return path
 
 
-__all__ = ["CaffeModelLayer", "read_caffemodel", "read_net_binary", "write_caffemodel", "copy_trained_layers",
-           "net_to_proto_bytes", "blob_array", "blob_shape", "shape_equals", "encode_blob", "encode_layer"]
+
+
+def write_caffemodel_hdf5(path, net_param, params, write_diff=False, diffs=None):
+    """Write weights as Caffe's ``Net::ToHDF5`` does (``snapshot_format: HDF5``, ``.caffemodel.h5``).
+
+    Group ``data`` with a subgroup per runtime layer (Split layers included, even without blobs) and a
+    float dataset ``"j"`` per parameter blob that owns itself (a shared blob is stored once, by its
+    owner); with ``write_diff`` a ``diff`` group holds every blob's diff (zeros where not given).
+    Written to a temporary file beside ``path`` and renamed over it.
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise SpecError("writing HDF5 weights needs h5py (pip install h5py)") from None
+    from caffedata.net.graph import build_graph
+
+    names = {layer.name for layer in net_param.layer}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise SpecError(f"params for layers the net does not have: {', '.join(unknown)} -- check the "
+                        f"layer names (after NetState filtering)")
+    graph = build_graph(net_param, param_count=lambda layer, _: len(params[layer.name])
+                        if layer.name in params else None)
+    diffs = diffs or {}
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        os.close(fd)
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot write the weights file ({exc.strerror}) -- check that the "
+                            f"directory exists and is writable") from exc
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            diff_group = f.create_group("diff") if write_diff else None
+            for layer in graph.runtime_layers:
+                blobs = list(params.get(layer.name, ())) if layer.type != "Split" else []
+                group = data.create_group(layer.name)
+                layer_diff = diff_group.create_group(layer.name) if write_diff else None
+                for j, array in enumerate(blobs):
+                    array = np.asarray(array, dtype=np.float32)
+                    if graph.param_owners.get((layer.name, j), (layer.name, j)) == (layer.name, j):
+                        group.create_dataset(str(j), data=array)
+                    if write_diff:
+                        given = diffs.get(layer.name)
+                        diff = np.zeros_like(array) if given is None else np.asarray(given[j], np.float32)
+                        layer_diff.create_dataset(str(j), data=diff)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+__all__ = ["CaffeModelLayer", "read_caffemodel", "read_net_binary", "write_caffemodel", "write_caffemodel_hdf5",
+           "copy_trained_layers", "net_to_proto_bytes", "blob_array", "blob_shape", "shape_equals",
+           "encode_blob", "encode_layer"]

@@ -12,6 +12,8 @@ The Caffe blobs of ``net.params`` (NumPy, float32) are the master copy of the
 weights: they are copied into the executor before every forward.
 """
 import collections
+import contextlib
+import io
 import logging
 
 import numpy as np
@@ -83,6 +85,7 @@ class Net:
         self._executors = collections.OrderedDict()
         self._last = None  # (executor, input arrays) of the last forward
         self._weights = weights
+        self.weight_notes = []  # what copying the .caffemodel skipped (Caffe's log lines)
         if all(t in self._input_shapes for t in self._inputs):
             self._materialize()
 
@@ -171,10 +174,11 @@ class Net:
             self._require_shapes()
             arrays = {k: np.zeros(self._input_shapes[k], np.float32) for k in self._inputs}
         shapes = {k: a.shape for k, a in arrays.items()}
-        if any(self._input_shapes.get(k) != s for k, s in shapes.items()):
+        if self._params is None:
             self._input_shapes.update(shapes)
-        self._materialize()
+            self._materialize()
         exe = self._executor(shapes)
+        self._input_shapes.update(shapes)  # only once the net accepted them
         self._push_params()
         for k, a in arrays.items():
             exe.arg_dict[k][:] = a
@@ -259,9 +263,20 @@ class Net:
             blobs = self._params.get(bind.name)
             if blobs is None:
                 continue
-            if bind.kind != "caffe":
-                raise errors.SpecError(f"layer '{bind.name}' runs as a native MXNet op; set_mxnet_params reads "
-                                       "the exact path's names -- build the Net with native=False")
+            if bind.kind == "native":
+                names = bind.native.arg_names + bind.native.aux_names
+                missing = [n for n in names if n not in given]
+                if missing:
+                    raise errors.SpecError(f"the MXNet parameters have no {missing} (layer '{bind.name}', native "
+                                           "path); they must come from this prototxt with the same native flag")
+                for blob, value in zip(blobs, bind.native.from_native(given)):
+                    value = np.asarray(value)
+                    if value.size != blob.size:
+                        raise errors.SpecError(f"layer '{bind.name}': a parameter of {value.size} values, the "
+                                               f"net needs {blob.shape}")
+                    blob[...] = value.reshape(blob.shape)
+                used.update(names)
+                continue
             for arg, blob in zip(bind.arg_names, blobs):
                 if arg not in given:
                     raise errors.SpecError(
@@ -327,7 +342,7 @@ class Net:
 
         sym = self.symbol
         names = [t for t in self._inputs if t in sym.list_arguments()]
-        block = mx.gluon.SymbolBlock(sym, [mx.sym.var(t) for t in names])
+        block = mx.gluon.SymbolBlock(sym, [mx.sym.var(t, dtype="float32") for t in names])
         params = {f"arg:{k}": v for k, v in self.arg_params.items()}
         params.update({f"aux:{k}": v for k, v in self.aux_params.items()})
         fd, tmp = tempfile.mkstemp(suffix=".params")
@@ -440,15 +455,14 @@ class Net:
         from .caffemodel import copy_trained_layers, read_caffemodel
 
         source = read_caffemodel(path)
-        target = collections.OrderedDict((k, [b.shape for b in v]) for k, v in self._params.items())
-        copied, notes = copy_trained_layers(target, source)
-        for note in notes:
-            log.info("%s", note)
+        target = collections.OrderedDict((n.name, [b.shape for b in self._params.get(n.name, [])])
+                                         for n in self._graph.layers)
+        shared = {key for key, owner in (self._graph.param_owners or {}).items() if tuple(key) != tuple(owner)}
+        copied, self.weight_notes = copy_trained_layers(target, source, source_name=str(path), shared=shared)
         for layer, blobs in copied.items():
-            if layer not in self._params:
-                continue
-            for dst, src in zip(self._params[layer], blobs):
-                dst[...] = np.asarray(src, np.float32).reshape(dst.shape)
+            for dst, src in zip(self._params.get(layer, []), blobs):
+                if src is not None:  # HDF5 files do not store shared parameters
+                    dst[...] = src
 
     def _create_nd(self):
         import mxnet as mx
@@ -468,6 +482,7 @@ class Net:
             for k, v in arrays.items():
                 if k not in self._nd:
                     self._nd[k] = mx.nd.array(np.asarray(v), ctx=self.ctx, dtype=np.float32)
+        _set_variable_shapes(self._exec_symbol, self._nd)
 
     def _push_params(self):
         """Copy the Caffe blobs (the master copy, writable by the user) into the executors' arrays."""
@@ -485,10 +500,15 @@ class Net:
     def _pull_state(self):
         """TRAIN forwards update running-state blobs (BatchNorm): copy them back to the Caffe blobs."""
         for bind in self._bindings:
-            if bind.kind != "caffe" or not bind.state_blobs:
+            if not bind.state_blobs or bind.name not in self._params:
                 continue
-            for s in bind.state_blobs:
-                self._params[bind.name][s][...] = self._nd[bind.arg_names[s]].asnumpy()
+            blobs = self._params[bind.name]
+            if bind.kind == "caffe":
+                for s in bind.state_blobs:
+                    blobs[s][...] = self._nd[bind.arg_names[s]].asnumpy()
+            elif bind.kind == "native":
+                for blob, value in zip(blobs, bind.native.from_native(self._nd)):
+                    blob[...] = np.asarray(value).reshape(blob.shape)
 
     def _executor(self, shapes):
         import mxnet as mx
@@ -499,12 +519,21 @@ class Net:
             self._executors.move_to_end(key)
             return exe
         sym = self._exec_symbol
+        known = {n: self._nd[n].shape for n in sym.list_arguments() + sym.list_auxiliary_states() if n in self._nd}
         try:
-            arg_shapes, _, aux_shapes = sym.infer_shape(**shapes)
+            with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints its arguments on failure
+                arg_shapes, _, aux_shapes = sym.infer_shape(**known, **shapes)
         except mx.base.MXNetError as exc:
-            raise errors.SpecError(f"the net does not accept inputs of shapes {dict(shapes)}: {exc}") from None
+            raise errors.SpecError(f"the net does not accept inputs of shapes {dict(shapes)}: "
+                                   f"{_first_reason(exc)}") from None
         args, grads = {}, {}
+        attrs = sym.attr_dict()
         for name, shape in zip(sym.list_arguments(), arg_shapes):
+            if name not in self._nd and name not in shapes:
+                # A parameter no Caffe blob backs (a Python layer's self.blobs): its own initializer.
+                arr = mx.nd.zeros(shape, ctx=self.ctx)
+                mx.init.Zero()(mx.init.InitDesc(name, attrs=attrs.get(name, {})), arr)
+                self._nd[name] = arr
             args[name] = self._nd[name] if name in self._nd else mx.nd.zeros(shape, ctx=self.ctx)
             grads[name] = mx.nd.zeros(shape, ctx=self.ctx)
         aux = {}
@@ -520,11 +549,15 @@ class Net:
         import mxnet as mx
 
         if self._export is None:
+            if self._params is None and all(t in self._input_shapes for t in self._inputs):
+                self._materialize()
             tensors, bindings, loss = symbols.build(self._graph, self.phase, heads="loss", native=self.native,
                                                     input_shapes=self._input_shapes)
             heads = [self._graph.blob_ids[name] for name in self.outputs]
             heads += [tid for tid in loss if tid not in heads]
             self._export = (mx.sym.Group([tensors[t] for t in heads]), bindings)
+            if self._params is not None:
+                _set_variable_shapes(self._export[0], self._nd)
         return self._export
 
     def _checkpoint_params(self):
@@ -551,6 +584,29 @@ class Net:
     def __repr__(self):
         return (f"<caffedata.Net {self._net_param.name or '(unnamed)'}: {len(self._graph.layers)} layers, "
                 f"phase {self.phase}, inputs {self._inputs}, outputs {self.outputs}>")
+
+
+def _first_reason(exc):
+    """The informative line of an MXNet shape error (they repeat the layer's message many times)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the library keeps earlier calls' messages: the last one is this call's
+        if "caffedata" in ln:
+            return ln.split("]: ", 1)[-1][:600]
+    for ln in lines:
+        if "Check failed" in ln or "Error in operator" in ln:
+            return ln.split("] ", 1)[-1][:600]
+    return (lines[0] if lines else repr(exc))[:600]
+
+
+def _set_variable_shapes(sym, arrays):
+    """Write the parameters' shapes on their Variables (a native Scale's cannot be inferred from data)."""
+    internals = sym.get_internals()
+    names = set(internals.list_outputs())
+    for name, arr in arrays.items():
+        if name in names:
+            var = internals[name]
+            if var.get_children() is None and not var.attr("__shape__"):
+                var._set_attr(__shape__=str(tuple(arr.shape)))
 
 
 def _data_iter(cls, node, **kwargs):

@@ -159,6 +159,10 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
 
         name = node.name
         variables = ops._weight_variables(name, node.param, info, len(bottoms)) if info.num_blobs else []
+        for v in variables:
+            # A known storage type: simple_bind (Module) cannot infer it for the aux states of a
+            # library op ("input tensors are not dense for custom operator").
+            v._set_attr(__storage_type__="0")
         inits = [v.list_attr() for v in variables]
         if native_mod is not None and not info.is_loss:
             nat = native_mod.native_layer(node.param, bottoms, node.name, phase)
