@@ -54,18 +54,19 @@ def test_solver_from_prototxt_steps_like_caffe_sgd(files):
     assert "Train net output #0: loss = " in text and "(* 1 = " in text
 
 
-@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaDelta"])
-def test_net_solver_resumes_with_identical_losses(files, kind):
+@pytest.mark.parametrize("kind, fmt", [("SGD", "BINARYPROTO"), ("Nesterov", "HDF5"), ("AdaDelta", "BINARYPROTO")])
+def test_net_solver_resumes_with_identical_losses(files, kind, fmt):
     text = (f'net: "{files}/tiny.prototxt" base_lr: 0.5 lr_policy: "step" gamma: 0.5 stepsize: 4 '
             f'type: "{kind}" momentum: 0.9 weight_decay: 0.001 max_iter: 15 snapshot: 5 '
-            f'snapshot_prefix: "{files}/snap"')
+            f'snapshot_prefix: "{files}/snap" snapshot_format: {fmt}')
     whole = Solver(text, batches=[BATCH])
     set_init(whole)
     whole.solve()
-    assert os.path.isfile(f"{files}/snap_iter_5.caffemodel")
-    assert read_solver_state(f"{files}/snap_iter_5.solverstate").iter == 5
+    ext = ".h5" if fmt == "HDF5" else ""
+    assert os.path.isfile(f"{files}/snap_iter_5.caffemodel{ext}")
+    assert read_solver_state(f"{files}/snap_iter_5.solverstate{ext}").iter == 5
     resumed = Solver(text, batches=[BATCH])
-    resumed.restore(f"{files}/snap_iter_5.solverstate")
+    resumed.restore(f"{files}/snap_iter_5.solverstate{ext}")
     resumed.step(10)
     np.testing.assert_array_equal([h["loss"] for h in resumed.history],
                                   [h["loss"] for h in whole.history][5:])

@@ -164,9 +164,13 @@ class ModuleNet:
         Built from a ``caffedata.Net`` (:meth:`from_net`), the binary file is the Net's own
         ``Net::ToProto`` layout.
         """
-        if self.caffe_net is not None and not str(path).endswith(".h5"):
+        if self.caffe_net is not None:
             self._sync_caffe_net()
-            self.caffe_net.save(path)
+            if str(path).endswith(".h5"):
+                from ..net.caffemodel import write_caffemodel_hdf5
+                write_caffemodel_hdf5(path, self.caffe_net._net_param, self.caffe_net.params)
+            else:
+                self.caffe_net.save(path)
             return path
         layers = self._layers()
         if str(path).endswith(".h5"):
@@ -193,7 +197,7 @@ class ModuleNet:
 
     def copy_from(self, path):
         """Load weights written by :meth:`save` (layers matched by name, as Caffe does)."""
-        if self.caffe_net is not None and not str(path).endswith(".h5"):
+        if self.caffe_net is not None:
             self._sync_caffe_net()
             self.caffe_net.copy_from(path)
             for n, v in self.caffe_net.arg_params.items():

@@ -143,28 +143,16 @@ class CaffeNetAdapter:
 
     # ---------------------------------------------------------------- files
     def save(self, path):
+        """``.caffemodel`` (Net::ToProto) or, for a ``.h5`` name, Net::ToHDF5's layout."""
         if str(path).endswith(".h5"):
-            import h5py
-            with h5py.File(path, "w") as f:
-                data = f.create_group("data")
-                for layer in self.net.layer_names:
-                    g = data.create_group(layer)
-                    for j, blob in enumerate(self.net.params.get(layer, [])):
-                        g.create_dataset(str(j), data=np.asarray(blob, np.float32))
-            return path
-        self.net.save(path)
+            from ..net.caffemodel import write_caffemodel_hdf5
+            write_caffemodel_hdf5(path, self.net._net_param, self.net.params)
+        else:
+            self.net.save(path)
         return path
 
     def copy_from(self, path):
-        if str(path).endswith(".h5"):
-            import h5py
-            params = self.net.params
-            with h5py.File(path, "r") as f:
-                for layer in f["data"]:
-                    if layer in params:
-                        for j, blob in enumerate(params[layer]):
-                            blob[...] = np.asarray(f["data"][layer][str(j)]).reshape(blob.shape)
-            return
+        """Net::CopyTrainedLayersFrom (binary or HDF5, detected by content)."""
         if not os.path.isfile(path):
             raise SpecError(f"{path}: weights file not found")
         self.net.copy_from(path)
