@@ -139,3 +139,29 @@ def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
     assert "Test net output #0: accuracy = " in runs[True][2]
     assert "Test net output #1: loss = " in runs[True][2]
     assert os.path.isfile(tmp_path / "dbnet_iter_6.caffemodel")
+
+
+def test_train_function_like_caffe_train(tmp_path, raw_db):
+    from caffedata.errors import SpecError
+    from caffedata.solver.train import train
+
+    db = raw_db(n=23)
+    (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL.format(db=db))
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{tmp_path}/train_val.prototxt" test_iter: 1 test_interval: 4 base_lr: 0.05 '
+                           f'lr_policy: "fixed" momentum: 0.9 max_iter: 4 snapshot: 2 display: 2')
+    log = io.StringIO()
+    first = train(str(solver_file), log_stream=log)
+    text = log.getvalue()
+    assert first.iter == 4 and text.count("Optimization Done.") == 2  # Solve's and caffe train's
+    assert "Starting Optimization" in text and "Iteration 4, Testing net (#0)" in text
+    assert os.path.isfile(tmp_path / "solver_iter_2.caffemodel")  # prefix from the solver file name
+    log = io.StringIO()
+    resumed = train(str(solver_file), snapshot=str(tmp_path / "solver_iter_2.solverstate"), log_stream=log)
+    assert resumed.iter == 4 and len(resumed.history) == 2
+    assert f"Resuming from {tmp_path}/solver_iter_2.solverstate" in log.getvalue()
+    # finetuning: the weights file is loaded into the nets before the first step
+    finetuned = train(str(solver_file), weights=str(tmp_path / "solver_iter_4.caffemodel"), log_stream=io.StringIO())
+    assert finetuned.history[0]["loss"] < first.history[0]["loss"]
+    with pytest.raises(SpecError, match="not both"):
+        train(str(solver_file), weights="a.caffemodel", snapshot="b.solverstate")

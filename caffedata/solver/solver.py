@@ -94,6 +94,7 @@ class Solver:
         self.test_history = []  # one dict per test pass: iter, net, outputs, loss
         self.smoothed = caffe_log.SmoothedLoss(self.param.average_loss)
         self.requested_action = None
+        self.sigint_effect, self.sighup_effect = STOP, SNAPSHOT  # caffe train's defaults
         self._make_optimizer(begin_iter=0, current_step=0)
         self._emit("scaffolding", caffe_log.SCAFFOLDING_DONE)
 
@@ -240,7 +241,7 @@ class Solver:
         if resume_file:
             self._emit("restoring", caffe_log.restoring_line(resume_file))
             self.restore(resume_file)
-        with self._signal_actions():
+        with self._signal_actions(self.sigint_effect, self.sighup_effect):
             self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
