@@ -235,7 +235,7 @@ class CaffeAdaGrad(_CaffeOptimizer):
 
     def _update_value(self, weight, g, h, lr):
         h += nd.square(g)
-        return lr * g / (nd.sqrt(h) + self.delta)
+        return lr * (g / (nd.sqrt(h) + self.delta))  # Caffe divides, then scales
 
 
 class CaffeRMSProp(_CaffeOptimizer):
@@ -249,7 +249,7 @@ class CaffeRMSProp(_CaffeOptimizer):
 
     def _update_value(self, weight, g, h, lr):
         h[:] = self.rms_decay * h + (1.0 - self.rms_decay) * nd.square(g)
-        return lr * g / (nd.sqrt(h) + self.delta)
+        return lr * (g / (nd.sqrt(h) + self.delta))  # Caffe divides, then scales
 
 
 class CaffeAdaDelta(_CaffeOptimizer):
@@ -286,7 +286,7 @@ class CaffeAdam(_CaffeOptimizer):
         m[:] = b1 * m + (1.0 - b1) * g
         v[:] = b2 * v + (1.0 - b2) * nd.square(g)
         correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-        return (lr * correction) * m / (nd.sqrt(v) + self.delta)
+        return (lr * correction) * (m / (nd.sqrt(v) + self.delta))
 
 
 _CLASSES = {c.solver_type: c for c in (CaffeSGD, CaffeNesterov, CaffeAdaGrad, CaffeRMSProp,
