@@ -165,3 +165,34 @@ def test_train_function_like_caffe_train(tmp_path, raw_db):
     assert finetuned.history[0]["loss"] < first.history[0]["loss"]
     with pytest.raises(SpecError, match="not both"):
         train(str(solver_file), weights="a.caffemodel", snapshot="b.solverstate")
+
+
+def test_anonymous_loss_counts_in_the_loss_but_is_no_output(files):
+    """Caffe's displayed loss includes an (automatic) loss top; the output lines do not list it."""
+    import mxnet as mx
+
+    from caffedata.net.net import Net
+    from caffedata.solver.module_net import ModuleNet
+
+    two_losses = NET.replace('layer { name: "acc"', 'layer { name: "loss2" type: "EuclideanLoss" bottom: "fc" '
+                             'bottom: "fc2" loss_weight: 0.5 }\nlayer { name: "acc"').replace(
+        'layer { name: "loss" type', 'layer { name: "fc2" type: "InnerProduct" bottom: "data" top: "fc2" '
+        'inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+        'layer { name: "loss" type')
+    (files / "two.prototxt").write_text(two_losses)
+    slow = Solver(f'net: "{files}/two.prototxt" base_lr: 0.1 lr_policy: "fixed" random_seed: 3',
+                  batches=[BATCH])
+    loss, outputs = slow.net.forward_backward()
+    assert [name for name, _ in outputs] == ["loss"]
+    fc = slow.net.net.forward(**BATCH, blobs=["fc", "fc2"])
+    euclid = np.sum((fc["fc"] - fc["fc2"]) ** 2) / 8 / 2
+    assert loss == pytest.approx(float(outputs[0][1][0]) + 0.5 * euclid, rel=1e-5)
+    net = Net(str(files / "two.prototxt"), phase="TRAIN")
+    for layer in ("fc", "fc2"):
+        for mine, theirs in zip(net.params[layer], slow.net.net.params[layer]):
+            mine[...] = theirs
+    fast = ModuleNet.from_net(net, mx.io.NDArrayIter(BATCH["data"], BATCH["label"], batch_size=8,
+                                                     label_name="label"))
+    fast_loss, fast_outputs = fast.forward_backward()
+    assert [name for name, _ in fast_outputs] == ["loss"]
+    assert fast_loss == pytest.approx(loss, rel=1e-6)

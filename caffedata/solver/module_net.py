@@ -120,7 +120,9 @@ class ModuleNet:
             w = self.output_loss_weights.get(n, 0.0)
             if w:
                 loss = np.float32(loss + np.float32(w) * np.float32(np.sum(v)))
-        return float(loss), sorted(outputs, key=lambda item: item[0])  # Caffe sorts outputs by name
+        # Caffe sorts outputs by name; anonymous loss tops count in the loss but are no outputs
+        shown = [item for item in outputs if not item[0].startswith("(automatic)")]
+        return float(loss), sorted(shown, key=lambda item: item[0])
 
     def forward_backward(self, batch=None):
         self._load(batch if batch is not None else self._next_batch())

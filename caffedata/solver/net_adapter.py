@@ -104,10 +104,12 @@ class CaffeNetAdapter:
             return next(self._iter)
 
     def _result(self, outputs):
+        """(Caffe's total loss: every loss top, anonymous ones included, x its weight; the outputs)."""
+        exe = self.net._last[0]
         loss = np.float32(0)
-        for name, value in outputs.items():
-            w = self.output_loss_weights.get(name, 0.0)
-            if w:
+        for tid, w in self.net._loss.items():
+            if w and tid in self.net._exec_ids:
+                value = exe.outputs[self.net._exec_ids.index(tid)].asnumpy()
                 loss = np.float32(loss + np.float32(w) * np.float32(np.sum(value)))
         return float(loss), [(n, np.array(v)) for n, v in outputs.items()]
 
