@@ -143,7 +143,7 @@ def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
 
 def test_train_function_like_caffe_train(tmp_path, raw_db):
     from caffedata.errors import SpecError
-    from caffedata.solver.train import train
+    from caffedata.solver.commands import train
 
     db = raw_db(n=23)
     (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL.format(db=db))
@@ -196,3 +196,25 @@ def test_anonymous_loss_counts_in_the_loss_but_is_no_output(files):
     fast_loss, fast_outputs = fast.forward_backward()
     assert [name for name, _ in fast_outputs] == ["loss"]
     assert fast_loss == pytest.approx(loss, rel=1e-6)
+
+
+def test_score_like_caffe_test(tmp_path, raw_db):
+    from caffedata.solver.commands import score, train
+
+    db = raw_db(n=23)
+    (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL.format(db=db))
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{tmp_path}/train_val.prototxt" test_iter: 2 test_interval: 6 base_lr: 0.05 '
+                           f'lr_policy: "fixed" momentum: 0.9 max_iter: 6 test_initialization: false')
+    solver = train(str(solver_file), log_stream=io.StringIO())
+    log = io.StringIO()
+    result = score(str(tmp_path / "train_val.prototxt"), str(tmp_path / "solver_iter_6.caffemodel"),
+                   iterations=2, log_stream=log)
+    # the same weights, the same first two TEST batches as the solver's final test pass
+    final = solver.test_history[-1]["outputs"]
+    assert result["outputs"]["accuracy"][0] == pytest.approx(float(final["accuracy"][0]), rel=1e-6)
+    assert result["outputs"]["loss"][0] == pytest.approx(float(final["loss"][0]), rel=1e-5)
+    assert result["loss"] == pytest.approx(float(final["loss"][0]), rel=1e-5)  # the only loss
+    text = log.getvalue()
+    assert "Running for 2 iterations." in text and "Batch 1, accuracy = " in text
+    assert "] Loss: " in text and "] loss = " in text and "(* 1 = " in text
