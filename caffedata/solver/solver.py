@@ -80,6 +80,8 @@ class Solver:
         else:
             self.param = load_solver_param(solver, check_nets=False)
             self._seed()
+        from google.protobuf import text_format
+        self._emit("init", "Initializing solver from parameters: \n" + text_format.MessageToString(self.param))
         self.net = train_net
         self.test_nets = list(test_nets or ())
         if len(self.test_nets) != len(self.param.test_iter):
