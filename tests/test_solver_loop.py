@@ -156,9 +156,12 @@ def test_solve_logs_in_caffe_format(tmp_path):
                        policy='lr_policy: "step" stepsize: 2 gamma: 0.5')
     solver = Solver(text, make_net(N // 2), [make_net(N // 2, phase="TEST")], log_stream=stream)
     solver.solve()
-    lines = [re.sub(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [a-z_]+\.cpp:\d+\] ", "", ln)
-             for ln in stream.getvalue().splitlines()]
-    assert all(re.match(r"^I\d{4} ", ln) for ln in stream.getvalue().splitlines())
+    raw = stream.getvalue().splitlines()
+    # glog prints a multi-line message (the solver parameters) with one prefix, as Caffe's log shows
+    assert raw[0].endswith("Initializing solver from parameters: ") and 'lr_policy: "step"' in raw
+    body = raw[raw.index(next(ln for ln in raw if ln.endswith("Solver scaffolding done."))):]
+    assert all(re.match(r"^I\d{4} ", ln) for ln in body)
+    lines = [re.sub(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [a-z_]+\.cpp:\d+\] ", "", ln) for ln in body]
     expected_order = ["Solving tiny", "Learning Rate Policy: step", "Iteration 0, Testing net (#0)",
                       "    Test net output #0: loss = ", "Iteration 0 (", "    Train net output #0: loss = ",
                       "Iteration 0, lr = 0.1", "Iteration 2, Testing net (#0)", "Iteration 2 (",
