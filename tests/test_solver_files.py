@@ -1,5 +1,6 @@
 """Solver parameters, lr-policy bookkeeping, log lines and .solverstate files (reference §2.7, §3.3, §5)."""
 import datetime
+import os
 import math
 import re
 
@@ -249,3 +250,29 @@ def test_corrupt_solverstate(tmp_path):
         read_solver_state(str(path))
     with pytest.raises(SpecError, match="not found"):
         read_solver_state(str(tmp_path / "none.solverstate"))
+
+
+def test_solver_modules_import_without_mxnet():
+    """Only caffedata.solver.optimizers may import mxnet when imported (the lead registers it lazily)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(f"""
+        import importlib, os, sys, types
+        sys.modules["mxnet"] = None  # importing mxnet now fails
+        pkg = types.ModuleType("caffedata")  # skip caffedata/__init__ (the old layout imports mxnet)
+        pkg.__path__ = [os.path.join({root!r}, "caffedata")]
+        sys.modules["caffedata"] = pkg
+        for name in ["lr_policy", "params", "log", "state", "solver", "module_net", "net_adapter", "commands"]:
+            importlib.import_module("caffedata.solver." + name)
+        importlib.import_module("caffedata.solver")
+        try:
+            importlib.import_module("caffedata.solver.optimizers")
+        except ImportError:
+            print("optimizers needs mxnet")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "optimizers needs mxnet"

@@ -17,7 +17,6 @@ import collections
 import os
 import re
 
-import mxnet as mx
 import numpy as np
 
 from ..errors import SpecError
@@ -31,6 +30,8 @@ class ModuleNet:
     def __init__(self, symbol, data_iter, phase="TRAIN", loss_weights=None, initializer=None,
                  arg_params=None, ctx=None, dtype=np.float32, name=None, output_names=None,
                  aux_params=None, caffe_net=None):
+        import mxnet as mx
+
         self.symbol = symbol
         self.caffe_net = caffe_net  # a caffedata Net: snapshots go through its .caffemodel writer
         self.data_iter = data_iter
