@@ -280,3 +280,27 @@ def test_test_compute_loss_and_plain_batch_means():
     assert result["outputs"]["loss"][0] == pytest.approx(np.mean(halves), rel=1e-6)
     printed = float(re.search(r"\] Test loss: (\S+)", stream.getvalue()).group(1))
     assert printed == pytest.approx(np.mean(halves), rel=1e-5)
+
+
+def test_sighup_snapshots_and_continues(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.getcwd()!r}); sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import test_solver_loop as t
+        from caffedata.solver.solver import Solver
+        net = t.make_net(t.N)
+        original = net.forward_backward
+        def forward_backward(batch=None):
+            if solver.iter == 2:
+                os.kill(os.getpid(), signal.SIGHUP)
+            return original(batch)
+        net.forward_backward = forward_backward
+        solver = Solver(t.solver_text('snapshot_prefix: "{tmp_path}/run"', max_iter=5), net)
+        solver.solve()
+        print("ITER", solver.iter)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ITER 5" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run_iter_3.caffemodel", "run_iter_3.solverstate", "run_iter_5.caffemodel", "run_iter_5.solverstate"]
