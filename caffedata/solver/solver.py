@@ -80,6 +80,10 @@ class Solver:
         else:
             self.param = load_solver_param(solver, check_nets=False)
             self._seed()
+        for field, what in (("snapshot_diff", "snapshots hold the weights only"),
+                            ("debug_info", "no per-layer debug lines are printed")):
+            if getattr(self.param, field):
+                logger.warning("%s: true is not supported by caffedata's solver; %s", field, what)
         from google.protobuf import text_format
         self._emit("init", "Initializing solver from parameters: \n" + text_format.MessageToString(self.param))
         self.net = train_net
