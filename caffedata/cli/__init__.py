@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from . import bench, convert, demo, inspect, launch, mean
+    from . import bench, convert, demo, export_net, import_net, inspect, launch, mean
 
     parser = _Parser(prog="caffedata", description=(
         "Caffe datasets for MXNet: convert images to a Caffe LMDB/LevelDB, compute its mean, "
@@ -49,7 +49,7 @@ def build_parser():
 
     parser.add_argument("--version", action="version", version=f"caffedata {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (convert, mean, inspect, bench, demo, launch):
+    for module in (convert, mean, inspect, bench, demo, import_net, export_net, launch):
         module.add_parser(sub)
     return parser
 
