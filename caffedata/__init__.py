@@ -30,6 +30,10 @@ _LAZY = {
     "load_digits": ("caffedata.datasets", "load_digits"),
     # MXNet adapters: importing them imports mxnet.
     "CaffeDataIter": ("caffedata.mxnet.iterator", "CaffeDataIter"),
+    "Net": ("caffedata.net.net", "Net"),
+    "Solver": ("caffedata.solver.solver", "Solver"),
+    "get_solver": ("caffedata.solver.solver", "get_solver"),
+    "register_layer": ("caffedata.net.python_layer", "register_layer"),
 }
 
 
@@ -58,7 +62,7 @@ def __dir__():
 
 _mxnet_hook.install_when_mxnet_is_imported()
 
-__all__ = ["DataLayer", "CaffeDataIter", "CaffePipeline", "data_layer_spec", "convert", "compute_mean",
+__all__ = ["DataLayer", "CaffeDataIter", "Net", "Solver", "get_solver", "register_layer", "CaffePipeline", "data_layer_spec", "convert", "compute_mean",
            "inspect_db", "bench", "load_digits", "Backend", "DataLayerSpec", "Phase", "TransformSpec",
            "CaffeDataError", "DatabaseError", "OpsLibraryError", "RecordError", "SpecError",
            "__version__"]

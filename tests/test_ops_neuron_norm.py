@@ -392,7 +392,7 @@ def test_batchnorm_binds_in_module_and_simple_bind():
     # MXNet 1.9.1 refuses to bind a library op whose inputs' storage types are still
     # unknown (BatchNorm's aux states) unless the op declares them dense.
     x = RNG.standard_normal((4, 3, 2, 2)).astype(np.float32)
-    net = mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), prototxt=BN % "", name="bn")
+    net = mx.sym.CaffeOp(data_0=mx.sym.Variable("data"), num_weight=3, prototxt=BN % "", name="bn")
     mod = mx.mod.Module(net, data_names=["data"], label_names=None, context=mx.cpu())
     mod.bind(data_shapes=[("data", x.shape)], for_training=True)
     mod.init_params()

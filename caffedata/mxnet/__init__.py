@@ -13,11 +13,15 @@ from .iterator import CaffeDataIter  # noqa: E402
 
 
 def install():
-    """Register ``mx.io.CaffeDataIter`` and (when the ops library loads) ``mx.sym.CaffeOp``/``CaffeLoss``."""
+    """Register ``mx.io.CaffeDataIter``, (when the ops library loads) ``mx.sym.CaffeOp``/``CaffeLoss``,
+    and Caffe's update rules as ``mx.optimizer.create('caffe_sgd', ...)`` and friends."""
     mx.io.CaffeDataIter = CaffeDataIter
     from . import symbols
 
     symbols.install()
+    from ..solver import optimizers
+
+    optimizers.register()
 
 
 __all__ = ["CaffeDataIter", "install"]
