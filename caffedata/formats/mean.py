@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from ..errors import SpecError
 from ..proto import BlobProto
+from .wire import varint
 
 __all__ = ["Blob", "parse_blob_bytes", "read_blob_file", "blob_to_array", "load_mean_file",
            "mean_to_blobproto_bytes"]
@@ -206,18 +207,6 @@ def load_mean_file(path):
     return np.array(array[0], copy=True)  # writable, and frees the file's bytes
 
 
-def _varint_bytes(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def mean_to_blobproto_bytes(mean_chw):
     """Serialize a (C, H, W) mean exactly as compute_image_mean does: legacy fields, packed data.
 
@@ -227,6 +216,6 @@ def mean_to_blobproto_bytes(mean_chw):
     mean_chw = np.asarray(mean_chw, dtype=np.float32)
     c, h, w = mean_chw.shape
     payload = mean_chw.astype("<f4", copy=False).tobytes()
-    head = b"".join(bytes([tag]) + _varint_bytes(v) for tag, v in
+    head = b"".join(bytes([tag]) + varint(v) for tag, v in
                     ((0x08, 1), (0x10, c), (0x18, h), (0x20, w)))
-    return head + b"\x2a" + _varint_bytes(len(payload)) + payload
+    return head + b"\x2a" + varint(len(payload)) + payload

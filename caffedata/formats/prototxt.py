@@ -96,25 +96,13 @@ def _upgrade_v1(v1):
                  "dummy_data_param"):
         if v1.HasField(name):
             getattr(layer, name).CopyFrom(getattr(v1, name))
-    dp, tp = v1.data_param, layer.transform_param
-    # UpgradeNetDataTransformation: deprecated data_param fields move over.
-    if dp.HasField("scale"):
-        tp.scale = dp.scale
-        layer.data_param.ClearField("scale")
-    if dp.HasField("mean_file"):
-        tp.mean_file = dp.mean_file
-        layer.data_param.ClearField("mean_file")
-    if dp.HasField("crop_size"):
-        tp.crop_size = dp.crop_size
-        layer.data_param.ClearField("crop_size")
-    if dp.HasField("mirror"):
-        tp.mirror = dp.mirror
-        layer.data_param.ClearField("mirror")
-    ip = layer.image_data_param  # ImageData's deprecated copies move too (V1 nets only)
-    for field_name in ("scale", "mean_file", "crop_size", "mirror"):
-        if ip.HasField(field_name):
-            setattr(tp, field_name, getattr(ip, field_name))
-            ip.ClearField(field_name)
+    tp = layer.transform_param
+    # UpgradeNetDataTransformation: the deprecated data_param (and ImageData's) copies move over.
+    for param in (layer.data_param, layer.image_data_param):
+        for field_name in ("scale", "mean_file", "crop_size", "mirror"):
+            if param.HasField(field_name):
+                setattr(tp, field_name, getattr(param, field_name))
+                param.ClearField(field_name)
     return layer
 
 

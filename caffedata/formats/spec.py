@@ -54,17 +54,8 @@ class TransformSpec:
         return (self.crop_size, self.crop_size) if self.crop_size else (height, width)
 
 
-@dataclass(frozen=True)
-class DataLayerSpec:
-    """A `Data` layer: where the records are, how many per batch, how to transform them."""
-
-    source: str
-    batch_size: int
-    backend: Backend = Backend.LEVELDB
-    prefetch: int = 4
-    transform: TransformSpec = field(default_factory=TransformSpec)
-    name: str = ""
-    tops: Tuple[str, ...] = ("data", "label")
+class _TransformedLayer:
+    """What the layers with a ``transform_param`` and (data[, label]) tops share."""
 
     @property
     def phase(self):
@@ -76,7 +67,20 @@ class DataLayerSpec:
 
 
 @dataclass(frozen=True)
-class ImageDataSpec:
+class DataLayerSpec(_TransformedLayer):
+    """A `Data` layer: where the records are, how many per batch, how to transform them."""
+
+    source: str
+    batch_size: int
+    backend: Backend = Backend.LEVELDB
+    prefetch: int = 4
+    transform: TransformSpec = field(default_factory=TransformSpec)
+    name: str = ""
+    tops: Tuple[str, ...] = ("data", "label")
+
+
+@dataclass(frozen=True)
+class ImageDataSpec(_TransformedLayer):
     """An `ImageData` layer: a list file of ``path label`` lines, images read with OpenCV."""
 
     source: str
@@ -90,14 +94,6 @@ class ImageDataSpec:
     transform: TransformSpec = field(default_factory=TransformSpec)
     name: str = ""
     tops: Tuple[str, ...] = ("data", "label")
-
-    @property
-    def phase(self):
-        return self.transform.phase
-
-    @property
-    def has_label(self):
-        return len(self.tops) != 1
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class HDF5DataSpec:
 
 
 @dataclass(frozen=True)
-class MemoryDataSpec:
+class MemoryDataSpec(_TransformedLayer):
     """A `MemoryData` layer: (N, C, H, W) arrays handed to the iterator, transformed as Data."""
 
     batch_size: int
@@ -123,14 +119,6 @@ class MemoryDataSpec:
     transform: TransformSpec = field(default_factory=TransformSpec)
     name: str = ""
     tops: Tuple[str, ...] = ("data", "label")
-
-    @property
-    def phase(self):
-        return self.transform.phase
-
-    @property
-    def has_label(self):
-        return len(self.tops) != 1
 
 
 @dataclass(frozen=True)

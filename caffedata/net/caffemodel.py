@@ -11,6 +11,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from caffedata.errors import DatabaseError, SpecError
+from caffedata.formats.wire import length_delimited, varint
 from caffedata.net.graph import insert_splits, setup_layer_copy
 from caffedata.net.upgrade import upgrade_net_param
 from caffedata.proto import LayerParameter, NetParameter
@@ -203,22 +204,6 @@ def copy_trained_layers(target_shapes, source_layers, source_name="<weights>", s
 # ----------------------------------------------------------------------------------------------
 # Writing (Net::ToProto, Blob<float>::ToProto)
 
-def _varint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(field_number, payload):
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def encode_blob(data, diff=None):
     """A BlobProto as Blob<float>::ToProto serializes it: packed float ``data`` (5), ``diff`` (6), then
     ``shape`` (7) with packed int64 dims; no shape field for a 0-axis blob.  Built directly from the
@@ -227,16 +212,16 @@ def encode_blob(data, diff=None):
     out = b""
     flat = np.ascontiguousarray(data, dtype="<f4").ravel()
     if flat.size:
-        out += _length_delimited(5, flat.tobytes())
+        out += length_delimited(5, flat.tobytes())
     if diff is not None:
         flat_diff = np.ascontiguousarray(diff, dtype="<f4").ravel()
         if flat_diff.size != flat.size:
             raise SpecError(f"diff of shape {np.shape(diff)} does not match data of shape {data.shape}")
         if flat_diff.size:
-            out += _length_delimited(6, flat_diff.tobytes())
+            out += length_delimited(6, flat_diff.tobytes())
     if data.ndim:
-        dims = b"".join(_varint(int(d)) for d in data.shape)
-        out += _length_delimited(7, _length_delimited(1, dims))
+        dims = b"".join(varint(int(d)) for d in data.shape)
+        out += length_delimited(7, length_delimited(1, dims))
     return out
 
 
@@ -256,7 +241,7 @@ def encode_layer(layer, blobs, diffs=None):
     body = before.SerializeToString()
     for j, array in enumerate(blobs):
         diff = diffs[j] if diffs is not None else None
-        body += _length_delimited(_BLOBS_FIELD, encode_blob(array, diff))
+        body += length_delimited(_BLOBS_FIELD, encode_blob(array, diff))
     return body + after.SerializeToString()
 
 
@@ -288,7 +273,7 @@ def net_to_proto_bytes(net_param, params, write_diff=False, diffs=None):
             layer_diffs = list(diffs.get(layer.name, [np.zeros_like(np.asarray(b)) for b in blobs]))
             if len(layer_diffs) != len(blobs):
                 raise SpecError(f"layer '{layer.name}': {len(layer_diffs)} diffs for {len(blobs)} blobs")
-        out.append(_length_delimited(NetParameter.DESCRIPTOR.fields_by_name["layer"].number,
+        out.append(length_delimited(NetParameter.DESCRIPTOR.fields_by_name["layer"].number,
                                      encode_layer(setup, blobs, layer_diffs)))
     return b"".join(out)
 
