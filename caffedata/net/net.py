@@ -263,13 +263,15 @@ class Net:
             blobs = self._params.get(bind.name)
             if blobs is None:
                 continue
+            if bind.kind == "fused":
+                continue  # its blobs are the native op's of the Scale after it
             if bind.kind == "native":
                 names = bind.native.arg_names + bind.native.aux_names
                 missing = [n for n in names if n not in given]
                 if missing:
                     raise errors.SpecError(f"the MXNet parameters have no {missing} (layer '{bind.name}', native "
                                            "path); they must come from this prototxt with the same native flag")
-                for blob, value in zip(blobs, bind.native.from_native(given)):
+                for blob, value in zip(self._native_blobs(bind), bind.native.from_native(given)):
                     value = np.asarray(value)
                     if value.size != blob.size:
                         raise errors.SpecError(f"layer '{bind.name}': a parameter of {value.size} values, the "
@@ -470,13 +472,10 @@ class Net:
         aux = set(self._exec_symbol.list_auxiliary_states())
         self._aux_names = aux
         for bind in self._bindings:
-            if bind.name not in self._params:
-                continue
-            blobs = self._params[bind.name]
-            if bind.kind == "caffe":
-                arrays = dict(zip(bind.arg_names, blobs))
-            elif bind.kind == "native":
-                arrays = bind.native.to_native(blobs)
+            if bind.kind == "caffe" and bind.name in self._params:
+                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
+            elif bind.kind == "native" and self._native_blobs(bind):
+                arrays = bind.native.to_native(self._native_blobs(bind))
             else:
                 continue
             for k, v in arrays.items():
@@ -487,28 +486,27 @@ class Net:
     def _push_params(self):
         """Copy the Caffe blobs (the master copy, writable by the user) into the executors' arrays."""
         for bind in self._bindings:
-            blobs = self._params.get(bind.name)
-            if blobs is None:
-                continue
-            if bind.kind == "caffe":
-                for arg, blob in zip(bind.arg_names, blobs):
+            if bind.kind == "caffe" and bind.name in self._params:
+                for arg, blob in zip(bind.arg_names, self._params[bind.name]):
                     self._nd[arg][:] = blob
-            elif bind.kind == "native":
-                for k, v in bind.native.to_native(blobs).items():
+            elif bind.kind == "native" and self._native_blobs(bind):
+                for k, v in bind.native.to_native(self._native_blobs(bind)).items():
                     self._nd[k][:] = np.asarray(v)
 
     def _pull_state(self):
         """TRAIN forwards update running-state blobs (BatchNorm): copy them back to the Caffe blobs."""
         for bind in self._bindings:
-            if not bind.state_blobs or bind.name not in self._params:
-                continue
-            blobs = self._params[bind.name]
-            if bind.kind == "caffe":
+            if bind.kind == "caffe" and bind.state_blobs and bind.name in self._params:
+                blobs = self._params[bind.name]
                 for s in bind.state_blobs:
                     blobs[s][...] = self._nd[bind.arg_names[s]].asnumpy()
-            elif bind.kind == "native":
-                for blob, value in zip(blobs, bind.native.from_native(self._nd)):
+            elif bind.kind == "native" and bind.native.aux_names:
+                for blob, value in zip(self._native_blobs(bind), bind.native.from_native(self._nd)):
                     blob[...] = np.asarray(value).reshape(blob.shape)
+
+    def _native_blobs(self, bind):
+        """The Caffe blobs a native op takes: its layer's, or a fused BatchNorm's then its Scale's."""
+        return [b for layer in (bind.covers or (bind.name,)) for b in self._params.get(layer, [])]
 
     def _executor(self, shapes):
         import mxnet as mx
@@ -568,13 +566,10 @@ class Net:
         aux_names = set(sym.list_auxiliary_states())
         arg, aux = {}, {}
         for bind in bindings:
-            blobs = self._params.get(bind.name)
-            if blobs is None:
-                continue
-            if bind.kind == "caffe":
-                arrays = dict(zip(bind.arg_names, blobs))
-            elif bind.kind == "native":
-                arrays = bind.native.to_native(blobs)
+            if bind.kind == "caffe" and bind.name in self._params:
+                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
+            elif bind.kind == "native" and self._native_blobs(bind):
+                arrays = bind.native.to_native(self._native_blobs(bind))
             else:
                 continue
             for k, v in arrays.items():

@@ -48,9 +48,12 @@ def layer_text_with_tops(param):
 
 # What the builder knows about each layer after building it.
 LayerBinding = collections.namedtuple(
-    "LayerBinding", "name type kind arg_names state_blobs native blob_count text inits")
-# kind: 'input' | 'data' | 'caffe' | 'native' | 'python' | 'silent'
+    "LayerBinding", "name type kind arg_names state_blobs native blob_count text inits covers",
+    defaults=(None,))
+# kind: 'input' | 'data' | 'caffe' | 'native' | 'python' | 'silent' | 'fused' (a BatchNorm run by the
+#   native op of the Scale after it)
 # arg_names: for 'caffe', the MXNet argument/aux name of each Caffe blob, in Caffe's order.
+# covers: for 'native', the layers whose Caffe blobs (concatenated) the native op takes; None = itself.
 
 
 def _unknown_type_error(node, supported):
@@ -115,7 +118,14 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
     python_layer = _python_layers()
     native_mod = _native() if native else None
 
-    for node in graph.layers:
+    consumers = collections.Counter(b for n in graph.layers for b in n.bottoms)
+    final_ids = set(graph.blob_ids.values())
+    fused = {}  # Scale layer name -> (NativeLayer, BatchNorm blob shapes, BatchNorm name)
+
+    for index, node in enumerate(graph.layers):
+        if node.name in fused:
+            _bind_fused_scale(node, fused.pop(node.name), tensors, shapes, bindings, mx, ops)
+            continue
         bottoms = []
         for b in node.bottoms:
             if b not in tensors:
@@ -165,12 +175,23 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
             v._set_attr(__storage_type__="0")
         inits = [v.list_attr() for v in variables]
         if native_mod is not None and not info.is_loss:
-            nat = native_mod.native_layer(node.param, bottoms, node.name, phase)
+            scale = _fusable_scale(graph, index, consumers, final_ids)
+            if scale is not None:
+                # BatchNorm + Scale as one MXNet BatchNorm (its gamma/beta are the Scale's blobs).
+                nat = native_mod.native_batchnorm_scale(node.param, scale.param, bottoms, scale.name, phase)
+                if nat is not None:
+                    fused[scale.name] = (nat, _caffe_top_shapes(node, text, shapes), node.name)
+                    bindings.append(LayerBinding(node.name, ltype, "fused", [], list(info.state_blobs), None,
+                                                 info.num_blobs, text, inits))
+                    continue
+            nat, bn_shapes, covers = native_mod.native_layer(node.param, bottoms, node.name, phase), [], None
             if nat is not None:
                 _assign_tops(node, list(nat.tops), tensors)
-                _caffe_top_shapes(node, text, shapes)
+                blob_shapes = _caffe_top_shapes(node, text, shapes)
+                if blob_shapes is not None and bn_shapes is not None:
+                    _set_native_shapes(nat, list(bn_shapes) + list(blob_shapes))
                 bindings.append(LayerBinding(node.name, ltype, "native", [], list(info.state_blobs), nat,
-                                             info.num_blobs, text, inits))
+                                             info.num_blobs, text, inits, covers))
                 continue
 
         for i, spec in enumerate(node.param.param):
@@ -201,6 +222,50 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
         bindings.append(LayerBinding(name, ltype, "caffe", arg_names, list(info.state_blobs), None,
                                      info.num_blobs, text, inits))
     return tensors, bindings, loss
+
+
+def _bind_fused_scale(node, fused, tensors, shapes, bindings, mx, ops):
+    """The Scale half of a fused BatchNorm + Scale: its top is the native op's output."""
+    nat, bn_shapes, bn_name = fused
+    text = layer_text(node.param)
+    info = ops.layer_info(text, len(shapes.get(node.bottoms[0], (0,) * 4)), 1)
+    _assign_tops(node, list(nat.tops), tensors)
+    blob_shapes = _caffe_top_shapes(node, text, shapes)
+    if blob_shapes is not None and bn_shapes is not None:
+        _set_native_shapes(nat, list(bn_shapes) + list(blob_shapes))
+    variables = ops._weight_variables(node.name, node.param, info, 1)
+    bindings.append(LayerBinding(node.name, node.type, "native", [], [], nat, info.num_blobs, text,
+                                 [v.list_attr() for v in variables], (bn_name, node.name)))
+
+
+def _fusable_scale(graph, index, consumers, final_ids):
+    """The Scale layer right after BatchNorm ``index`` that alone reads its (not user-visible) top, or None."""
+    node = graph.layers[index]
+    if node.type != "BatchNorm" or index + 1 >= len(graph.layers) or len(node.tops) != 1:
+        return None
+    nxt = graph.layers[index + 1]
+    top = node.tops[0]
+    if nxt.type != "Scale" or list(nxt.bottoms) != [top] or consumers[top] != 1 or top in final_ids:
+        return None
+    if any(w for w in (node.loss_weights or ())):
+        return None
+    return nxt
+
+
+def _set_native_shapes(nat, blob_shapes):
+    """Shapes on a native layer's parameter Variables, so that MXNet's shape inference (and the native
+    layers after it, which read it) sees through e.g. a native Scale."""
+    import mxnet as mx
+    import numpy as np
+
+    if not blob_shapes:
+        return
+    arrays = nat.to_native([np.zeros(b, np.float32) for b in blob_shapes])
+    internals = mx.sym.Group(list(nat.tops)).get_internals()
+    names = set(internals.list_outputs())
+    for vname, arr in arrays.items():
+        if vname in names and not internals[vname].attr("__shape__"):
+            internals[vname]._set_attr(__shape__=str(tuple(arr.shape)))
 
 
 def _assign_tops(node, tops, tensors):
@@ -237,7 +302,7 @@ def caffe_shapes(graph, bindings, tensors, input_shapes):
     shapes = {k: tuple(v) for k, v in input_shapes.items()}
     params = collections.OrderedDict()
     for node, bind in zip(graph.layers, bindings):
-        if bind.kind in ("caffe", "native"):
+        if bind.kind in ("caffe", "native", "fused"):
             blobs = _caffe_top_shapes(node, bind.text, shapes)
             if blobs is None:
                 raise errors.SpecError(f"layer '{node.name}': the shapes of its bottoms {list(node.bottoms)} "
