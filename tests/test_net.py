@@ -731,3 +731,20 @@ def test_stages_and_level_select_layers():
     net = Net(text)
     np.testing.assert_allclose(net.forward(data=x)["out"], 3 * x)
     assert net.outputs == ["out"] and Net(text, level=1).outputs == ["extra", "out"]
+
+
+def test_loss_layer_without_top_is_an_anonymous_loss():
+    """Caffe's "(automatic)" top: in net.blobs, never an output, still the loss backward starts from."""
+    mx.random.seed(6)
+    named = Net(TINY.replace("loss_weight: 2", ""))
+    anon = Net(TINY.replace('top: "loss" loss_weight: 2', ""))
+    assert "(automatic)" in anon.blobs and anon.outputs == []
+    for layer, blobs in named.params.items():
+        for dst, src in zip(anon.params[layer], blobs):
+            dst[...] = src
+    x = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    label = np.array([2, 2, 0], np.float32)
+    named.forward(data=x, label=label)
+    anon.forward(data=x, label=label)
+    np.testing.assert_allclose(anon.backward()["data"], named.backward()["data"], rtol=1e-6)
+    assert len(anon.symbol.list_outputs()) == 1  # the CaffeLoss head trains the net in a Module

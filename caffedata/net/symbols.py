@@ -202,13 +202,7 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
                     owners[spec.name] = variables[i]
         arg_names = [v.name for v in variables]
         ntop = len(node.tops)
-        top_ids = list(node.tops)
-        if ntop == 0 and info.is_loss:
-            # Caffe's anonymous "(automatic)" loss top: not a blob anyone can read, but it is a loss.
-            top_ids = [f"(automatic)/{name}"]
-            ntop = 1
-            weights = [float(node.loss_weights[0]) if node.loss_weights else 1.0]
-            loss[top_ids[0]] = weights[0]
+        top_ids = list(node.tops)  # a loss layer given no top has Caffe's "(automatic)" one here
         if info.is_loss and heads == "loss":
             out = mx.sym.CaffeLoss(*bottoms, num_data=len(bottoms), num_out=max(1, ntop),
                                    grad_scale=weights[0] if weights else 1.0, prototxt=text, name=name)
