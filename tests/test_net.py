@@ -748,3 +748,37 @@ def test_loss_layer_without_top_is_an_anonymous_loss():
     anon.forward(data=x, label=label)
     np.testing.assert_allclose(anon.backward()["data"], named.backward()["data"], rtol=1e-6)
     assert len(anon.symbol.list_outputs()) == 1  # the CaffeLoss head trains the net in a Module
+
+
+def test_registered_python_type_fills_in_a_missing_layer_type(monkeypatch):
+    from caffedata.net import python_layer
+
+    class FancyReLU(python_layer.Layer):
+        """y = max(x, 0.1 x), written the pycaffe way."""
+
+        def setup(self, bottom, top):
+            pass
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = np.maximum(bottom[0].data, 0.1 * bottom[0].data)
+
+        def backward(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = top[0].diff * np.where(bottom[0].data > 0, 1.0, 0.1)
+
+    monkeypatch.setitem(python_layer._registry, "FancyReLU", FancyReLU)
+    text = nets.lenet(batch=2).replace('type: "ReLU"', 'type: "FancyReLU"')
+    net = Net(text)
+    x = _input(net)
+    out = net.forward(data=x, blobs=["ip1"])
+    p = net.params
+    h = mx.nd.Pooling(mx.nd.Convolution(mx.nd.array(x), mx.nd.array(p["conv1"][0]), mx.nd.array(p["conv1"][1]),
+                                        kernel=(5, 5), num_filter=20),
+                      kernel=(2, 2), stride=(2, 2), pool_type="max", pooling_convention="full")
+    h = mx.nd.Pooling(mx.nd.Convolution(h, mx.nd.array(p["conv2"][0]), mx.nd.array(p["conv2"][1]), kernel=(5, 5),
+                                        num_filter=50),
+                      kernel=(2, 2), stride=(2, 2), pool_type="max", pooling_convention="full").asnumpy()
+    ip1 = h.reshape(2, -1) @ p["ip1"][0].T + p["ip1"][1]
+    np.testing.assert_allclose(out["ip1"], np.maximum(ip1, 0.1 * ip1), rtol=1e-4, atol=1e-5)

@@ -63,7 +63,8 @@ def _unknown_type_error(node, supported):
         f"setup/reshape/forward/backward as for pycaffe and either declare the layer as "
         f"`type: \"Python\" python_param {{ module: \"your_module\" layer: \"YourClass\" }}` "
         f"(the module importable from PYTHONPATH), or register a Python implementation of type "
-        f"'{node.type}' with caffedata.net.python_layer before building the net.")
+        f"'{node.type}' with caffedata.net.python_layer.register_layer('{node.type}', YourClass) before "
+        f"building the net.")
 
 
 def _python_layers():
