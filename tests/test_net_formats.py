@@ -231,6 +231,13 @@ def test_legacy_inputs_become_an_input_layer_first(legacy, shape):
     assert graph.input_shapes["data"] == (1, 3, 5, 7)
 
 
+def test_build_graph_refuses_unupgraded_nets():
+    with pytest.raises(SpecError, match="legacy input fields \\(data\\); read it with"):
+        build_graph(parse('input: "data" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1'))
+    with pytest.raises(SpecError, match="needs a V2 net"):
+        build_graph(parse('layers { name: "r" type: RELU }'))
+
+
 def test_legacy_input_names_without_shapes_are_just_dropped():
     net = load_net_param('input: "data" layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
     assert names(net) == ["r"] and not len(net.input)

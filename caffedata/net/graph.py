@@ -230,6 +230,9 @@ def build_graph(net_param, param_count=None):
     if len(net_param.layers):
         raise SpecError("build_graph needs a V2 net (layer {...}); upgrade V1 `layers` with "
                         "caffedata.net.upgrade.load_net_param first")
+    if len(net_param.input):
+        raise SpecError(f"the net still has legacy input fields ({', '.join(net_param.input)}); read it with "
+                        f"caffedata.net.upgrade.load_net_param, which turns them into an Input layer")
     _check_unique_names(net_param)
     phase = net_param.state.phase
     runtime, origin = insert_splits(net_param)
