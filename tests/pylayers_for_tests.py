@@ -128,14 +128,17 @@ class WrongTopShape(caffe.Layer):
 
 
 class Traced(caffe.Layer):
-    """Records every lifecycle call, per instance, in Traced.calls."""
+    """Records every lifecycle call, per instance (numbered at setup), in Traced.calls."""
 
     calls = []
+    instances = 0
 
     def _log(self, what):
-        Traced.calls.append((id(self), what, self.phase, self.param_str))
+        Traced.calls.append((self.number, what, self.phase, self.param_str))
 
     def setup(self, bottom, top):
+        Traced.instances += 1
+        self.number = Traced.instances
         self._log("setup")
 
     def reshape(self, bottom, top):

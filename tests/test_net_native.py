@@ -185,6 +185,11 @@ POOL_NATIVE = [
     ("pool: AVE kernel_size: 2 stride: 2", (2, 3, 6, 8)),            # exact tiling
     ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 7, 9)),     # windows end on the padded edge
     ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 7, 9)),
+    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),            # ceil windows overhang: explicit pad
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
+    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
+    ("pool: AVE kernel_size: 3 stride: 2", (100, 32, 16, 16)),       # CIFAR-10 quick pool2
+    ("pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 2 pad_h: 1", (2, 3, 8, 7)),
     ("pool: MAX global_pooling: true", (2, 3, 5, 4)),
     ("pool: AVE global_pooling: true", (2, 3, 5, 4)),
 ]
@@ -199,9 +204,6 @@ POOL_NOT_NATIVE = [
     ("pool: MAX kernel_size: 2 stride: 2 pad: 1", (1, 2, 5, 5)),  # Caffe trims the last window
     ("pool: AVE kernel_size: 3 stride: 3 pad: 1", (2, 3, 8, 8)),  # Caffe trims the last window
     ("pool: AVE kernel_size: 2 stride: 3", (1, 2, 6, 6)),         # last window wholly outside the input
-    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),         # ceil window overhangs: backward differs
-    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
-    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
     ("pool: STOCHASTIC kernel_size: 2 stride: 2", (2, 3, 8, 8)),
 ]
 
@@ -224,6 +226,25 @@ def test_pooling_not_native(param, shape):
     assert n.shape != e.shape or not np.allclose(n, e, rtol=1e-4) or not np.allclose(ng["b0"], eg["b0"], rtol=1e-4)
 
 
+@pytest.mark.parametrize("param,shape", [
+    ("pool: AVE kernel_size: 3 stride: 2", (2, 3, 6, 6)),
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 8)),
+    ("pool: AVE kernel_size: 4 stride: 2 pad: 1", (2, 3, 7, 7)),
+])
+def test_plain_mxnet_ave_pooling_differs_where_windows_overhang(param, shape):
+    """Why the overhanging AVE case needs the explicit-pad form."""
+    p = layer_of('type: "Pooling" pooling_param { %s }' % param).pooling_param
+    x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+    exact, _ = exact_symbol('type: "Pooling" pooling_param { %s }' % param, [shape])
+    (e,), eg = run(exact, {"b0": x}, True)
+    k, s, q = p.kernel_size, p.stride, p.pad
+    m = mx.sym.Pooling(mx.sym.Variable("b0"), kernel=(k, k), stride=(s, s), pad=(q, q), pooling_convention="full",
+                       pool_type="avg")
+    (n,), ng = run(m, {"b0": x}, True)
+    close(n, e, "the forward agrees")
+    assert not np.allclose(ng["b0"], eg["b0"], rtol=1e-4)
+
+
 def test_pooling_unknown_shape_needs_the_safe_rule():
     unknown = [mx.sym.Variable("x")]
     lay = layer_of('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }')
@@ -243,6 +264,29 @@ def test_pooling_unknown_shape_needs_the_safe_rule():
 ])
 def test_neurons(text):
     compare(text, [(2, 3, 4, 5)])
+
+
+@pytest.mark.parametrize("text", [
+    'type: "AbsVal"', 'type: "BNLL"',
+    'type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }', 'type: "Power" power_param { power: 1 scale: -2 }',
+    'type: "Power" power_param { power: 3 }', 'type: "Power" power_param { power: 0.5 shift: 3 }',
+    'type: "Exp"', 'type: "Exp" exp_param { base: 2 scale: 0.5 shift: -1 }',
+    'type: "Log" log_param { shift: 3 }', 'type: "Log" log_param { base: 10 scale: 0.5 shift: 2 }',
+    'type: "PReLU"', 'type: "PReLU" prelu_param { channel_shared: true }',
+])
+def test_more_neurons(text):
+    compare(text, [(2, 3, 4, 5)])
+
+
+@pytest.mark.parametrize("param", ["", "local_size: 3 alpha: 0.5 beta: 0.6 k: 2", "alpha: 0.0001 beta: 0.75"])
+def test_lrn_across_channels(param):
+    compare('type: "LRN" lrn_param { %s }' % param, [(2, 7, 5, 5)])
+
+
+def test_prelu_on_two_axes_and_not_native_cases():
+    compare('type: "PReLU"', [(4, 6)])
+    assert is_none('type: "Power" power_param { power: 2 scale: 0 shift: 1 }', [(2, 3)])
+    assert is_none('type: "Log" log_param { base: -2 }', [(2, 3)])
 
 
 @pytest.mark.parametrize("axis,shape", [(1, (3, 5)), (1, (2, 4, 3, 2)), (2, (2, 3, 4)), (-1, (2, 3, 4))])
@@ -355,6 +399,29 @@ def test_scale(param, shape):
     assert nl.arg_names[0] == "L_0_weight"
 
 
+@pytest.mark.parametrize("param,shapes", [
+    ("", [(2, 3, 4, 5)]), ("axis: 2 num_axes: 2", [(2, 3, 4, 5)]), ("num_axes: 0", [(2, 3)]),
+    ("axis: 1", [(2, 3, 4, 5), (3, 4)]),
+])
+def test_bias(param, shapes):
+    bottoms = " ".join(f'bottom: "x{i}"' for i in range(len(shapes)))
+    compare('type: "Bias" %s bias_param { %s }' % (bottoms, param), shapes)
+
+
+@pytest.mark.parametrize("param,shapes", [
+    ("", [(2, 3, 8, 9), (2, 3, 5, 5)]), ("offset: 2", [(2, 3, 8, 9), (1, 1, 5, 5)]),
+    ("axis: 1 offset: 1 offset: 2 offset: 3", [(2, 5, 8, 9), (7, 2, 5, 5)]),
+    ("axis: -2 offset: 1", [(2, 3, 8, 9), (2, 3, 5, 5)]),
+])
+def test_crop(param, shapes):
+    compare('type: "Crop" bottom: "a" bottom: "b" crop_param { %s }' % param, shapes)
+
+
+def test_tile():
+    compare('type: "Tile" tile_param { tiles: 3 }', [(2, 3, 4)])
+    compare('type: "Tile" tile_param { axis: -1 tiles: 2 }', [(2, 3, 4)])
+
+
 def test_scale_two_bottoms():
     compare('type: "Scale" bottom: "x" bottom: "s"', [(2, 3, 4, 5), (3,)])
     compare('type: "Scale" bottom: "x" bottom: "s" scale_param { axis: 1 bias_term: true }',
@@ -442,7 +509,7 @@ def test_batchnorm_scale_not_fused():
 @pytest.mark.parametrize("text,shapes", [
     ('type: "SoftmaxWithLoss"', [(2, 3), (2,)]),
     ('type: "EuclideanLoss"', [(2, 3), (2, 3)]),
-    ('type: "LRN"', [(2, 3, 4, 4)]),
+    ('type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL }', [(2, 3, 4, 4)]),
     ('type: "ReLU" loss_weight: 1', [(2, 3)]),
     ('type: "Python" python_param { module: "m" layer: "L" }', [(2, 3)]),
 ])
@@ -480,3 +547,85 @@ def test_test_phase_layers_ignore_the_training_flag():
     # A layer's own phase overrides the net's.
     lay = layer_of('type: "Dropout" phase: TRAIN')
     assert native.native_layer(lay, bottoms_for([x.shape]), "d", "TEST").tops[0].name != "b0"
+
+
+# ---------------------------------------------------------------------------
+# Layers composed into a net: in-place tops, fan-out, BatchNorm + Scale fused
+
+NET = [
+    'name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+    'convolution_param { num_output: 6 kernel_size: 3 pad: 1 bias_term: false }',
+    'name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1"',
+    'name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true }',
+    'name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1"',
+    'name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: AVE kernel_size: 3 stride: 2 }',
+    'name: "split" type: "Slice" bottom: "pool1" top: "a" top: "b" slice_param { slice_point: 2 }',
+    'name: "conva" type: "Convolution" bottom: "a" top: "ca" convolution_param { num_output: 4 kernel_size: 1 }',
+    'name: "convb" type: "Convolution" bottom: "b" top: "cb" convolution_param { num_output: 4 kernel_size: 1 }',
+    'name: "sum" type: "Eltwise" bottom: "ca" bottom: "cb" top: "sum" eltwise_param { coeff: 1 coeff: -2 }',
+    'name: "cat" type: "Concat" bottom: "sum" bottom: "pool1" top: "cat"',
+    'name: "drop" type: "Dropout" bottom: "cat" top: "cat" dropout_param { dropout_ratio: 0 }',
+    'name: "flat" type: "Flatten" bottom: "cat" top: "flat"',
+    'name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" inner_product_param { num_output: 5 }',
+    'name: "prob" type: "Softmax" bottom: "fc" top: "prob"',
+]
+
+
+def build_net(texts, shape, use_native, phase, blobs_by_layer, rng):
+    tops = {"data": mx.sym.Variable("data", shape=shape)}
+    args, aux = {}, {}
+    layers = [layer_of(t) for t in texts]
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        bottoms = [tops[b] for b in layer.bottom]
+        if layer.name not in blobs_by_layer:
+            blobs_by_layer[layer.name] = caffe_blobs(texts[i], [b.infer_shape()[1][0] for b in bottoms], rng)
+        blobs, used, nl = blobs_by_layer[layer.name], 1, None
+        if use_native:
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if layer.type == "BatchNorm" and nxt is not None and nxt.type == "Scale":
+                if nxt.name not in blobs_by_layer:
+                    blobs_by_layer[nxt.name] = [rng.uniform(0.5, 2, 6).astype(np.float32) for _ in range(2)]
+                nl = native.native_batchnorm_scale(layer, nxt, bottoms, nxt.name, phase)
+                blobs, used, layer = blobs + blobs_by_layer[nxt.name], 2, nxt
+            else:
+                nl = native.native_layer(layer, bottoms, layer.name, phase)
+            assert nl is not None, layer.name
+            outs = nl.tops
+            for k, v in nl.to_native(blobs).items():
+                (aux if k in nl.aux_names else args)[k] = v
+        else:
+            info = ops.layer_info(texts[i], 4, len(bottoms))
+            out = mx.sym.CaffeOp(*bottoms, num_data=len(bottoms), num_weight=info.num_blobs,
+                                 num_out=len(layer.top), prototxt=texts[i], name=layer.name)
+            outs = [out] if len(layer.top) == 1 else [out[j] for j in range(len(layer.top))]
+            if layer.type == "Scale":
+                blobs = blobs_by_layer.setdefault(layer.name, [rng.uniform(0.5, 2, 6).astype(np.float32)
+                                                               for _ in range(2)])
+            for j, b in enumerate(blobs):
+                name = f"{layer.name}_{j}_weight" if j == 0 else f"{layer.name}_{j}_bias"
+                (aux if j in info.state_blobs else args)[name] = b
+        for name, top in zip(layer.top, outs):
+            tops[name] = top
+        i += used
+    return tops["prob"], args, aux
+
+
+@pytest.mark.parametrize("phase,is_train", [("TRAIN", True), ("TEST", False)])
+def test_composed_net_native_equals_exact(phase, is_train):
+    rng = np.random.RandomState(11)
+    shape = (3, 2, 7, 7)
+    blobs = {}
+    build_net(NET, shape, False, phase, blobs, rng)
+    blobs["fc"][0] *= 0.02  # an unsaturated softmax: gradients of a useful size
+    exact, e_args, e_aux = build_net(NET, shape, False, phase, blobs, rng)
+    nat, n_args, n_aux = build_net(NET, shape, True, phase, blobs, rng)
+    data = rng.uniform(-1, 1, shape).astype(np.float32)
+    e_out, e_grad = run(exact, dict(e_args, data=data), is_train, aux=e_aux)
+    n_out, n_grad = run(nat, dict(n_args, data=data), is_train, aux=n_aux)
+    close(n_out[0], e_out[0], "net output")
+    if is_train:
+        for name in set(e_grad) & set(n_grad):
+            close(n_grad[name], e_grad[name], name)
+        assert {"data", "conv1_0_weight", "sc1_0_weight", "sc1_1_bias", "fc_0_weight"} <= set(n_grad)

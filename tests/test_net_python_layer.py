@@ -249,14 +249,15 @@ def test_blob_object_api():
 
 
 def test_caffe_lifecycle_setup_once_reshape_every_forward():
+    x = mx.sym.Variable("x")
+    (top,) = python_layer_symbols(py_layer("Traced", "hello"), [x], "tr", "TEST")  # imports the module
     import pylayers_for_tests as mod
 
     mod.Traced.calls.clear()
-    x = mx.sym.Variable("x", shape=(2, 2))
-    (top,) = python_layer_symbols(py_layer("Traced", "hello"), [x], "tr", "TEST")
     args = {"x": mx.nd.ones((2, 2))}
     exe = top.bind(mx.cpu(), args=args, args_grad={"x": mx.nd.zeros((2, 2))})
     exe.forward(is_train=False)
+    mx.nd.waitall()  # MXNet hands a custom op the executor's latest training flag, not the one of its call
     exe.forward(is_train=True)
     exe.backward([mx.nd.ones((2, 2))])
     mx.nd.waitall()
@@ -268,3 +269,14 @@ def test_caffe_lifecycle_setup_once_reshape_every_forward():
     assert all(r[:2] == [("setup", 1), ("reshape", 1)] for r in runs.values())
     (bound,) = [r for r in runs.values() if len(r) > 2]
     assert bound[2:] == [("reshape", 1), ("forward", 1), ("reshape", 0), ("forward", 0), ("backward", 0)]
+
+
+def test_setup_error_at_bind_when_shapes_were_unknown():
+    """Without bottom shapes at construction, setup runs at shape inference (bind)."""
+    (top,) = python_layer_symbols(py_layer("FailsInSetup", name="late"), [mx.sym.Variable("x")], "late", "TEST")
+    with pytest.raises((SpecError, mx.base.MXNetError)) as raised:
+        top.infer_shape(x=(2, 2))
+    pending = python_layer.pending_error()  # set either way; MXNet may pass the SpecError through itself
+    err = raised.value if isinstance(raised.value, SpecError) else pending
+    assert "Python layer 'late'" in str(err) and "setup exploded on purpose" in str(err)
+    assert isinstance(err.__cause__, ValueError)

@@ -7,9 +7,23 @@ backward equal Caffe's (and so ``mx.sym.CaffeOp``'s) to float tolerance, and
 the answer for anything unusual (wrong bottom/top counts, unknown fields):
 CaffeOp then reports the error in Caffe's words.
 
+Native types (``NATIVE_TYPES``): Convolution and Deconvolution (same weight
+layout as MXNet's), InnerProduct (FullyConnected), Pooling, LRN (across
+channels), ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log,
+Softmax, Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout,
+Scale, Bias, BatchNorm, and a BatchNorm followed by a Scale fused into one
+MXNet BatchNorm (:func:`native_batchnorm_scale`).
+
+Phase.  CaffeOp follows MXNet's training flag at every call; so do the native
+Dropout and BatchNorm in a TRAIN-phase layer.  In a TEST-phase layer (the
+layer's own ``phase``, else the net's) they are fixed as Caffe fixes them:
+Dropout is the identity and BatchNorm uses the stored statistics, whatever the
+flag says.  MXNet defines gradients only after a training-mode forward (its
+oneDNN pooling keeps no workspace otherwise).
+
 Parameter names.  Where MXNet's parameter layout is Caffe's blob layout
-(Convolution, Deconvolution, InnerProduct, Scale) the Variables are named as
-CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
+(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU) the Variables
+are named as CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
 fillers and ``lr_mult``/``wd_mult``, so checkpoints of the two paths are
 interchangeable.  BatchNorm's statistics are MXNet auxiliary states
 ``{name}_moving_mean`` / ``{name}_moving_var``; :meth:`NativeLayer.to_native`
@@ -32,9 +46,9 @@ that is neither 1 nor the last one, layers with axes other than MXNet's
 channel axis 1 where the op has no axis parameter.
 
 BatchNorm in training: outputs and gradients equal Caffe's, but MXNet updates
-its running statistics as an exponential moving average with momentum
-``moving_average_fraction`` of the biased batch variance, whereas Caffe keeps
-decayed sums of the means and of the unbiased variances plus a normaliser.
+its running statistics by its own rule (moving = m * moving + (1 - m) * batch,
+m = ``moving_average_fraction``), whereas Caffe keeps decayed sums of the
+means and of the unbiased variances plus a normaliser.
 After native TRAIN forwards the statistics (and so later TEST outputs) are
 therefore MXNet's, not Caffe's; use the exact path to reproduce Caffe's
 accumulators bit for bit.
@@ -133,8 +147,10 @@ def _param_var(layer, name, index, num_data=1):
         kw["init"] = ops.CaffeFiller(**ops._filler_kwargs(filler))
     elif layer.type == "Scale" and index == 0 and num_data < 2:
         kw["init"] = mx.init.One()
-    elif layer.type == "Scale":
+    elif layer.type in ("Scale", "Bias"):
         kw["init"] = mx.init.Zero()
+    elif layer.type == "PReLU":
+        kw["init"] = mx.init.Constant(0.25)  # Caffe's PReLU default
     params = list(layer.param)
     if index < len(params):
         if params[index].HasField("lr_mult"):
@@ -263,11 +279,14 @@ def _pooling(layer, bottoms, name, phase):
     in the overhang, possible when s > k, averages nothing in Caffe); both
     hold for every size when p + s <= k.
 
-    AVE: Caffe divides each window by its size clipped to [-p, i + p).  MXNet's
-    forward does the same, but its (oneDNN) backward divides a window that
-    overhangs the padded input by the full k_h * k_w in some of these cases
-    (which ones depends on the kernel MXNet picks), so AVE is native only
-    without overhang (always true for stride 1; else the shape decides).
+    AVE: Caffe divides each window by its size clipped to [-p, i + p).  So does
+    MXNet's forward with count_include_pad, but its (oneDNN) backward divides
+    some windows that overhang the padded input by the full k_h * k_w.  Where
+    a window may overhang (stride > 1 and the shape unknown, or the shape says
+    so) the input is therefore zero-padded explicitly and pooled without
+    padding and with count_include_pad=False: each window is then divided by
+    its part inside the padded input, Caffe's divisor, forward and backward
+    (checked on 422 kernel/stride/pad/size combinations).
     """
     mx = _mx()
     p = layer.pooling_param
@@ -304,22 +323,29 @@ def _pooling(layer, bottoms, name, phase):
     shape = _shape(bottoms[0])
     if shape is not None and len(shape) != 4:
         return None
+    overhang = False
     for ax in range(2):
         k, s, q = kernel[ax], stride[ax], pad[ax]
         if not ceil:
-            continue  # floor: no window is trimmed or starts outside
+            continue  # floor: no window is trimmed, starts outside or overhangs
         if shape is None:
             if q + s > k:
                 return None  # Caffe may trim, MXNet never does: depends on the size
+            overhang = overhang or s > 1
         else:
             i = shape[2 + ax]
             last = -(-(i + 2 * q - k) // s) * s  # start of MXNet's last window, in padded coordinates
             if last >= i + q:
                 return None  # it starts in the padding: Caffe trims it
-            if pool_type == "avg" and last + k > i + 2 * q:
-                return None  # it overhangs the padded input: MXNet's backward divides differently
-        if pool_type == "avg" and shape is None and s != 1:
-            return None  # a ceil window may overhang
+            overhang = overhang or last + k > i + 2 * q
+    if pool_type == "avg" and overhang:
+        data = bottoms[0]
+        if any(pad):
+            data = mx.sym.pad(data, mode="constant", constant_value=0,
+                              pad_width=(0, 0, 0, 0, pad[0], pad[0], pad[1], pad[1]), name=f"{name}_pad")
+        top = mx.sym.Pooling(data=data, kernel=kernel, stride=stride, pad=(0, 0), pool_type="avg",
+                             pooling_convention="full", count_include_pad=False, name=name)
+        return NativeLayer([top])
     top = mx.sym.Pooling(data=bottoms[0], kernel=kernel, stride=stride, pad=pad, pool_type=pool_type,
                          pooling_convention="full" if ceil else "valid", name=name)
     return NativeLayer([top])
@@ -536,9 +562,12 @@ def _broadcast_shape(ndim, axis, param_shape):
     return (1,) * axis + tuple(param_shape) + (1,) * (ndim - axis - len(param_shape))
 
 
-def _scale(layer, bottoms, name, phase):
+def _scale(layer, bottoms, name, phase, bias_layer=False):
+    """Caffe Scale (y = x * s (+ b)) or Bias (y = x + b): the parameter (or
+    bottom 1) covers bottom axes [axis, axis + num_axes) and is broadcast over
+    the others."""
     mx = _mx()
-    p = layer.scale_param
+    p = layer.bias_param if bias_layer else layer.scale_param
     if len(bottoms) not in (1, 2) or len(layer.top) > 1:
         return None
     shape = _shape(bottoms[0])
@@ -553,24 +582,139 @@ def _scale(layer, bottoms, name, phase):
         sshape = _shape(bottoms[1])
         if sshape is None or tuple(shape[axis:axis + len(sshape)]) != sshape:
             return None
-        scale = bottoms[1]
+        factor = bottoms[1]
         pshape = sshape
     else:
-        if p.num_axes < -1:
+        if p.num_axes < -1 or (p.num_axes != -1 and axis + p.num_axes > nd):
             return None
         pshape = tuple(shape[axis:]) if p.num_axes == -1 else tuple(shape[axis:axis + p.num_axes])
-        if p.num_axes != -1 and axis + p.num_axes > nd:
-            return None
-        scale, sname = _param_var(layer, name, 0)
-        names.append(sname)
+        factor, fname = _param_var(layer, name, 0)
+        names.append(fname)
     bshape = _broadcast_shape(nd, axis, pshape)
-    top = mx.sym.broadcast_mul(bottoms[0], mx.sym.reshape(scale, shape=bshape), name=name if not p.bias_term
-                               else f"{name}_mul")
-    if p.bias_term:
-        bias, bname = _param_var(layer, name, len(names), num_data=len(bottoms))
-        names.append(bname)
-        top = mx.sym.broadcast_add(top, mx.sym.reshape(bias, shape=bshape), name=name)
+    if bias_layer:
+        top = mx.sym.broadcast_add(bottoms[0], mx.sym.reshape(factor, shape=bshape), name=name)
+    else:
+        top = mx.sym.broadcast_mul(bottoms[0], mx.sym.reshape(factor, shape=bshape),
+                                   name=f"{name}_mul" if p.bias_term else name)
+        if p.bias_term:
+            bias, bname = _param_var(layer, name, len(names), num_data=len(bottoms))
+            names.append(bname)
+            top = mx.sym.broadcast_add(top, mx.sym.reshape(bias, shape=bshape), name=name)
     return NativeLayer([top], names, (), *_same_layout(names), blob_counts=(len(names),))
+
+
+def _prelu(layer, bottoms, name, phase):
+    """Caffe PReLU = MXNet LeakyReLU(act_type='prelu'); Caffe's shared slope
+    is a scalar blob (shape []), MXNet's gamma then has shape (1,)."""
+    mx = _mx()
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    nd = _ndim(bottoms[0])
+    if nd is not None and nd < 2:
+        return None
+    shared = layer.prelu_param.channel_shared
+    gamma, gname = _param_var(layer, name, 0)
+    if shared:
+        gamma = mx.sym.reshape(gamma, shape=(1,))
+    top = mx.sym.LeakyReLU(bottoms[0], gamma=gamma, act_type="prelu", name=name)
+    return NativeLayer([top], [gname], (), *_same_layout([gname]), blob_counts=(1,))
+
+
+def _elementwise(kind):
+    """AbsVal, Power, Exp, Log, BNLL with Caffe's parameters."""
+    def make(layer, bottoms, name, phase):
+        mx = _mx()
+        if not _counts(layer, bottoms, 1, 1):
+            return None
+        x = bottoms[0]
+        if kind == "AbsVal":
+            return NativeLayer([mx.sym.abs(x, name=name)])
+        if kind == "BNLL":
+            return NativeLayer([mx.sym.Activation(x, act_type="softrelu", name=name)])
+        p = {"Power": layer.power_param, "Exp": layer.exp_param, "Log": layer.log_param}[kind]
+        inner = x if p.scale == 1 else x * float(p.scale)
+        if p.shift != 0:
+            inner = inner + float(p.shift)
+        if kind == "Power":
+            if p.power == 1:
+                top = inner if inner is not x else mx.sym.identity(x)
+            elif p.scale == 0:
+                return None  # a constant top: Caffe's gradient is 0, MXNet's too, but keep CaffeOp
+            else:
+                top = inner ** float(p.power)
+            return NativeLayer([mx.sym.identity(top, name=name)])
+        if p.base != -1 and p.base <= 0:
+            return None
+        ln_base = 1.0 if p.base == -1 else float(np.log(p.base))
+        if kind == "Exp":
+            arg = inner if ln_base == 1.0 else inner * ln_base
+            return NativeLayer([mx.sym.exp(arg, name=name)])
+        top = mx.sym.log(inner)
+        if ln_base != 1.0:
+            top = top * (1.0 / ln_base)
+        return NativeLayer([mx.sym.identity(top, name=name)])
+
+    return make
+
+
+def _crop(layer, bottoms, name, phase):
+    """Caffe Crop: bottom 0 cut to bottom 1's shape on the axes from ``axis``
+    on, at the given offsets; bottom 1 gets no gradient.  A static slice
+    (shapes known); the axes before ``axis`` are left whole."""
+    mx = _mx()
+    if len(bottoms) != 2 or len(layer.top) > 1:
+        return None
+    a, b = _shape(bottoms[0]), _shape(bottoms[1])
+    if a is None or b is None or len(a) != len(b):
+        return None
+    p = layer.crop_param
+    nd = len(a)
+    start = p.axis + nd if p.axis < 0 else p.axis
+    offsets = list(p.offset)
+    if not 0 <= start < nd or (len(offsets) > 1 and len(offsets) != nd - start):
+        return None
+    begin, end = [], []
+    for i in range(nd):
+        if i < start:
+            begin.append(None)
+            end.append(None)
+            continue
+        off = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+        if off + b[i] > a[i]:
+            return None
+        begin.append(off)
+        end.append(off + b[i])
+    return NativeLayer([mx.sym.slice(bottoms[0], begin=tuple(begin), end=tuple(end), name=name)])
+
+
+def _lrn(layer, bottoms, name, phase):
+    """Caffe LRN ACROSS_CHANNELS: x / (k + alpha / n * sum of x^2 over n
+    channels)^beta, MXNet's LRN formula; WITHIN_CHANNEL has no MXNet op."""
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.lrn_param
+    if p.norm_region != 0 or p.local_size % 2 == 0:
+        return None
+    nd = _ndim(bottoms[0])
+    if nd is not None and nd != 4:
+        return None
+    top = _mx().sym.LRN(bottoms[0], alpha=p.alpha, beta=p.beta, knorm=p.k, nsize=p.local_size, name=name)
+    return NativeLayer([top])
+
+
+def _tile(layer, bottoms, name, phase):
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.tile_param
+    nd = _ndim(bottoms[0])
+    if nd is None or p.tiles < 1:
+        return None
+    axis = p.axis + nd if p.axis < 0 else p.axis
+    if not 0 <= axis < nd:
+        return None
+    reps = [1] * nd
+    reps[axis] = p.tiles
+    return NativeLayer([_mx().sym.tile(bottoms[0], reps=tuple(reps), name=name)])
 
 
 def _bn_checks(layer, bottoms):
@@ -694,6 +838,16 @@ _BUILDERS = {
     "Split": _split,
     "Slice": _slice,
     "Scale": _scale,
+    "Bias": lambda *a: _scale(*a, bias_layer=True),
+    "PReLU": _prelu,
+    "AbsVal": _elementwise("AbsVal"),
+    "Power": _elementwise("Power"),
+    "Exp": _elementwise("Exp"),
+    "Log": _elementwise("Log"),
+    "BNLL": _elementwise("BNLL"),
+    "Crop": _crop,
+    "Tile": _tile,
+    "LRN": _lrn,
     "BatchNorm": _batchnorm,
 }
 

@@ -393,7 +393,10 @@ def _make_op_classes():
 
         def infer_shape(self, in_shape):
             bottom_shapes = [tuple(s) for s in in_shape[:self.num_bottoms]]
-            blob_shapes, top_shapes = self._shapes(bottom_shapes)
+            try:
+                blob_shapes, top_shapes = self._shapes(bottom_shapes)
+            except SpecError as err:  # MXNet shows only a failed check: keep it for pending_error()
+                _fail(err, True)
             if len(blob_shapes) != self.num_blobs:
                 raise SpecError(f"{_where(self.layer)}: setup() created {len(blob_shapes)} blob(s), the symbol "
                                 f"has {self.num_blobs}")
@@ -407,8 +410,11 @@ def _make_op_classes():
 
         def create_operator(self, ctx, in_shapes, in_dtypes):
             bottom_shapes = [tuple(s) for s in in_shapes[:self.num_bottoms]]
-            _, top_shapes = self._shapes(bottom_shapes)
-            return PythonLayerOp(self.layer, self.cls, bottom_shapes, self.num_blobs, self.phase, top_shapes)
+            try:
+                _, top_shapes = self._shapes(bottom_shapes)
+                return PythonLayerOp(self.layer, self.cls, bottom_shapes, self.num_blobs, self.phase, top_shapes)
+            except SpecError as err:
+                _fail(err, True)
 
     return PythonLayerProp
 
@@ -427,8 +433,8 @@ def _known_shape(sym):
         _, out, _ = sym.infer_shape_partial()
     except Exception:
         return None
-    if not out or out[0] is None or any(d <= 0 for d in out[0]):
-        return None
+    if not out or not out[0] or any(d <= 0 for d in out[0]):
+        return None  # () is MXNet's "unknown" (no 0-axis tensors outside numpy mode)
     return tuple(int(d) for d in out[0])
 
 
