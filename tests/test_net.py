@@ -782,3 +782,14 @@ def test_registered_python_type_fills_in_a_missing_layer_type(monkeypatch):
                       kernel=(2, 2), stride=(2, 2), pool_type="max", pooling_convention="full").asnumpy()
     ip1 = h.reshape(2, -1) @ p["ip1"][0].T + p["ip1"][1]
     np.testing.assert_allclose(out["ip1"], np.maximum(ip1, 0.1 * ip1), rtol=1e-4, atol=1e-5)
+
+
+def test_hdf5_weights_round_trip(tmp_path):
+    text = nets.fcn(batch=1)
+    params = random_params(Net(text), seed=17)
+    net = Net(text, weights=write_weights(tmp_path / "w.caffemodel", text, params))
+    net.save_hdf5(str(tmp_path / "w.caffemodel.h5"))
+    again = Net(text, weights=str(tmp_path / "w.caffemodel.h5"))
+    for layer, arrays in params.items():
+        for got, want in zip(again.params[layer], arrays):
+            np.testing.assert_array_equal(got, want)

@@ -244,6 +244,13 @@ class Net:
         self._require_shapes()
         write_caffemodel(path, self._net_param, self._params)
 
+    def save_hdf5(self, path):
+        """Write the weights as Net::ToHDF5 does (``/data/<layer>/<j>``), as pycaffe's net.save_hdf5."""
+        from .caffemodel import write_caffemodel_hdf5
+
+        self._require_shapes()
+        write_caffemodel_hdf5(path, self._net_param, self._params)
+
     def copy_from(self, path):
         """Copy weights from a .caffemodel by layer name (Net::CopyTrainedLayersFrom)."""
         self._require_shapes()
