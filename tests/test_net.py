@@ -793,3 +793,14 @@ def test_hdf5_weights_round_trip(tmp_path):
     for layer, arrays in params.items():
         for got, want in zip(again.params[layer], arrays):
             np.testing.assert_array_equal(got, want)
+
+
+def test_split_blobs_of_an_input_hold_the_input():
+    net = Net(nets.fcn(batch=1))
+    splits = [b for b in net.blobs if b.startswith("data_") and "_split_" in b]
+    assert len(splits) == 2  # data feeds conv1_1 and the Crop
+    x = _input(net)
+    out = net.forward(data=x, blobs=splits)
+    for b in splits:
+        np.testing.assert_array_equal(out[b], x)
+    assert net.backward(score_bg=np.ones((1, 1, 20, 20)), score_fg=np.zeros((1, 3, 20, 20)))["data"].shape == x.shape

@@ -397,7 +397,7 @@ class Net:
         ids = []
         for name in self._graph.blob_names:
             tid = self._graph.blob_ids[name]
-            if tid in self._tensors and name not in self._inputs and tid not in ids:
+            if tid in self._tensors and tid not in self._inputs and tid not in ids:
                 ids.append(tid)
         for tid in self._loss:
             if tid not in ids and tid in self._tensors:
@@ -416,7 +416,7 @@ class Net:
         tid = self._graph.blob_ids[name]
         if tid in self._exec_ids:
             return exe.outputs[self._exec_ids.index(tid)].asnumpy()
-        return np.array(arrays[name])
+        return np.array(arrays[tid])  # an input, or a split of one
 
     def _materialize(self):
         """Create the parameter blobs (fillers, then the .caffemodel) once the input shapes are known."""
