@@ -804,3 +804,15 @@ def test_split_blobs_of_an_input_hold_the_input():
     for b in splits:
         np.testing.assert_array_equal(out[b], x)
     assert net.backward(score_bg=np.ones((1, 1, 20, 20)), score_fg=np.zeros((1, 3, 20, 20)))["data"].shape == x.shape
+
+
+def test_pycaffe_positional_phase_and_missing_weights_file(tmp_path):
+    text = nets.lenet_train_test(str(tmp_path / "no_db"), str(tmp_path / "no_db"))
+    assert Net(text, 0).phase == "TRAIN" and Net(text, 1).outputs == ["accuracy", "loss"]
+    with pytest.raises(errors.DatabaseError, match="nope.caffemodel"):
+        Net(nets.lenet(), weights=str(tmp_path / "nope.caffemodel"))
+    net = Net(text)  # the DB does not exist: shapes come with the first forward
+    with pytest.raises(errors.SpecError, match="reshape"):
+        net.params
+    out = net.forward(data=np.zeros((3, 1, 28, 28), np.float32), label=np.zeros(3, np.float32))
+    assert out["loss"].shape == (1,) and net.blobs["ip1"] == (3, 500)

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import io
 import logging
+import os
 
 import numpy as np
 
@@ -61,6 +62,11 @@ class Net:
         from .netstate import filter_net
         from .upgrade import load_net_param
 
+        if isinstance(weights, int) and not isinstance(weights, bool):  # pycaffe's Net(file, caffe.TEST)
+            weights, phase = None, weights
+        if weights is not None and not os.path.isfile(os.fspath(weights)):
+            raise errors.DatabaseError(f"{weights}: no such weights file -- give the path of a .caffemodel "
+                                       f"(or .caffemodel.h5)")
         self.phase = _phase_name(phase)
         if isinstance(stages, str):
             stages = (stages,)
@@ -344,7 +350,6 @@ class Net:
 
     def to_gluon(self):
         """An ``mx.gluon.SymbolBlock`` over ``net.symbol`` holding the weights (inputs: ``net.inputs``)."""
-        import os
         import tempfile
 
         import mxnet as mx
@@ -625,8 +630,6 @@ def _data_iter(cls, node, **kwargs):
 
 def _data_layer_shapes(node):
     """Shapes of a data layer's tops when Caffe could know them at setup (Data: the DB's first record)."""
-    import os
-
     if node.type == "DummyData":
         p = node.param.dummy_data_param
         out = {}
