@@ -585,6 +585,12 @@ def test_cli_import_export_round_trip(tmp_path):
     res = subprocess.run(run + ["export", prefix, "0", str(tmp_path / "missing.prototxt"), out], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "missing.prototxt" in res.stderr and "Traceback" not in res.stderr
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(text.replace('type: "ReLU"', 'type: "FancyReLU"'))
+    res = subprocess.run(run + ["import", str(bad), weights, prefix], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "relu1" in res.stderr and "FancyReLU" in res.stderr and "Python" in res.stderr
 
 
 # ---------------------------------------------------------------------------
