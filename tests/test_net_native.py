@@ -417,6 +417,21 @@ def test_crop(param, shapes):
     compare('type: "Crop" bottom: "a" bottom: "b" crop_param { %s }' % param, shapes)
 
 
+@pytest.mark.parametrize("param,shape", [
+    ("", (2, 3, 4)), ("operation: ASUM axis: 1", (2, 3, 4)), ("operation: SUMSQ axis: 2 coeff: -0.5", (2, 3, 4)),
+    ("operation: MEAN axis: -1 coeff: 3", (2, 3, 4)), ("operation: MEAN axis: 1", (5, 6)),
+])
+def test_reduction(param, shape):
+    compare('type: "Reduction" reduction_param { %s }' % param, [shape])
+
+
+@pytest.mark.parametrize("param", ["num_output: 4 input_dim: 7", "num_output: 3 input_dim: 5 bias_term: false"])
+def test_embed(param):
+    dim = int(param.split("input_dim: ")[1].split()[0])
+    idx = np.random.RandomState(4).randint(0, dim, (3, 2)).astype(np.float32)
+    compare('type: "Embed" embed_param { %s }' % param, [(3, 2)], data={"b0": idx})
+
+
 def test_tile():
     compare('type: "Tile" tile_param { tiles: 3 }', [(2, 3, 4)])
     compare('type: "Tile" tile_param { axis: -1 tiles: 2 }', [(2, 3, 4)])

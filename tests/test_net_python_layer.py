@@ -83,11 +83,9 @@ def test_euclidean_loss_in_module():
 
 
 def test_learnable_blobs_are_arguments_with_gradients_in_module():
-    x = mx.sym.Variable("data")
     (top,) = python_layer_symbols(py_layer("ChannelWeights"), [mx.sym.Variable("data", shape=(2, 3, 2, 2))],
                                   "cw", "TRAIN")
     assert top.list_arguments() == ["data", "cw_0_weight"]
-    del x
     mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(top * top)), data_names=("data",), label_names=None)
     mod.bind(data_shapes=[("data", (2, 3, 2, 2))], inputs_need_grad=True)
     mod.init_params()  # the blob's initializer: the values setup() wrote

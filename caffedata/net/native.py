@@ -11,7 +11,7 @@ Native types (``NATIVE_TYPES``): Convolution and Deconvolution (same weight
 layout as MXNet's), InnerProduct (FullyConnected), Pooling, LRN (across
 channels), ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log,
 Softmax, Concat, Eltwise, Flatten, Reshape, Crop, Tile, Slice, Split, Dropout,
-Scale, Bias, BatchNorm, and a BatchNorm followed by a Scale fused into one
+Scale, Bias, Reduction, Embed, BatchNorm, and a BatchNorm followed by a Scale fused into one
 MXNet BatchNorm (:func:`native_batchnorm_scale`).
 
 Phase.  CaffeOp follows MXNet's training flag at every call; so do the native
@@ -22,7 +22,7 @@ flag says.  MXNet defines gradients only after a training-mode forward (its
 oneDNN pooling keeps no workspace otherwise).
 
 Parameter names.  Where MXNet's parameter layout is Caffe's blob layout
-(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU) the Variables
+(Convolution, Deconvolution, InnerProduct, Scale, Bias, PReLU, Embed) the Variables
 are named as CaffeOp names them, ``{name}_0_weight`` and ``{name}_1_bias``, with the same
 fillers and ``lr_mult``/``wd_mult``, so checkpoints of the two paths are
 interchangeable.  BatchNorm's statistics are MXNet auxiliary states
@@ -140,6 +140,10 @@ def _param_var(layer, name, index, num_data=1):
     vname = f"{name}_{index}_weight" if index == 0 else f"{name}_{index}_bias"
     kw = {}
     fillers = ops._fillers(layer)
+    if layer.type == "Embed":
+        p = layer.embed_param
+        fillers = [p.weight_filler if p.HasField("weight_filler") else None,
+                   p.bias_filler if p.HasField("bias_filler") else None]
     if layer.type == "Scale" and num_data >= 2:
         fillers = fillers[1:]
     filler = fillers[index] if index < len(fillers) else None
@@ -702,6 +706,55 @@ def _lrn(layer, bottoms, name, phase):
     return NativeLayer([top])
 
 
+def _reduction(layer, bottoms, name, phase):
+    """Caffe Reduction over the axes from ``axis`` on (SUM, ASUM, SUMSQ, MEAN), times coeff."""
+    mx = _mx()
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.reduction_param
+    nd = _ndim(bottoms[0])
+    if nd is None:
+        return None
+    axis = p.axis + nd if p.axis < 0 else p.axis
+    if not 0 <= axis < nd:
+        return None
+    x = bottoms[0]
+    op = p.operation  # 1 SUM, 2 ASUM, 3 SUMSQ, 4 MEAN
+    if op == 2:
+        x = mx.sym.abs(x)
+    elif op == 3:
+        x = mx.sym.square(x)
+    elif op not in (1, 4):
+        return None
+    axes = tuple(range(axis, nd))
+    top = (mx.sym.mean if op == 4 else mx.sym.sum)(x, axis=axes) if axis > 0 else \
+        (mx.sym.mean if op == 4 else mx.sym.sum)(x)  # Caffe's 0-axis top is MXNet's (1,)
+    if p.coeff != 1:
+        top = top * float(p.coeff)
+    return NativeLayer([mx.sym.identity(top, name=name)])
+
+
+def _embed(layer, bottoms, name, phase):
+    """Caffe Embed: W[index] (+ b), W of shape [input_dim, num_output] like
+    MXNet's Embedding weight.  Neither gives the indices a gradient."""
+    mx = _mx()
+    if not _counts(layer, bottoms, 1, 1):
+        return None
+    p = layer.embed_param
+    if p.num_output <= 0 or p.input_dim <= 0:
+        return None
+    w, wname = _param_var(layer, name, 0)
+    names = [wname]
+    # BlockGrad: MXNet's Embedding refuses to be asked for an index gradient.
+    top = mx.sym.Embedding(mx.sym.BlockGrad(bottoms[0]), weight=w, input_dim=p.input_dim, output_dim=p.num_output,
+                           name=f"{name}_lookup" if p.bias_term else name)
+    if p.bias_term:
+        b, bname = _param_var(layer, name, 1)
+        names.append(bname)
+        top = mx.sym.broadcast_add(top, b, name=name)
+    return NativeLayer([top], names, (), *_same_layout(names), blob_counts=(len(names),))
+
+
 def _tile(layer, bottoms, name, phase):
     if not _counts(layer, bottoms, 1, 1):
         return None
@@ -848,6 +901,8 @@ _BUILDERS = {
     "Crop": _crop,
     "Tile": _tile,
     "LRN": _lrn,
+    "Reduction": _reduction,
+    "Embed": _embed,
     "BatchNorm": _batchnorm,
 }
 
