@@ -418,6 +418,8 @@ def test_tiny_net_hand_computed_forward_and_numeric_gradients():
     mx.random.seed(4)
     net = Net(TINY)
     assert net.inputs == ["data", "label"] and net.outputs == ["loss"]
+    assert net.blobs == {"data": (3, 4), "label": (3,), "ip1": (3, 5), "ip2": (3, 3), "loss": ()}
+    assert net.blob_loss_weights == {"data": 0, "label": 0, "ip1": 0, "ip2": 0, "loss": 2.0}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 4)).astype(np.float32)
     label = np.array([0, 2, 1], np.float32)

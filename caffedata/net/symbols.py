@@ -284,6 +284,8 @@ def _caffe_top_shapes(node, text, shapes):
         blobs, tops = ops.layer_shapes(text, [shapes[b] for b in node.bottoms])
     except errors.SpecError as exc:
         raise errors.SpecError(f"layer '{node.name}' (type {node.type}): {exc}") from None
+    if not tops and len(node.tops) == 1:
+        tops = [()]  # one 0-axis top (a loss) prints as nothing in layer_shapes' text
     for tid, shape in zip(node.tops, tops):
         shapes[tid] = tuple(shape)
     return blobs
