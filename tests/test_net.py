@@ -431,7 +431,8 @@ def test_tiny_net_hand_computed_forward_and_numeric_gradients():
         return -np.mean(np.log(p[np.arange(3), label.astype(int)]))
 
     out = net.forward(data=x, label=label)
-    np.testing.assert_allclose(out["loss"].reshape(()), loss_of(x), rtol=1e-5)
+    assert out["loss"].shape == ()  # Caffe's 0-axis loss blob
+    np.testing.assert_allclose(out["loss"], loss_of(x), rtol=1e-5)
     grads = net.backward()
     eps = 1e-3
     num = np.zeros_like(x, np.float64)
@@ -823,4 +824,4 @@ def test_pycaffe_positional_phase_and_missing_weights_file(tmp_path):
     with pytest.raises(errors.SpecError, match="reshape"):
         net.params
     out = net.forward(data=np.zeros((3, 1, 28, 28), np.float32), label=np.zeros(3, np.float32))
-    assert out["loss"].shape == (1,) and net.blobs["ip1"] == (3, 500)
+    assert out["loss"].shape == () and net.blobs["ip1"] == (3, 500)

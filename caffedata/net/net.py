@@ -89,7 +89,7 @@ class Net:
         self._diffs = None  # layer name -> [np.ndarray], accumulated parameter gradients
         self._nd = {}  # MXNet argument/aux name -> NDArray shared by every executor
         self._executors = collections.OrderedDict()
-        self._last = None  # (executor, input arrays) of the last forward
+        self._last = None  # (executor, input arrays, Caffe's blob shapes) of the last forward
         self._weights = weights
         self.weight_notes = []  # what copying the .caffemodel skipped (Caffe's log lines)
         if all(t in self._input_shapes for t in self._inputs):
@@ -183,7 +183,7 @@ class Net:
         if self._params is None:
             self._input_shapes.update(shapes)
             self._materialize()
-        exe = self._executor(shapes)
+        exe, caffe_shapes = self._executor(shapes)
         self._input_shapes.update(shapes)  # only once the net accepted them
         self._push_params()
         for k, a in arrays.items():
@@ -192,7 +192,7 @@ class Net:
         mx.nd.waitall()
         if self.phase == "TRAIN":
             self._pull_state()
-        self._last = (exe, arrays)
+        self._last = (exe, arrays, caffe_shapes)
         return collections.OrderedDict((name, self._blob_value(name)) for name in self.outputs + wanted)
 
     def backward(self, diffs=None, **top_diffs):
@@ -417,11 +417,15 @@ class Net:
         return [b for b in wanted if b not in self.outputs]
 
     def _blob_value(self, name):
-        exe, arrays = self._last
+        exe, arrays, caffe_shapes = self._last
         tid = self._graph.blob_ids[name]
-        if tid in self._exec_ids:
-            return exe.outputs[self._exec_ids.index(tid)].asnumpy()
-        return np.array(arrays[tid])  # an input, or a split of one
+        if tid not in self._exec_ids:
+            return np.array(arrays[tid])  # an input, or a split of one
+        value = exe.outputs[self._exec_ids.index(tid)].asnumpy()
+        caffe_shape = caffe_shapes.get(tid)
+        if caffe_shape is not None and value.shape != caffe_shape and value.size == int(np.prod(caffe_shape)):
+            value = value.reshape(caffe_shape)  # a loss is 0-axis in Caffe, (1,) in MXNet
+        return value
 
     def _materialize(self):
         """Create the parameter blobs (fillers, then the .caffemodel) once the input shapes are known."""
@@ -521,13 +525,14 @@ class Net:
         return [b for layer in (bind.covers or (bind.name,)) for b in self._params.get(layer, [])]
 
     def _executor(self, shapes):
+        """(executor, Caffe's blob shapes) for these input shapes; the last four are kept bound."""
         import mxnet as mx
 
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
-        exe = self._executors.get(key)
-        if exe is not None:
+        cached = self._executors.get(key)
+        if cached is not None:
             self._executors.move_to_end(key)
-            return exe
+            return cached
         sym = self._exec_symbol
         known = {n: self._nd[n].shape for n in sym.list_arguments() + sym.list_auxiliary_states() if n in self._nd}
         try:
@@ -550,10 +555,11 @@ class Net:
         for name, shape in zip(sym.list_auxiliary_states(), aux_shapes):
             aux[name] = self._nd[name] if name in self._nd else mx.nd.zeros(shape, ctx=self.ctx)
         exe = sym.bind(self.ctx, args, args_grad=grads, grad_req="write", aux_states=aux)
-        self._executors[key] = exe
+        caffe_shapes = symbols.caffe_shapes(self._graph, self._bindings, self._tensors, shapes)[0]
+        self._executors[key] = (exe, caffe_shapes)
         while len(self._executors) > 4:
             self._executors.popitem(last=False)
-        return exe
+        return exe, caffe_shapes
 
     def _export_symbol(self):
         import mxnet as mx
