@@ -13,6 +13,7 @@ import sys
 import mxnet as mx
 import numpy as np
 import pytest
+from conftest import package_env
 from google.protobuf import text_format
 
 import caffedata  # noqa: F401  (registers CaffeOp)
@@ -25,7 +26,6 @@ from caffedata.proto import NetParameter
 sys.path.insert(0, os.path.dirname(__file__))
 import nets  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NETS = {
     "lenet": lambda: nets.lenet(batch=2),
@@ -560,7 +560,7 @@ def test_cli_import_export_round_trip(tmp_path):
     params = random_params(Net(text), seed=11)
     weights = write_weights(tmp_path / "w.caffemodel", text, params)
     prefix = str(tmp_path / "cifar")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = package_env()
     run = [sys.executable, "-m", "caffedata"]
     res = subprocess.run(run + ["import", str(proto), weights, prefix], env=env, capture_output=True, text=True,
                          timeout=300)
