@@ -7,10 +7,28 @@ job order, holding at most ``depth`` finished-or-running jobs.  The heavy work
 scale.  An exception in a worker is re-raised from ``next()`` with its
 traceback; ``close()`` (or dropping the object, or interpreter exit) stops the
 threads without hanging.
+
+Interpreter exit.  Workers are daemon threads, and a daemon thread still
+running at finalisation is frozen wherever it stands; one inside C++ (e.g.
+cv2.imdecode) is then unwound by ``pthread_exit`` through C++ frames, which
+aborts the process ("terminate called without an active exception").  So an
+``atexit`` hook stops and joins every live prefetcher's workers while the
+interpreter is still whole: each finishes the job in hand and leaves.
 """
+import atexit
+import logging
+import os
 import queue
 import threading
 import weakref
+
+log = logging.getLogger("caffedata")
+
+# How long interpreter exit waits for a worker to finish its job in hand.
+EXIT_JOIN_TIMEOUT = 120.0
+
+_live = weakref.WeakSet()
+_live_lock = threading.Lock()
 
 
 class _Stop(Exception):
@@ -31,6 +49,7 @@ class Prefetcher:
         self._cond = threading.Condition()
         self._stopped = False
         self._pending = queue.SimpleQueue()
+        self._pid = os.getpid()
         self._workers = []
         for i in range(min(self._threads, max(1, len(self._jobs)))):
             t = threading.Thread(target=_worker_main, args=(weakref.ref(self), self._pending,
@@ -40,6 +59,8 @@ class Prefetcher:
             self._workers.append(t)
         self._finalizer = weakref.finalize(self, _shutdown, self._pending, len(self._workers),
                                            self._cond)
+        with _live_lock:
+            _live.add(self)
         with self._cond:
             self._fill()
 
@@ -71,7 +92,25 @@ class Prefetcher:
             raise value
         return value
 
-    def close(self):
+    @property
+    def forked(self):
+        """True in a child process forked after this prefetcher started: its threads are gone."""
+        return self._pid != os.getpid()
+
+    @property
+    def position(self):
+        """Index of the next job ``next()`` hands out."""
+        return self._next_take
+
+    def close(self, timeout=10):
+        """Stop the workers and wait up to ``timeout`` s each for the job in hand to finish.
+
+        Returns True when every worker has finished.  A worker still running
+        after the timeout finishes its job and exits on its own; whatever it
+        reads must stay open until then (see ``close_state``).
+        """
+        if self.forked:
+            return True  # the threads (and their locks) belong to the parent
         with self._cond:
             self._stopped = True
             self._next_submit = len(self._jobs)
@@ -79,7 +118,8 @@ class Prefetcher:
         self._finalizer()
         for t in self._workers:
             if t is not threading.current_thread():
-                t.join(timeout=10)
+                t.join(timeout=timeout)
+        return not any(t.is_alive() for t in self._workers if t is not threading.current_thread())
 
     # worker side -----------------------------------------------------------
     def _run(self, index, state):
@@ -90,6 +130,16 @@ class Prefetcher:
         with self._cond:
             self._results[index] = result
             self._cond.notify_all()
+
+
+@atexit.register
+def _stop_all_at_exit():
+    with _live_lock:
+        live = list(_live)
+    for prefetcher in live:
+        if not prefetcher.close(timeout=EXIT_JOIN_TIMEOUT):
+            log.warning("caffedata: a data worker did not finish within %.0f s at exit",
+                        EXIT_JOIN_TIMEOUT)
 
 
 def _shutdown(pending, count, cond):
