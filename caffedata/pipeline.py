@@ -19,8 +19,8 @@ import threading
 import numpy as np
 
 from . import _fast
-from .db import open_source
-from .errors import RecordError, SpecError
+from .db import check_unchanged, open_source
+from .errors import DatabaseError, RecordError, SpecError
 from .kernels import BatchAssembler
 from .mean import load_mean_file
 from .prefetch import Prefetcher
@@ -29,6 +29,10 @@ from .sampling import EpochPlanner
 log = logging.getLogger("caffedata")
 
 SUPPORTED_DTYPES = ("float32", "float64")
+
+# How long close() waits for the workers' jobs in hand by default.  A worker
+# still running after it finishes on its own; the database stays open for it.
+CLOSE_TIMEOUT = 10.0
 
 
 def output_shapes(spec, first_chw, flat=False):
@@ -40,45 +44,70 @@ def output_shapes(spec, first_chw, flat=False):
 
 
 class _SharedSource:
-    """One database handle per pipeline, opened on first use by a worker.
+    """One database handle per pipeline and database state, opened on first use by a worker.
 
     For LMDB it also keeps where each record's value lies in the read-only
     memory map (``addr``/``size``, filled lazily by the workers), so that a
     batch of raw records is parsed and transformed in one nogil call with no
-    per-record Python.  The map stays valid, at the same addresses, until the
-    environment closes; the database must not be written while it is read.
+    per-record Python.  Those addresses hold for one state of the database
+    (``state``, see ``db.lmdb_state``): when a writer commits, the pipeline
+    replaces this object at the next epoch start.
+
+    Reference-counted: each worker holds it from its first job to its exit,
+    and the handle closes when the pipeline has closed it *and* the last worker
+    is done, so no close ever unmaps the database under a running worker.
     """
 
-    def __init__(self, path, backend, num_records=0):
+    def __init__(self, path, backend, num_records, state):
         self.path, self.backend = path, backend
         self.num_records = num_records
+        self.state = state
         self._source = None
+        self._users = 0
+        self._closed = False
         self.addr = self.size = None
         self._lock = threading.Lock()
 
-    def get(self):
+    def acquire(self):
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.path}: the pipeline was closed")
             if self._source is None:
                 self._source = open_source(self.path, self.backend)
                 if hasattr(self._source, "env"):
                     self.addr = np.zeros(self.num_records, dtype=np.int64)
                     self.size = np.zeros(self.num_records, dtype=np.int64)
+            self._users += 1
             return self._source
+
+    def release(self):
+        with self._lock:
+            self._users -= 1
+            self._close_if_unused()
 
     def close(self):
         with self._lock:
-            if self._source is not None:
-                self.addr = self.size = None
-                self._source.close()
-                self._source = None
+            self._closed = True
+            self._close_if_unused()
+
+    def _close_if_unused(self):
+        if self._closed and self._users == 0 and self._source is not None:
+            self.addr = self.size = None
+            self._source.close()
+            self._source = None
 
 
 class _WorkerState:
     """Per-thread reader: an LMDB read transaction, or the LevelDB handle."""
 
     def __init__(self, shared):
-        self.source = shared.get()
-        self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
+        self.shared = shared
+        self.source = shared.acquire()
+        try:
+            self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
+        except Exception:
+            shared.release()
+            raise
         self.addr, self.size = shared.addr, shared.size
 
     def get(self, key):
@@ -88,6 +117,9 @@ class _WorkerState:
         if self.txn is not None:
             self.txn.abort()
             self.txn = None
+        if self.shared is not None:
+            self.shared.release()
+            self.shared = None
 
 
 class BufferPool:
@@ -160,6 +192,7 @@ class CaffePipeline:
             raise SpecError(f"prefetch_buffer must be >= 1, got {prefetch_buffer}")
         mean = load_mean_file(spec.transform.mean_file) if spec.transform.mean_file else None
         with open_source(self.path, spec.backend) as source:
+            state = source.state
             self.keys = source.keys()
             if not self.keys:
                 raise SpecError(f"{self.path}: the database holds no records -- nothing to iterate")
@@ -180,26 +213,65 @@ class CaffePipeline:
         self.planner = EpochPlanner(self.num_records, self.num_examples, spec.batch_size,
                                     spec.transform, shuffle=shuffle, seed=seed,
                                     last_batch_handle=last_batch_handle)
-        self._shared = _SharedSource(self.path, spec.backend, self.num_records)
+        self._shared = _SharedSource(self.path, spec.backend, self.num_records, state)
         # Enough buffers for the queue, the running workers and the batches a
         # consumer typically holds (Module.fit keeps the next one).
         self._pool = BufferPool(self.depth + self.threads + 4)
         self._epoch = -1
         self._prefetcher = None
+        self._jobs = None
 
     # -- epochs -------------------------------------------------------------
     def start_epoch(self):
         """Plan the next epoch and start its workers (stopping any running epoch)."""
         self._stop_workers()
+        self._check_database()
         self._epoch += 1
-        jobs = self.planner.plan_epoch(self._epoch)
+        self._jobs = self.planner.plan_epoch(self._epoch)
+        self._prefetcher = self._start_workers(0)
+        return len(self._jobs)
+
+    def _start_workers(self, first_job):
         # Keep every thread busy: prefetch_buffer bounds the finished batches
         # waiting, but with more threads than that, each thread needs a batch.
-        self._prefetcher = Prefetcher(jobs, self._build_batch, threads=self.threads,
-                                      depth=max(self.depth, self.threads),
-                                      make_state=self._make_state,
-                                      close_state=_WorkerState.close)
-        return len(jobs)
+        return Prefetcher(self._jobs, self._build_batch, threads=self.threads,
+                          depth=max(self.depth, self.threads), make_state=self._make_state,
+                          close_state=_WorkerState.close, start=first_job)
+
+    def _check_database(self):
+        """At an epoch start: the database must still be the one whose keys were read.
+
+        A commit by a writer (LMDB's txnid, file size or mtime changed) or a
+        database rebuilt at the same path drops the cached record addresses:
+        the next epoch reads the new values.  A changed key list is an error,
+        since the epoch plan was made for the old one.  A truncated file is an
+        error here rather than a SIGBUS in a worker.
+        """
+        shared = self._shared
+        state = check_unchanged(self.path, self.spec.backend, shared.state)
+        if not isinstance(state, tuple) or state == shared.state:
+            return  # unchanged (for LevelDB only truncation matters: check_unchanged raised)
+        with open_source(self.path, self.spec.backend) as source:
+            state = source.state
+            keys = source.keys()
+        if keys != self.keys:
+            raise DatabaseError(
+                f"{self.path}: the database changed since this iterator read it ({self.num_records} "
+                f"records then, {len(keys)} now, or other keys) -- create a new iterator after "
+                f"adding or deleting records; between epochs a writer may only change the values "
+                f"of existing keys")
+        shared.close()  # closes once its last worker (if any is still running) is done
+        self._shared = _SharedSource(self.path, self.spec.backend, self.num_records, state)
+
+    def _resume_after_fork(self):
+        """In a forked child: the parent's threads are gone; start our own where we stand."""
+        old = self._prefetcher
+        old.close()
+        # Locks that a parent thread held at fork time stay held here: new objects.
+        self._pool = BufferPool(self._pool.limit)
+        self._shared = _SharedSource(self.path, self.spec.backend, self.num_records,
+                                     self._shared.state)
+        self._prefetcher = self._start_workers(old.position)
 
     def _make_state(self):
         return _WorkerState(self._shared)
@@ -208,6 +280,8 @@ class CaffePipeline:
         """(data, label, pad) of the next batch; StopIteration at the end of the epoch."""
         if self._prefetcher is None:
             self.start_epoch()
+        elif self._prefetcher.forked:
+            self._resume_after_fork()
         return next(self._prefetcher)
 
     def __iter__(self):
@@ -261,12 +335,18 @@ class CaffePipeline:
                           "do not modify a database while training from it")
 
     # -- shutdown -----------------------------------------------------------
-    def _stop_workers(self):
+    def _stop_workers(self, timeout=None):
         if self._prefetcher is not None:
-            self._prefetcher.close()
+            self._prefetcher.close(CLOSE_TIMEOUT if timeout is None else timeout)
             self._prefetcher = None
 
-    def close(self):
+    def close(self, timeout=None):
+        """Stop the workers and close the database.
+
+        Waits up to ``timeout`` seconds (default ``CLOSE_TIMEOUT``) for the
+        batches being built; a worker still running after that finishes its
+        batch on its own, and the database closes when it is done.
+        """
         if sys.is_finalizing():
             # Interpreter exit: daemon workers are frozen wherever they stood, perhaps
             # inside an LMDB call, and closing the environment would wait for them
@@ -274,7 +354,7 @@ class CaffePipeline:
             if self._prefetcher is not None:
                 self._prefetcher._stopped = True
             return
-        self._stop_workers()
+        self._stop_workers(timeout)
         self._shared.close()
 
     def __del__(self):

@@ -36,22 +36,24 @@ class _Stop(Exception):
 
 
 class Prefetcher:
-    def __init__(self, jobs, work, threads=1, depth=4, make_state=None, close_state=None):
-        self._jobs = list(jobs)
+    def __init__(self, jobs, work, threads=1, depth=4, make_state=None, close_state=None,
+                 start=0):
+        # Any sequence (an epoch plan computes its batches on demand); jobs
+        # before ``start`` are skipped.
+        self._jobs = jobs if hasattr(jobs, "__getitem__") and hasattr(jobs, "__len__") else list(jobs)
         self._work = work
         self._make_state = make_state
         self._close_state = close_state
         self._depth = max(1, int(depth))
         self._threads = max(1, int(threads))
-        self._next_submit = 0
-        self._next_take = 0
+        self._next_submit = self._next_take = int(start)
         self._results = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._pending = queue.SimpleQueue()
         self._pid = os.getpid()
         self._workers = []
-        for i in range(min(self._threads, max(1, len(self._jobs)))):
+        for i in range(min(self._threads, max(1, len(self._jobs) - self._next_take))):
             t = threading.Thread(target=_worker_main, args=(weakref.ref(self), self._pending,
                                                             self._cond), daemon=True,
                                  name=f"caffedata-worker-{i}")
@@ -110,7 +112,10 @@ class Prefetcher:
         reads must stay open until then (see ``close_state``).
         """
         if self.forked:
-            return True  # the threads (and their locks) belong to the parent
+            # The threads (and whatever lock they held at fork time) are the parent's.
+            self._finalizer.detach()
+            self._stopped = True
+            return True
         with self._cond:
             self._stopped = True
             self._next_submit = len(self._jobs)
@@ -130,6 +135,15 @@ class Prefetcher:
         with self._cond:
             self._results[index] = result
             self._cond.notify_all()
+
+
+def _reset_after_fork():
+    global _live_lock
+    _live_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register

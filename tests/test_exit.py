@@ -5,30 +5,17 @@ is unwound by pthread_exit through OpenCV's frames: "terminate called without
 an active exception", exit code 134.  Each mode runs in 20 fresh subprocesses,
 each with a timeout (a hang at exit fails the test instead of the run).
 """
-import os
 import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
+from childproc import run_child
 from conftest import encoded_datum, jpeg_bytes, key, write_db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = 20
 
-# The child reads through CaffePipeline only.  It loads the caffedata package
-# without running its __init__ while that still imports mxnet (2 s per run);
-# the reading path itself never touches mxnet.
-CHILD = textwrap.dedent("""
-    import os, sys, types
-    root, db, mode = sys.argv[1:4]
-    sys.path.insert(0, root)
-    init = open(os.path.join(root, "caffedata", "__init__.py")).read()
-    if "import mxnet" in init:
-        pkg = types.ModuleType("caffedata")
-        pkg.__path__ = [os.path.join(root, "caffedata")]
-        sys.modules["caffedata"] = pkg
+CHILD = """
+    db, mode = sys.argv[1:3]
     from caffedata.pipeline import CaffePipeline
     from caffedata.prototxt import data_layer_spec
     spec = data_layer_spec('layer { name: "d" type: "Data" top: "data" top: "label" '
@@ -47,7 +34,7 @@ CHILD = textwrap.dedent("""
                 pipe.next_batch()  # a corrupt record ahead: RecordError, uncaught
         if mode == "close":
             pipe.close()
-""")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +59,7 @@ def test_exit_is_clean_after_reading_jpeg(jpeg_db, mode):
     failures = []
     for run in range(RUNS):
         try:
-            proc = subprocess.run([sys.executable, "-c", CHILD, ROOT, db, mode], capture_output=True,
-                                  text=True, timeout=60)
+            proc = run_child(CHILD, db, mode, timeout=60)
         except subprocess.TimeoutExpired:
             failures.append(f"run {run}: hung at exit (killed after 60 s)")
             continue
