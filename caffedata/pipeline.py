@@ -21,7 +21,7 @@ import numpy as np
 from . import _fast
 from .db import check_unchanged, open_source
 from .errors import DatabaseError, RecordError, SpecError
-from .kernels import BatchAssembler
+from .kernels import MAX_IMAGE_PIXELS, BatchAssembler
 from .mean import load_mean_file
 from .prefetch import Prefetcher
 from .sampling import EpochPlanner
@@ -176,7 +176,7 @@ class CaffePipeline:
 
     def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False):
+                 flat=False, max_image_pixels=None):
         if str(np.dtype(dtype)) not in SUPPORTED_DTYPES:
             raise SpecError(f"dtype {dtype!r} is not supported -- use float32 or float64 "
                             f"(Caffe layers run in float or double)")
@@ -197,7 +197,10 @@ class CaffePipeline:
             if not self.keys:
                 raise SpecError(f"{self.path}: the database holds no records -- nothing to iterate")
             first = source.get(self.keys[0])
-        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
+        # Encoded images whose header claims more pixels are refused (RecordError).
+        self.max_image_pixels = int(max_image_pixels or MAX_IMAGE_PIXELS)
+        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype,
+                                        self.max_image_pixels)
         rec = self.assembler.parse(first, self.keys[0], 0)
         self.first_chw = (rec.channels, rec.height, rec.width)
         self.assembler.check(rec, self.keys[0], 0, self.first_chw)
@@ -271,6 +274,7 @@ class CaffePipeline:
         self._pool = BufferPool(self._pool.limit)
         self._shared = _SharedSource(self.path, self.spec.backend, self.num_records,
                                      self._shared.state)
+        self._jobs = self._jobs.copy()
         self._prefetcher = self._start_workers(old.position)
 
     def _make_state(self):

@@ -149,6 +149,12 @@ class EpochPlan(Sequence):
     def __len__(self):
         return self.batches
 
+    def copy(self):
+        """The same plan with fresh working state (e.g. in a forked child, where a
+        worker of the parent may have held the lock or been halfway through a batch)."""
+        return EpochPlan(self.planner, self.epoch, self.carry, self.span, self.batches, self.pad,
+                         self._shuffle_state, self._engine_state)
+
     def __getitem__(self, b):
         if isinstance(b, slice):
             return [self[i] for i in range(*b.indices(self.batches))]

@@ -228,3 +228,138 @@ def test_two_pipelines_on_one_leveldb_in_one_process(tmp_path):
     second.close()
     assert first.next_batch()[1].astype(int).tolist() == list(range(7, 14))
     first.close()
+
+
+# -- 9. hostile encoded images ---------------------------------------------------
+
+def png_claiming(height, width):
+    """A real small PNG whose IHDR (with a valid CRC) claims height x width."""
+    import struct
+    import zlib
+
+    from conftest import png_bytes
+
+    b = bytearray(png_bytes(np.full((8, 8, 3), 99, np.uint8)))
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    return bytes(b)
+
+
+def jpeg_claiming(height, width):
+    """A real small JPEG whose frame header (SOF0) claims height x width."""
+    from conftest import jpeg_bytes
+
+    b = bytearray(jpeg_bytes(np.full((8, 8, 3), 99, np.uint8)))
+    sof = b.index(b"\xff\xc0")
+    b[sof + 5:sof + 9] = bytes([height >> 8, height & 255, width >> 8, width & 255])
+    return bytes(b)
+
+
+HOSTILE_CHILD = """
+    import resource
+    from caffedata.errors import RecordError
+    from caffedata.pipeline import CaffePipeline
+    from caffedata.prototxt import data_layer_spec
+    # A full decode of the claimed size needs 2.7 GB: make that fail fast instead.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    spec = data_layer_spec(sys.argv[1])
+    try:
+        pipe = CaffePipeline(spec, preprocess_threads=1, max_image_pixels=int(sys.argv[2]))
+        for batch in pipe:
+            pass
+    except RecordError as exc:
+        print("RecordError:", exc)
+"""
+
+
+@pytest.mark.parametrize("make", [png_claiming, jpeg_claiming])
+@pytest.mark.parametrize("position", [0, 1])
+def test_image_claiming_huge_size_is_refused_before_decoding(tmp_path, make, position):
+    from conftest import encoded_datum, jpeg_bytes
+
+    good = encoded_datum(jpeg_bytes(np.full((32, 32, 3), 7, np.uint8)), 0)
+    items = [good, good]
+    items[position] = encoded_datum(make(30000, 30000), 1)
+    path = write_db(tmp_path / "db", [(key(i), v) for i, v in enumerate(items)])
+    proto = data_prototxt(path, 2, transform="crop_size: 16")
+    proc = run_child(HOSTILE_CHILD, proto, 1 << 26, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "RecordError:" in proc.stdout and "30000x30000" in proc.stdout, proc.stdout
+    assert key(position).decode() in proc.stdout and "max_image_pixels" in proc.stdout
+
+
+def test_image_over_opencvs_own_limit_is_a_record_error(tmp_path):
+    from conftest import encoded_datum
+
+    path = write_db(tmp_path / "db", [(key(0), encoded_datum(png_claiming(40000, 40000), 0))])
+    proc = run_child(HOSTILE_CHILD, data_prototxt(path, 1), 1 << 40, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "RecordError:" in proc.stdout and "OpenCV" in proc.stdout, proc.stdout
+
+
+def test_a_refused_or_mismatched_image_is_decoded_once():
+    from conftest import png_bytes
+
+    from caffedata.kernels import ImageDecoder
+
+    decoder = ImageDecoder()
+    payload = np.frombuffer(png_bytes(np.full((5, 4), 3, np.uint8)), np.uint8)
+    first = decoder(payload, -1)  # the fast loop's call
+    assert first.shape == (5, 4, 1)
+    again = decoder.decode(memoryview(payload), -1)  # the general path, same bytes in place
+    assert again is first
+    fresh = decoder.decode(memoryview(payload), -1)  # used once: a later call decodes afresh
+    assert fresh is not first and np.array_equal(fresh, first)
+
+
+# -- 12. the fast Datum parser accepts exactly what protobuf accepts -----------------
+
+def protobuf_accepts(value):
+    from caffedata.proto import Datum
+
+    try:
+        Datum().ParseFromString(value)
+        return True
+    except Exception:
+        return False
+
+
+EDGE_RECORDS = [
+    bytes([0x88, 0x80, 0x80, 0x80, 0x00, 0x03]),              # tag in 5 bytes (padded)
+    bytes([0x88, 0x80, 0x80, 0x80, 0x80, 0x00, 0x03]),        # tag in 6 bytes
+    bytes([0x88, 0x80, 0x80, 0x80, 0x10, 0x03]),              # tag over 32 bits
+    bytes([0xF8, 0xFF, 0xFF, 0xFF, 0x0F, 0x03]),              # the largest field number
+    bytes([0x00, 0x03]),                                      # field number 0
+    b"\x08" + bytes([0xFF] * 9 + [0x7F]),                     # 10-byte value varint
+    b"\x08" + bytes([0xFF] * 10 + [0x01]),                    # 11-byte value varint
+    b"\x22" + bytes([0x83, 0x80, 0x80, 0x80, 0x00]) + b"abc",  # length in 5 bytes
+    b"\x22" + bytes([0x83, 0x80, 0x80, 0x80, 0x80, 0x00]) + b"abc",  # length in 6 bytes
+    b"\x4a" + bytes([0x83, 0x80, 0x80, 0x80, 0x80, 0x00]) + b"abc",  # unknown field, same
+    b"\x5b" + bytes([0x88, 0x80, 0x80, 0x80, 0x80, 0x00, 0x03]) + b"\x5c",  # in a group
+    b"\x5b" + bytes([0xDC, 0x80, 0x80, 0x80, 0x80, 0x00]),    # group end tag in 6 bytes
+    b"\x5b" * 100 + b"\x5c" * 100,                            # groups 100 deep
+    b"\x5b" * 101 + b"\x5c" * 101,                            # and 101
+    b"\x0c", b"\x0e", b"\x32\x03abc",
+]
+
+
+def test_fast_parser_accepts_exactly_what_protobuf_accepts():
+    from caffedata import _fast
+
+    for value in EDGE_RECORDS:
+        assert (_fast.datum_header(value)[0] == 0) == protobuf_accepts(value), value.hex()
+
+
+def test_record_protobuf_would_refuse_is_a_record_error(tmp_path):
+    import struct
+
+    # float_data in two runs (the protobuf fallback) around a field whose tag is overlong.
+    bad = (b"\x08\x01\x10\x01\x18\x02\x35" + struct.pack("<f", 1.5)
+           + bytes([0xC8, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00]) + b"\x35" + struct.pack("<f", 2.5))
+    assert not protobuf_accepts(bad)
+    good = raw_datum(np.zeros((1, 1, 2), np.uint8), 0)
+    path = write_db(tmp_path / "db", [(key(0), good), (key(1), bad)])
+    pipe = pipeline(path, 1)
+    with pytest.raises(RecordError, match=key(1).decode()):
+        epoch_labels(pipe)
+    pipe.close()
