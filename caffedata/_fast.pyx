@@ -101,9 +101,11 @@ cdef inline int read_length(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uin
     return err
 
 
-cdef inline int read_tag(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
+cdef inline int read_tag(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out,
+                         bint allow_field_zero=False) noexcept nogil:
+    # protobuf refuses field number 0, except inside an unknown group it skips
     cdef int err = read_varint_max(p, n, pos, out, MAX_TAG_BYTES)
-    if err == OK and (out[0] > <uint64_t>0xFFFFFFFFu or (out[0] >> 3) == 0):
+    if err == OK and (out[0] > <uint64_t>0xFFFFFFFFu or ((out[0] >> 3) == 0 and not allow_field_zero)):
         return ERR_BAD_TAG
     return err
 
@@ -135,7 +137,7 @@ cdef int skip_field(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint32_t wi
         if depth >= MAX_GROUP_DEPTH:
             return ERR_GROUP
         while True:
-            err = read_tag(p, n, pos, &tag)
+            err = read_tag(p, n, pos, &tag, True)
             if err:
                 return err if err == ERR_BAD_TAG else ERR_GROUP
             if (tag & 7) == 4:

@@ -14,7 +14,12 @@ def blob_to_array(blob, path="<blob>"):
         shape = tuple(getattr(blob, f) for f in _LEGACY)
     else:
         shape = tuple(blob.shape.dim)
-    count = int(np.prod(shape)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise SpecError(f"{path}: blob has a negative dimension {shape} -- the mean file is "
+                        f"corrupt or not a BlobProto")
+    count = 1
+    for d in shape:  # Python ints: no overflow
+        count *= d
     values = blob.double_data if len(blob.double_data) else blob.data
     if len(values) != count:
         raise SpecError(f"{path}: blob of shape {shape} must hold {count} values, it holds "

@@ -339,6 +339,8 @@ EDGE_RECORDS = [
     b"\x5b" + bytes([0xDC, 0x80, 0x80, 0x80, 0x80, 0x00]),    # group end tag in 6 bytes
     b"\x5b" * 100 + b"\x5c" * 100,                            # groups 100 deep
     b"\x5b" * 101 + b"\x5c" * 101,                            # and 101
+    b"\x5b\x00\x00\x5c",                                     # field 0 inside a group: accepted
+    b"\x5b" + bytes([0x88, 0x80, 0x80, 0x80, 0x10, 0x03]) + b"\x5c",  # tag over 32 bits in a group
     b"\x0c", b"\x0e", b"\x32\x03abc",
 ]
 
