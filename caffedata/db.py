@@ -2,8 +2,19 @@
 
 LMDB is opened read-only and without a lock file (``lock=False``), so several
 processes can read one database and a read-only copy works.  A source is
-opened by whoever reads it (a worker thread), never held across a fork:
-``RecordSource`` objects are cheap to open and must be closed.
+opened by whoever reads it (a worker thread); ``RecordSource`` objects are
+cheap to open and must be closed.  Sources of one database share one handle
+per process (see ``_acquire``).
+
+What is checked, and what cannot be.  Before an LMDB is mapped, its meta pages
+are read with plain file reads and the file size is checked against them
+(``lmdb_state``): a truncated copy is a DatabaseError, not a SIGBUS.  The
+pipeline repeats that check (and, for LevelDB, that no table file shrank) at
+each epoch start.  What no check can catch: a file truncated *while a batch is
+being read* from its memory map (the kernel sends SIGBUS on the missing page),
+and, without LMDB's lock file, a writer that commits while an epoch is being
+read may reuse pages a reader still reads.  Do not truncate or write a
+database during an epoch; between epochs a writer may change values.
 """
 import os
 import struct
@@ -166,13 +177,14 @@ def _acquire(key, open_handle):
 
 
 def _release(entry):
+    # Closed under the lock: until it is closed, py-lmdb refuses to open the file again.
     with _handles_lock:
         entry.users -= 1
         if entry.users > 0:
             return
         if _handles.get(entry.key) is entry:
             del _handles[entry.key]
-    entry.handle.close()
+        entry.handle.close()
 
 
 def _open_lmdb_env(path):

@@ -79,6 +79,9 @@ class Prefetcher:
         return self
 
     def __next__(self):
+        if self.forked:  # the workers stayed in the parent: waiting would never end
+            raise RuntimeError("this prefetcher's worker threads belong to the parent process; "
+                               "start a new one after fork")
         with self._cond:
             if self._next_take >= len(self._jobs):
                 raise StopIteration
