@@ -281,7 +281,10 @@ class LevelDBSource(RecordSource):
         yield from self.db.iterator()
 
     def get(self, key):
-        return self.db.get(key)
+        # Not through LevelDB's block cache: an epoch reads each record once, and
+        # inserting every (large, one-record) block into the 8 MB cache only to
+        # evict it again halved the read rate (W1: 1.4k -> 3k records/s without).
+        return self.db.get(key, fill_cache=False)
 
     def close(self):
         if self.db is not None:

@@ -105,9 +105,11 @@ class _WorkerState:
         self.source = shared.acquire()
         try:
             self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
-        except Exception:
+        except Exception as exc:  # e.g. lmdb.MapResizedError: a writer grew the map past ours
             shared.release()
-            raise
+            raise DatabaseError(f"{shared.path}: cannot start an LMDB read ({exc}) -- the database "
+                                f"was grown by a writer while this process holds it open; create "
+                                f"a new iterator") from exc
         self.addr, self.size = shared.addr, shared.size
 
     def get(self, key):
