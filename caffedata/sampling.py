@@ -125,6 +125,10 @@ def _advance(engine, count, chunk=1 << 20):
         count -= step
 
 
+# How many record positions of an epoch plan are computed at once.
+CHUNK_POSITIONS = 1 << 16
+
+
 class EpochPlan(Sequence):
     """The batches of one epoch, each computed when asked for.
 
@@ -145,6 +149,9 @@ class EpochPlan(Sequence):
         self._next_pass = 0
         self._engine = None
         self._drawn = 0  # positions whose draws self._engine has produced
+        self._chunk_batches = max(1, CHUNK_POSITIONS // planner.batch_size)
+        self._chunk = -1
+        self._chunk_records = self._chunk_draws = None
 
     def __len__(self):
         return self.batches
@@ -164,11 +171,20 @@ class EpochPlan(Sequence):
             raise IndexError(b)
         B = self.planner.batch_size
         with self._lock:
-            positions = np.arange(b * B, (b + 1) * B, dtype=np.int64)
-            padding = positions >= self.span
-            positions[padding] = (positions[padding] - self.span) % self.span
-            records = self._records(positions)
-            draws = self._draws(b * B, B)
+            chunk = b // self._chunk_batches
+            if chunk != self._chunk:
+                # Batches are computed a chunk at a time: vectorised, and bounded in memory.
+                first = chunk * self._chunk_batches
+                count = min(self._chunk_batches, self.batches - first) * B
+                positions = np.arange(first * B, first * B + count, dtype=np.int64)
+                padding = positions >= self.span
+                positions[padding] = (positions[padding] - self.span) % self.span
+                self._chunk_records = self._records(positions)
+                self._chunk_draws = self._draws(first * B, count)
+                self._chunk = chunk
+            at = (b - self._chunk * self._chunk_batches) * B
+            records = self._chunk_records[at:at + B]
+            draws = self._chunk_draws[at:at + B]
         return Batch(self.epoch, b, records, draws, self.pad if b == self.batches - 1 else 0)
 
     def _records(self, positions):
