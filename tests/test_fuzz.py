@@ -2,7 +2,7 @@
 
 The long run is ``python -m tests.fuzz.fuzz_datum --seconds N`` (see the README).
 """
-from tests.fuzz.fuzz_datum import check_datum, fuzz
+from fuzz.fuzz_datum import check_datum, fuzz  # tests/ is on sys.path (the conftest folder)
 
 
 def test_fuzz_datum_parser_and_mean_reader_agree_with_protobuf():
