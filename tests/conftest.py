@@ -28,6 +28,20 @@ if CORE_ONLY and importlib.util.find_spec("mxnet") is not None:
     raise RuntimeError("CAFFEDATA_CORE_ONLY=1 but mxnet is installed: the core-only run must have no mxnet")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_checkout(tmp_path_factory):
+    """Run every test, and so every child process, in a scratch folder.
+
+    A child Python started in the checkout would import its ``caffedata/``
+    source folder (``python -c`` / ``-m`` put the working directory first on
+    sys.path), which in CI is unbuilt: the package under test is installed.
+    """
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 def package_env(**extra):
     """``os.environ`` for a child Python that must import the caffedata under test.
 
