@@ -42,6 +42,10 @@ def _check_path(path, backend):
         raise DatabaseError(f"{path}: no such database -- check data_param.source (relative paths "
                             f"are resolved against the working directory {os.getcwd()})")
     found = detect_backend(path)
+    if found is None:
+        # `convert --overwrite` swaps folders atomically, but a listing that began in the old
+        # folder can see it half removed: look once more, at what the path names now.
+        found = detect_backend(path)
     if found is not None and found != backend:
         raise DatabaseError(
             f"{path}: this is a {found.name} database but backend {backend.name} was asked for -- "
@@ -320,10 +324,10 @@ def open_source(path, backend):
     path = os.fspath(path)
     if isinstance(backend, str):
         if backend.lower() == "auto":
-            _exists = os.path.exists(path)
-            backend = detect_backend(path) if _exists else None
+            backend = detect_backend(path) if os.path.exists(path) else None
             if backend is None:
                 _check_path(path, Backend.LMDB)  # raises the missing/unknown error
+                backend = detect_backend(path)   # or the path appeared meanwhile: use what it is
         else:
             try:
                 backend = Backend[backend.upper()]
