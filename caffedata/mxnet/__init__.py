@@ -21,7 +21,8 @@ def install():
     symbols.install()
     from ..solver import optimizers
 
-    optimizers.register()
+    if hasattr(optimizers, "register"):  # else mxnet is being imported *by* optimizers, which registers at its end
+        optimizers.register()
 
 
 __all__ = ["CaffeDataIter", "install"]

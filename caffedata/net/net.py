@@ -356,7 +356,7 @@ class Net:
 
     def data_iters(self, **iter_kwargs):
         """{layer name: CaffeDataIter} for the net's data layers (train_val nets)."""
-        from ..iterator import CaffeDataIter
+        from ..mxnet.iterator import CaffeDataIter
 
         out = collections.OrderedDict()
         for node in self._data_layers:
@@ -637,7 +637,7 @@ def _data_layer_shapes(node):
         return out
     if node.type != "Data" or not os.path.exists(node.param.data_param.source):
         return {}
-    from ..iterator import CaffeDataIter
+    from ..mxnet.iterator import CaffeDataIter
 
     it = _data_iter(CaffeDataIter, node)
     try:

@@ -101,11 +101,12 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
     """
     import mxnet as mx
 
-    from .. import ops
+    from ..mxnet import library
+    from ..mxnet import symbols as mx_symbols
 
-    if ops.CaffeOp is None or getattr(mx.sym, "CaffeOp", None) is None:
-        ops.install()
-    supported = ops.supported_layers()
+    if mx_symbols.CaffeOp is None or getattr(mx.sym, "CaffeOp", None) is None:
+        mx_symbols.install()
+    supported = library.supported_layers()
     input_shapes = dict(input_shapes or {})
     tensors = {}
     shapes = {}  # id -> Caffe shape, where the input shapes make it known
@@ -151,14 +152,14 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
 
         text = layer_text(node.param)
         bottom0_ndim = len(shapes[node.bottoms[0]]) if node.bottoms and node.bottoms[0] in shapes else 4
-        info = ops.layer_info(text, bottom0_ndim, len(bottoms))
+        info = library.layer_info(text, bottom0_ndim, len(bottoms))
         weights = loss_weights(node, info)
         for t, w in zip(node.tops, weights):
             if w:
                 loss[t] = w
 
         name = node.name
-        variables = ops._weight_variables(name, node.param, info, len(bottoms)) if info.num_blobs else []
+        variables = mx_symbols.weight_variables(name, node.param, info) if info.num_blobs else []
         for v in variables:
             # A known storage type: simple_bind (Module) cannot infer it for the aux states of a
             # library op ("input tensors are not dense for custom operator").
@@ -216,12 +217,12 @@ def _caffe_top_shapes(node, text, shapes):
 
     Returns the layer's parameter blob shapes, or None when unknown.
     """
-    from .. import ops
+    from ..mxnet import library
 
     if not all(b in shapes for b in node.bottoms):
         return None
     try:
-        blobs, tops = ops.layer_shapes(text, [shapes[b] for b in node.bottoms])
+        blobs, tops = library.layer_shapes(text, [shapes[b] for b in node.bottoms])
     except errors.SpecError as exc:
         raise errors.SpecError(f"layer '{node.name}' (type {node.type}): {exc}") from None
     for tid, shape in zip(node.tops, tops):
