@@ -50,6 +50,9 @@ def cmd_train(args):
         raise CommandError("Give a snapshot to resume training or weights to finetune but not both.", 2)
     runtime.require_files(("--solver", args.solver), ("--snapshot", args.snapshot),
                           *(("--weights", w) for w in weights))
+    from ..solver.params import load_solver_param
+
+    load_solver_param(args.solver)  # a broken solver file: one error line, before any log line
     threads = runtime.configure_threads(args.threads)  # before anything imports mxnet
     stream = _LogStream(sys.stderr)
     runtime.say(stream, 0, threads, source="caffedata")
