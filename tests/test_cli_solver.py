@@ -337,6 +337,16 @@ def test_time_prints_a_line_per_layer(workdir):
     assert averages["Total Time"] == pytest.approx(3 * averages["Average Forward-Backward"], rel=1e-4)
 
 
+def test_time_in_test_phase_names_the_layers_it_cannot_run(workdir):
+    code, out, err = caffedata(["time", "--model", "lenet_train_val.prototxt", "--iterations", "1", "--phase", "TEST",
+                                "--threads", "1", "--profiler-table"], cwd=workdir)
+    assert code == 0, err
+    # Accuracy feeds no loss and has no backward: MXNet cannot run backward through it, so it is left out
+    assert "Not run (no operator; MXNet runs only what feeds a loss): accuracy" in err
+    assert re.search(r"  accuracy\tforward: 0 ms\.$", err, re.M)
+    assert "_backward__caffedata_op" in out  # MXNet's own aggregate table, by operator type
+
+
 @pytest.mark.parametrize("args, message", [
     (["train"], "the following arguments are required: --solver"),
     (["train", "--solver", "missing.prototxt"], "--solver missing.prototxt: no such file"),

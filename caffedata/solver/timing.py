@@ -93,7 +93,7 @@ def time_net(model, iterations=50, phase="TRAIN", stages=(), level=0, log_stream
     net = Net(model, phase=phase, stages=tuple(stages), level=level)
     layer_names = net.layer_names
     shapes = collections.OrderedDict((name, tuple(net.blobs[name])) for name in net.inputs)
-    data_iters = net.data_iters() if shapes and net.label_names + net.data_names else {}
+    data_iters = net.data_iters()  # {} for a net fed by Input layers (their blobs stay 0, as Caffe's)
     try:
         weights = _head_loss_weights(net, len(net.symbol.list_outputs()))
         # MXNet cannot skip the backward of a layer that feeds no loss (Caffe's need_backward does,
