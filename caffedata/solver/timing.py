@@ -181,7 +181,8 @@ def time_net(model, iterations=50, phase="TRAIN", stages=(), level=0, log_stream
                 it.close()
     per_layer = _attribute(spans, nodes, n, layer_names)
     run = {layer_of(name, layer_names) for _, name in nodes} | set(data_iters)
-    idle = [name for name in layer_names if name not in run and name not in net.inputs]
+    input_layers = {node.name for node in net._graph.layers if node.type == "Input"}  # no work, as in Caffe
+    idle = [name for name in layer_names if name not in run and name not in input_layers]
     if not backward:
         _emit(log_stream, 398, "The net has no loss: backward is not run")
     if idle:
