@@ -21,14 +21,18 @@ _state = {"installed": False}
 
 
 def install_now():
-    """Install the adapters into the (imported) mxnet module; idempotent."""
+    """Install the adapters into the (imported) mxnet module; idempotent.
+
+    Importing ``caffedata.mxnet`` installs them.  If that package's own import
+    is what brought mxnet in, it is still running: it installs them when done.
+    """
     with _lock:
         if _state["installed"]:
             return
         _state["installed"] = True
-    from .mxnet import install
+    import importlib
 
-    install()
+    importlib.import_module("caffedata.mxnet")
 
 
 class _InstallAfterExec:

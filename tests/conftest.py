@@ -28,6 +28,20 @@ if CORE_ONLY and importlib.util.find_spec("mxnet") is not None:
     raise RuntimeError("CAFFEDATA_CORE_ONLY=1 but mxnet is installed: the core-only run must have no mxnet")
 
 
+def package_env(**extra):
+    """``os.environ`` for a child Python that must import the caffedata under test.
+
+    That is the installed package in CI, or the in-place build a developer runs
+    the tests with (PYTHONPATH); never an unbuilt source folder.
+    """
+    import caffedata
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(caffedata.__file__)))
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def pytest_ignore_collect(collection_path, config):
     if CORE_ONLY and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
         if _IMPORTS_MXNET.search(collection_path.read_text()):

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import package_env
 
 import cv2  # noqa: E402
 import lmdb  # noqa: E402
@@ -18,13 +19,10 @@ from caffedata.tools.convert import _host_tag, convert_imageset, remove_stale_tm
 from caffedata.sources.db import open_source  # noqa: E402
 from caffedata.proto import Datum  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return package_env()
 
 
 def leftovers(folder):

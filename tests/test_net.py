@@ -13,6 +13,7 @@ import sys
 import mxnet as mx
 import numpy as np
 import pytest
+from conftest import package_env
 from google.protobuf import text_format
 
 import caffedata  # noqa: F401  (registers CaffeOp)
@@ -25,7 +26,6 @@ from caffedata.proto import NetParameter
 sys.path.insert(0, os.path.dirname(__file__))
 import nets  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NETS = {
     "lenet": lambda: nets.lenet(batch=2),
@@ -418,6 +418,8 @@ def test_tiny_net_hand_computed_forward_and_numeric_gradients():
     mx.random.seed(4)
     net = Net(TINY)
     assert net.inputs == ["data", "label"] and net.outputs == ["loss"]
+    assert net.blobs == {"data": (3, 4), "label": (3,), "ip1": (3, 5), "ip2": (3, 3), "loss": ()}
+    assert net.blob_loss_weights == {"data": 0, "label": 0, "ip1": 0, "ip2": 0, "loss": 2.0}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 4)).astype(np.float32)
     label = np.array([0, 2, 1], np.float32)
@@ -429,7 +431,8 @@ def test_tiny_net_hand_computed_forward_and_numeric_gradients():
         return -np.mean(np.log(p[np.arange(3), label.astype(int)]))
 
     out = net.forward(data=x, label=label)
-    np.testing.assert_allclose(out["loss"].reshape(()), loss_of(x), rtol=1e-5)
+    assert out["loss"].shape == ()  # Caffe's 0-axis loss blob
+    np.testing.assert_allclose(out["loss"], loss_of(x), rtol=1e-5)
     grads = net.backward()
     eps = 1e-3
     num = np.zeros_like(x, np.float64)
@@ -557,7 +560,7 @@ def test_cli_import_export_round_trip(tmp_path):
     params = random_params(Net(text), seed=11)
     weights = write_weights(tmp_path / "w.caffemodel", text, params)
     prefix = str(tmp_path / "cifar")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = package_env()
     run = [sys.executable, "-m", "caffedata"]
     res = subprocess.run(run + ["import", str(proto), weights, prefix], env=env, capture_output=True, text=True,
                          timeout=300)
@@ -585,6 +588,12 @@ def test_cli_import_export_round_trip(tmp_path):
     res = subprocess.run(run + ["export", prefix, "0", str(tmp_path / "missing.prototxt"), out], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "missing.prototxt" in res.stderr and "Traceback" not in res.stderr
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(text.replace('type: "ReLU"', 'type: "FancyReLU"'))
+    res = subprocess.run(run + ["import", str(bad), weights, prefix], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "relu1" in res.stderr and "FancyReLU" in res.stderr and "Python" in res.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -731,3 +740,88 @@ def test_stages_and_level_select_layers():
     net = Net(text)
     np.testing.assert_allclose(net.forward(data=x)["out"], 3 * x)
     assert net.outputs == ["out"] and Net(text, level=1).outputs == ["extra", "out"]
+
+
+def test_loss_layer_without_top_is_an_anonymous_loss():
+    """Caffe's "(automatic)" top: in net.blobs, never an output, still the loss backward starts from."""
+    mx.random.seed(6)
+    named = Net(TINY.replace("loss_weight: 2", ""))
+    anon = Net(TINY.replace('top: "loss" loss_weight: 2', ""))
+    assert "(automatic)" in anon.blobs and anon.outputs == []
+    for layer, blobs in named.params.items():
+        for dst, src in zip(anon.params[layer], blobs):
+            dst[...] = src
+    x = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    label = np.array([2, 2, 0], np.float32)
+    named.forward(data=x, label=label)
+    anon.forward(data=x, label=label)
+    np.testing.assert_allclose(anon.backward()["data"], named.backward()["data"], rtol=1e-6)
+    assert len(anon.symbol.list_outputs()) == 1  # the CaffeLoss head trains the net in a Module
+
+
+def test_registered_python_type_fills_in_a_missing_layer_type(monkeypatch):
+    from caffedata.net import python_layer
+
+    class FancyReLU(python_layer.Layer):
+        """y = max(x, 0.1 x), written the pycaffe way."""
+
+        def setup(self, bottom, top):
+            pass
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = np.maximum(bottom[0].data, 0.1 * bottom[0].data)
+
+        def backward(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = top[0].diff * np.where(bottom[0].data > 0, 1.0, 0.1)
+
+    monkeypatch.setitem(python_layer._registry, "FancyReLU", FancyReLU)
+    text = nets.lenet(batch=2).replace('type: "ReLU"', 'type: "FancyReLU"')
+    net = Net(text)
+    x = _input(net)
+    out = net.forward(data=x, blobs=["ip1"])
+    p = net.params
+    h = mx.nd.Pooling(mx.nd.Convolution(mx.nd.array(x), mx.nd.array(p["conv1"][0]), mx.nd.array(p["conv1"][1]),
+                                        kernel=(5, 5), num_filter=20),
+                      kernel=(2, 2), stride=(2, 2), pool_type="max", pooling_convention="full")
+    h = mx.nd.Pooling(mx.nd.Convolution(h, mx.nd.array(p["conv2"][0]), mx.nd.array(p["conv2"][1]), kernel=(5, 5),
+                                        num_filter=50),
+                      kernel=(2, 2), stride=(2, 2), pool_type="max", pooling_convention="full").asnumpy()
+    ip1 = h.reshape(2, -1) @ p["ip1"][0].T + p["ip1"][1]
+    np.testing.assert_allclose(out["ip1"], np.maximum(ip1, 0.1 * ip1), rtol=1e-4, atol=1e-5)
+
+
+def test_hdf5_weights_round_trip(tmp_path):
+    text = nets.fcn(batch=1)
+    params = random_params(Net(text), seed=17)
+    net = Net(text, weights=write_weights(tmp_path / "w.caffemodel", text, params))
+    net.save_hdf5(str(tmp_path / "w.caffemodel.h5"))
+    again = Net(text, weights=str(tmp_path / "w.caffemodel.h5"))
+    for layer, arrays in params.items():
+        for got, want in zip(again.params[layer], arrays):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_split_blobs_of_an_input_hold_the_input():
+    net = Net(nets.fcn(batch=1))
+    splits = [b for b in net.blobs if b.startswith("data_") and "_split_" in b]
+    assert len(splits) == 2  # data feeds conv1_1 and the Crop
+    x = _input(net)
+    out = net.forward(data=x, blobs=splits)
+    for b in splits:
+        np.testing.assert_array_equal(out[b], x)
+    assert net.backward(score_bg=np.ones((1, 1, 20, 20)), score_fg=np.zeros((1, 3, 20, 20)))["data"].shape == x.shape
+
+
+def test_pycaffe_positional_phase_and_missing_weights_file(tmp_path):
+    text = nets.lenet_train_test(str(tmp_path / "no_db"), str(tmp_path / "no_db"))
+    assert Net(text, 0).phase == "TRAIN" and Net(text, 1).outputs == ["accuracy", "loss"]
+    with pytest.raises(errors.DatabaseError, match="nope.caffemodel"):
+        Net(nets.lenet(), weights=str(tmp_path / "nope.caffemodel"))
+    net = Net(text)  # the DB does not exist: shapes come with the first forward
+    with pytest.raises(errors.SpecError, match="reshape"):
+        net.params
+    out = net.forward(data=np.zeros((3, 1, 28, 28), np.float32), label=np.zeros(3, np.float32))
+    assert out["loss"].shape == () and net.blobs["ip1"] == (3, 500)

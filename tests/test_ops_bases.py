@@ -9,10 +9,12 @@ import re
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import package_env
 
 import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402,F401  (installs mx.sym.CaffeOp)
@@ -24,7 +26,6 @@ if not os.path.isfile(library.library_path()):
                 allow_module_level=True)
 
 F64 = np.float64
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_op(proto, bottoms, num_out=1, head=None):
@@ -289,9 +290,9 @@ def test_default_fillers_reach_the_module():
 # Blobs over INT_MAX elements: a clear error in shape inference, never a crash.
 
 def _in_subprocess(code, timeout=180):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = package_env()
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
+                          env=env, cwd=tempfile.gettempdir(), timeout=timeout)
 
 
 def test_outputs_over_int_max_raise_in_shape_inference():

@@ -186,7 +186,7 @@ def test_anonymous_loss_counts_in_the_loss_but_is_no_output(files):
     assert [name for name, _ in outputs] == ["loss"]
     fc = slow.net.net.forward(**BATCH, blobs=["fc", "fc2"])
     euclid = np.sum((fc["fc"] - fc["fc2"]) ** 2) / 8 / 2
-    assert loss == pytest.approx(float(outputs[0][1][0]) + 0.5 * euclid, rel=1e-5)
+    assert loss == pytest.approx(float(np.ravel(outputs[0][1])[0]) + 0.5 * euclid, rel=1e-5)
     net = Net(str(files / "two.prototxt"), phase="TRAIN")
     for layer in ("fc", "fc2"):
         for mine, theirs in zip(net.params[layer], slow.net.net.params[layer]):

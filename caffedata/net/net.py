@@ -15,6 +15,7 @@ import collections
 import contextlib
 import io
 import logging
+import os
 
 import numpy as np
 
@@ -61,6 +62,11 @@ class Net:
         from .netstate import filter_net
         from .upgrade import load_net_param
 
+        if isinstance(weights, int) and not isinstance(weights, bool):  # pycaffe's Net(file, caffe.TEST)
+            weights, phase = None, weights
+        if weights is not None and not os.path.isfile(os.fspath(weights)):
+            raise errors.DatabaseError(f"{weights}: no such weights file -- give the path of a .caffemodel "
+                                       f"(or .caffemodel.h5)")
         self.phase = _phase_name(phase)
         if isinstance(stages, str):
             stages = (stages,)
@@ -83,7 +89,7 @@ class Net:
         self._diffs = None  # layer name -> [np.ndarray], accumulated parameter gradients
         self._nd = {}  # MXNet argument/aux name -> NDArray shared by every executor
         self._executors = collections.OrderedDict()
-        self._last = None  # (executor, input arrays) of the last forward
+        self._last = None  # (executor, input arrays, Caffe's blob shapes) of the last forward
         self._weights = weights
         self.weight_notes = []  # what copying the .caffemodel skipped (Caffe's log lines)
         if all(t in self._input_shapes for t in self._inputs):
@@ -177,7 +183,7 @@ class Net:
         if self._params is None:
             self._input_shapes.update(shapes)
             self._materialize()
-        exe = self._executor(shapes)
+        exe, caffe_shapes = self._executor(shapes)
         self._input_shapes.update(shapes)  # only once the net accepted them
         self._push_params()
         for k, a in arrays.items():
@@ -186,7 +192,7 @@ class Net:
         mx.nd.waitall()
         if self.phase == "TRAIN":
             self._pull_state()
-        self._last = (exe, arrays)
+        self._last = (exe, arrays, caffe_shapes)
         return collections.OrderedDict((name, self._blob_value(name)) for name in self.outputs + wanted)
 
     def backward(self, diffs=None, **top_diffs):
@@ -244,6 +250,13 @@ class Net:
         self._require_shapes()
         write_caffemodel(path, self._net_param, self._params)
 
+    def save_hdf5(self, path):
+        """Write the weights as Net::ToHDF5 does (``/data/<layer>/<j>``), as pycaffe's net.save_hdf5."""
+        from .caffemodel import write_caffemodel_hdf5
+
+        self._require_shapes()
+        write_caffemodel_hdf5(path, self._net_param, self._params)
+
     def copy_from(self, path):
         """Copy weights from a .caffemodel by layer name (Net::CopyTrainedLayersFrom)."""
         self._require_shapes()
@@ -263,13 +276,15 @@ class Net:
             blobs = self._params.get(bind.name)
             if blobs is None:
                 continue
+            if bind.kind == "fused":
+                continue  # its blobs are the native op's of the Scale after it
             if bind.kind == "native":
                 names = bind.native.arg_names + bind.native.aux_names
                 missing = [n for n in names if n not in given]
                 if missing:
                     raise errors.SpecError(f"the MXNet parameters have no {missing} (layer '{bind.name}', native "
                                            "path); they must come from this prototxt with the same native flag")
-                for blob, value in zip(blobs, bind.native.from_native(given)):
+                for blob, value in zip(self._native_blobs(bind), bind.native.from_native(given)):
                     value = np.asarray(value)
                     if value.size != blob.size:
                         raise errors.SpecError(f"layer '{bind.name}': a parameter of {value.size} values, the "
@@ -335,7 +350,6 @@ class Net:
 
     def to_gluon(self):
         """An ``mx.gluon.SymbolBlock`` over ``net.symbol`` holding the weights (inputs: ``net.inputs``)."""
-        import os
         import tempfile
 
         import mxnet as mx
@@ -388,7 +402,7 @@ class Net:
         ids = []
         for name in self._graph.blob_names:
             tid = self._graph.blob_ids[name]
-            if tid in self._tensors and name not in self._inputs and tid not in ids:
+            if tid in self._tensors and tid not in self._inputs and tid not in ids:
                 ids.append(tid)
         for tid in self._loss:
             if tid not in ids and tid in self._tensors:
@@ -403,11 +417,15 @@ class Net:
         return [b for b in wanted if b not in self.outputs]
 
     def _blob_value(self, name):
-        exe, arrays = self._last
+        exe, arrays, caffe_shapes = self._last
         tid = self._graph.blob_ids[name]
-        if tid in self._exec_ids:
-            return exe.outputs[self._exec_ids.index(tid)].asnumpy()
-        return np.array(arrays[name])
+        if tid not in self._exec_ids:
+            return np.array(arrays[tid])  # an input, or a split of one
+        value = exe.outputs[self._exec_ids.index(tid)].asnumpy()
+        caffe_shape = caffe_shapes.get(tid)
+        if caffe_shape is not None and value.shape != caffe_shape and value.size == int(np.prod(caffe_shape)):
+            value = value.reshape(caffe_shape)  # a loss is 0-axis in Caffe, (1,) in MXNet
+        return value
 
     def _materialize(self):
         """Create the parameter blobs (fillers, then the .caffemodel) once the input shapes are known."""
@@ -470,13 +488,10 @@ class Net:
         aux = set(self._exec_symbol.list_auxiliary_states())
         self._aux_names = aux
         for bind in self._bindings:
-            if bind.name not in self._params:
-                continue
-            blobs = self._params[bind.name]
-            if bind.kind == "caffe":
-                arrays = dict(zip(bind.arg_names, blobs))
-            elif bind.kind == "native":
-                arrays = bind.native.to_native(blobs)
+            if bind.kind == "caffe" and bind.name in self._params:
+                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
+            elif bind.kind == "native" and self._native_blobs(bind):
+                arrays = bind.native.to_native(self._native_blobs(bind))
             else:
                 continue
             for k, v in arrays.items():
@@ -487,37 +502,37 @@ class Net:
     def _push_params(self):
         """Copy the Caffe blobs (the master copy, writable by the user) into the executors' arrays."""
         for bind in self._bindings:
-            blobs = self._params.get(bind.name)
-            if blobs is None:
-                continue
-            if bind.kind == "caffe":
-                for arg, blob in zip(bind.arg_names, blobs):
+            if bind.kind == "caffe" and bind.name in self._params:
+                for arg, blob in zip(bind.arg_names, self._params[bind.name]):
                     self._nd[arg][:] = blob
-            elif bind.kind == "native":
-                for k, v in bind.native.to_native(blobs).items():
+            elif bind.kind == "native" and self._native_blobs(bind):
+                for k, v in bind.native.to_native(self._native_blobs(bind)).items():
                     self._nd[k][:] = np.asarray(v)
 
     def _pull_state(self):
         """TRAIN forwards update running-state blobs (BatchNorm): copy them back to the Caffe blobs."""
         for bind in self._bindings:
-            if not bind.state_blobs or bind.name not in self._params:
-                continue
-            blobs = self._params[bind.name]
-            if bind.kind == "caffe":
+            if bind.kind == "caffe" and bind.state_blobs and bind.name in self._params:
+                blobs = self._params[bind.name]
                 for s in bind.state_blobs:
                     blobs[s][...] = self._nd[bind.arg_names[s]].asnumpy()
-            elif bind.kind == "native":
-                for blob, value in zip(blobs, bind.native.from_native(self._nd)):
+            elif bind.kind == "native" and bind.native.aux_names:
+                for blob, value in zip(self._native_blobs(bind), bind.native.from_native(self._nd)):
                     blob[...] = np.asarray(value).reshape(blob.shape)
 
+    def _native_blobs(self, bind):
+        """The Caffe blobs a native op takes: its layer's, or a fused BatchNorm's then its Scale's."""
+        return [b for layer in (bind.covers or (bind.name,)) for b in self._params.get(layer, [])]
+
     def _executor(self, shapes):
+        """(executor, Caffe's blob shapes) for these input shapes; the last four are kept bound."""
         import mxnet as mx
 
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
-        exe = self._executors.get(key)
-        if exe is not None:
+        cached = self._executors.get(key)
+        if cached is not None:
             self._executors.move_to_end(key)
-            return exe
+            return cached
         sym = self._exec_symbol
         known = {n: self._nd[n].shape for n in sym.list_arguments() + sym.list_auxiliary_states() if n in self._nd}
         try:
@@ -540,10 +555,11 @@ class Net:
         for name, shape in zip(sym.list_auxiliary_states(), aux_shapes):
             aux[name] = self._nd[name] if name in self._nd else mx.nd.zeros(shape, ctx=self.ctx)
         exe = sym.bind(self.ctx, args, args_grad=grads, grad_req="write", aux_states=aux)
-        self._executors[key] = exe
+        caffe_shapes = symbols.caffe_shapes(self._graph, self._bindings, self._tensors, shapes)[0]
+        self._executors[key] = (exe, caffe_shapes)
         while len(self._executors) > 4:
             self._executors.popitem(last=False)
-        return exe
+        return exe, caffe_shapes
 
     def _export_symbol(self):
         import mxnet as mx
@@ -568,13 +584,10 @@ class Net:
         aux_names = set(sym.list_auxiliary_states())
         arg, aux = {}, {}
         for bind in bindings:
-            blobs = self._params.get(bind.name)
-            if blobs is None:
-                continue
-            if bind.kind == "caffe":
-                arrays = dict(zip(bind.arg_names, blobs))
-            elif bind.kind == "native":
-                arrays = bind.native.to_native(blobs)
+            if bind.kind == "caffe" and bind.name in self._params:
+                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
+            elif bind.kind == "native" and self._native_blobs(bind):
+                arrays = bind.native.to_native(self._native_blobs(bind))
             else:
                 continue
             for k, v in arrays.items():
@@ -623,8 +636,6 @@ def _data_iter(cls, node, **kwargs):
 
 def _data_layer_shapes(node):
     """Shapes of a data layer's tops when Caffe could know them at setup (Data: the DB's first record)."""
-    import os
-
     if node.type == "DummyData":
         p = node.param.dummy_data_param
         out = {}

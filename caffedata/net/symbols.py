@@ -48,9 +48,12 @@ def layer_text_with_tops(param):
 
 # What the builder knows about each layer after building it.
 LayerBinding = collections.namedtuple(
-    "LayerBinding", "name type kind arg_names state_blobs native blob_count text inits")
-# kind: 'input' | 'data' | 'caffe' | 'native' | 'python' | 'silent'
+    "LayerBinding", "name type kind arg_names state_blobs native blob_count text inits covers",
+    defaults=(None,))
+# kind: 'input' | 'data' | 'caffe' | 'native' | 'python' | 'silent' | 'fused' (a BatchNorm run by the
+#   native op of the Scale after it)
 # arg_names: for 'caffe', the MXNet argument/aux name of each Caffe blob, in Caffe's order.
+# covers: for 'native', the layers whose Caffe blobs (concatenated) the native op takes; None = itself.
 
 
 def _unknown_type_error(node, supported):
@@ -60,7 +63,8 @@ def _unknown_type_error(node, supported):
         f"setup/reshape/forward/backward as for pycaffe and either declare the layer as "
         f"`type: \"Python\" python_param {{ module: \"your_module\" layer: \"YourClass\" }}` "
         f"(the module importable from PYTHONPATH), or register a Python implementation of type "
-        f"'{node.type}' with caffedata.net.python_layer before building the net.")
+        f"'{node.type}' with caffedata.net.python_layer.register_layer('{node.type}', YourClass) before "
+        f"building the net.")
 
 
 def _python_layers():
@@ -101,11 +105,11 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
     """
     import mxnet as mx
 
-    from ..mxnet import library
-    from ..mxnet import symbols as mx_symbols
+    from ..mxnet import install, library
+    from ..mxnet import symbols as op_symbols
 
-    if mx_symbols.CaffeOp is None or getattr(mx.sym, "CaffeOp", None) is None:
-        mx_symbols.install()
+    if getattr(mx.sym, "CaffeOp", None) is None:
+        install()
     supported = library.supported_layers()
     input_shapes = dict(input_shapes or {})
     tensors = {}
@@ -116,7 +120,14 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
     python_layer = _python_layers()
     native_mod = _native() if native else None
 
-    for node in graph.layers:
+    consumers = collections.Counter(b for n in graph.layers for b in n.bottoms)
+    final_ids = set(graph.blob_ids.values())
+    fused = {}  # Scale layer name -> (NativeLayer, BatchNorm blob shapes, BatchNorm name)
+
+    for index, node in enumerate(graph.layers):
+        if node.name in fused:
+            _bind_fused_scale(node, fused.pop(node.name), tensors, shapes, bindings, mx, library)
+            continue
         bottoms = []
         for b in node.bottoms:
             if b not in tensors:
@@ -159,19 +170,26 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
                 loss[t] = w
 
         name = node.name
-        variables = mx_symbols.weight_variables(name, node.param, info) if info.num_blobs else []
-        for v in variables:
-            # A known storage type: simple_bind (Module) cannot infer it for the aux states of a
-            # library op ("input tensors are not dense for custom operator").
-            v._set_attr(__storage_type__="0")
+        variables = op_symbols.weight_variables(name, node.param, info) if info.num_blobs else []
         inits = [v.list_attr() for v in variables]
         if native_mod is not None and not info.is_loss:
-            nat = native_mod.native_layer(node.param, bottoms, node.name, phase)
+            scale = _fusable_scale(graph, index, consumers, final_ids)
+            if scale is not None:
+                # BatchNorm + Scale as one MXNet BatchNorm (its gamma/beta are the Scale's blobs).
+                nat = native_mod.native_batchnorm_scale(node.param, scale.param, bottoms, scale.name, phase)
+                if nat is not None:
+                    fused[scale.name] = (nat, _caffe_top_shapes(node, text, shapes), node.name)
+                    bindings.append(LayerBinding(node.name, ltype, "fused", [], list(info.state_blobs), None,
+                                                 info.num_blobs, text, inits))
+                    continue
+            nat, bn_shapes, covers = native_mod.native_layer(node.param, bottoms, node.name, phase), [], None
             if nat is not None:
                 _assign_tops(node, list(nat.tops), tensors)
-                _caffe_top_shapes(node, text, shapes)
+                blob_shapes = _caffe_top_shapes(node, text, shapes)
+                if blob_shapes is not None and bn_shapes is not None:
+                    _set_native_shapes(nat, list(bn_shapes) + list(blob_shapes))
                 bindings.append(LayerBinding(node.name, ltype, "native", [], list(info.state_blobs), nat,
-                                             info.num_blobs, text, inits))
+                                             info.num_blobs, text, inits, covers))
                 continue
 
         for i, spec in enumerate(node.param.param):
@@ -182,13 +200,7 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
                     owners[spec.name] = variables[i]
         arg_names = [v.name for v in variables]
         ntop = len(node.tops)
-        top_ids = list(node.tops)
-        if ntop == 0 and info.is_loss:
-            # Caffe's anonymous "(automatic)" loss top: not a blob anyone can read, but it is a loss.
-            top_ids = [f"(automatic)/{name}"]
-            ntop = 1
-            weights = [float(node.loss_weights[0]) if node.loss_weights else 1.0]
-            loss[top_ids[0]] = weights[0]
+        top_ids = list(node.tops)  # a loss layer given no top has Caffe's "(automatic)" one here
         if info.is_loss and heads == "loss":
             out = mx.sym.CaffeLoss(*bottoms, num_data=len(bottoms), num_out=max(1, ntop),
                                    grad_scale=weights[0] if weights else 1.0, prototxt=text, name=name)
@@ -202,6 +214,52 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
         bindings.append(LayerBinding(name, ltype, "caffe", arg_names, list(info.state_blobs), None,
                                      info.num_blobs, text, inits))
     return tensors, bindings, loss
+
+
+def _bind_fused_scale(node, fused, tensors, shapes, bindings, mx, library):
+    """The Scale half of a fused BatchNorm + Scale: its top is the native op's output."""
+    from ..mxnet import symbols as op_symbols
+
+    nat, bn_shapes, bn_name = fused
+    text = layer_text(node.param)
+    info = library.layer_info(text, len(shapes.get(node.bottoms[0], (0,) * 4)), 1)
+    _assign_tops(node, list(nat.tops), tensors)
+    blob_shapes = _caffe_top_shapes(node, text, shapes)
+    if blob_shapes is not None and bn_shapes is not None:
+        _set_native_shapes(nat, list(bn_shapes) + list(blob_shapes))
+    variables = op_symbols.weight_variables(node.name, node.param, info)
+    bindings.append(LayerBinding(node.name, node.type, "native", [], [], nat, info.num_blobs, text,
+                                 [v.list_attr() for v in variables], (bn_name, node.name)))
+
+
+def _fusable_scale(graph, index, consumers, final_ids):
+    """The Scale layer right after BatchNorm ``index`` that alone reads its (not user-visible) top, or None."""
+    node = graph.layers[index]
+    if node.type != "BatchNorm" or index + 1 >= len(graph.layers) or len(node.tops) != 1:
+        return None
+    nxt = graph.layers[index + 1]
+    top = node.tops[0]
+    if nxt.type != "Scale" or list(nxt.bottoms) != [top] or consumers[top] != 1 or top in final_ids:
+        return None
+    if any(w for w in (node.loss_weights or ())):
+        return None
+    return nxt
+
+
+def _set_native_shapes(nat, blob_shapes):
+    """Shapes on a native layer's parameter Variables, so that MXNet's shape inference (and the native
+    layers after it, which read it) sees through e.g. a native Scale."""
+    import mxnet as mx
+    import numpy as np
+
+    if not blob_shapes:
+        return
+    arrays = nat.to_native([np.zeros(b, np.float32) for b in blob_shapes])
+    internals = mx.sym.Group(list(nat.tops)).get_internals()
+    names = set(internals.list_outputs())
+    for vname, arr in arrays.items():
+        if vname in names and not internals[vname].attr("__shape__"):
+            internals[vname]._set_attr(__shape__=str(tuple(arr.shape)))
 
 
 def _assign_tops(node, tops, tensors):
@@ -225,6 +283,8 @@ def _caffe_top_shapes(node, text, shapes):
         blobs, tops = library.layer_shapes(text, [shapes[b] for b in node.bottoms])
     except errors.SpecError as exc:
         raise errors.SpecError(f"layer '{node.name}' (type {node.type}): {exc}") from None
+    if not tops and len(node.tops) == 1:
+        tops = [()]  # one 0-axis top (a loss) prints as nothing in layer_shapes' text
     for tid, shape in zip(node.tops, tops):
         shapes[tid] = tuple(shape)
     return blobs
@@ -238,7 +298,7 @@ def caffe_shapes(graph, bindings, tensors, input_shapes):
     shapes = {k: tuple(v) for k, v in input_shapes.items()}
     params = collections.OrderedDict()
     for node, bind in zip(graph.layers, bindings):
-        if bind.kind in ("caffe", "native"):
+        if bind.kind in ("caffe", "native", "fused"):
             blobs = _caffe_top_shapes(node, bind.text, shapes)
             if blobs is None:
                 raise errors.SpecError(f"layer '{node.name}': the shapes of its bottoms {list(node.bottoms)} "

@@ -362,8 +362,10 @@ def _first_record_chw(spec):
             if d.encoded:
                 t = spec.transform
                 flag = 1 if t.force_color else (0 if t.force_gray else -1)
-                chw = _decode(d, flag)
-                return None if chw is None else chw.shape
+                try:
+                    return decode_datum(value, spec.source, bytes(key), 0, flag)[0].shape
+                except RecordError:
+                    return None
             return d.channels, d.height, d.width
     return None
 
