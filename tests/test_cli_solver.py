@@ -17,9 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import key, raw_datum, write_db
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import key, package_env, raw_datum, write_db
 
 # Caffe's tools/extra/parse_log.py
 REGEX_ITERATION = re.compile(r"Iteration (\d+)")
@@ -74,14 +72,18 @@ random_seed: 1
 
 def caffedata(args, cwd, timeout=120, env=None, **kwargs):
     """``python -m caffedata ARGS`` in ``cwd``; (returncode, stdout, stderr)."""
-    full_env = dict(os.environ if env is None else env, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "-m", "caffedata"] + args, cwd=cwd, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "caffedata"] + args, cwd=cwd, env=env or package_env(),
                           capture_output=True, text=True, timeout=timeout, **kwargs)
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def without_thread_pins():
-    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
+def without_thread_pins(**extra):
+    """The child's environment (the caffedata under test) without a user's thread count."""
+    env = package_env(**extra)
+    for name in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
 
 
 def parse_test_outputs(stderr):
@@ -123,7 +125,7 @@ def trained(workdir):
     threads that wait for a core cost more than they give on this small net.
     """
     code, out, err = caffedata(["train", "--solver", "lenet_solver.prototxt", "--log-json", "train.jsonl"],
-                               cwd=workdir, env=dict(without_thread_pins(), OMP_NUM_THREADS="1"))
+                               cwd=workdir, env=without_thread_pins(OMP_NUM_THREADS="1"))
     assert code == 0, err
     return err
 
@@ -237,7 +239,7 @@ def test_sigint_snapshots_and_stops(workdir):
     (workdir / "sig").mkdir()
     (workdir / "long_solver.prototxt").write_text(
         SOLVER.format(max_iter=1000000, snapshot=0, prefix="sig/lenet").replace("display: 50", "display: 10"))
-    env = dict(without_thread_pins(), PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = without_thread_pins(OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "caffedata", "train", "--solver", "long_solver.prototxt"],
                             cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
     seen = []
@@ -280,7 +282,7 @@ def test_progress_bar_only_on_a_terminal(workdir):
     (workdir / "short").mkdir()
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    env = dict(without_thread_pins(), PYTHONPATH=REPO)
+    env = without_thread_pins()
     proc = subprocess.Popen([sys.executable, "-m", "caffedata", "train", "--solver", "short_solver.prototxt"],
                             cwd=workdir, env=env, stderr=slave, stdout=subprocess.DEVNULL)
     os.close(slave)
@@ -386,7 +388,7 @@ def test_the_commands_import_mxnet_only_when_they_run(tmp_path):
              "    try:\n        parser.parse_args([verb, '--help'])\n    except SystemExit:\n        pass\n"
              "print('mxnet imported:', 'mxnet' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+                       env=package_env())
     assert r.returncode == 0, r.stderr
     assert "--log-json" in r.stdout and "--iterations" in r.stdout
     assert r.stdout.strip().endswith("mxnet imported: False")
@@ -402,7 +404,7 @@ def test_configure_threads_rules():
             "e = {'OMP_NUM_THREADS': '3'}; print(c(None, e), e)\n"
             "e = {'MXNET_OMP_MAX_THREADS': '5'}; print(c(4, e), e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+                       env=package_env())
     out = r.stdout.splitlines()
     assert r.returncode == 0, r.stderr
     cores = usable_cores()
