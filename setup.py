@@ -68,12 +68,20 @@ class BuildWithOps(build_ext):
             shutil.copy2(target, os.path.join(HERE, "caffedata", OPS_LIBRARY))
 
 
+# CAFFEDATA_SANITIZE=1: build the Cython core with AddressSanitizer and UBSan,
+# for fuzzing (python -m tests.fuzz.fuzz_datum); run it with the sanitizer
+# runtime preloaded: LD_PRELOAD=$(gcc -print-file-name=libasan.so).
+SANITIZE = os.environ.get("CAFFEDATA_SANITIZE", "") not in ("", "0")
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-g", "-O1"]
+
 extensions = [
     Extension(
         "caffedata._fast",
         ["caffedata/_fast.pyx"],
         include_dirs=[numpy.get_include()],
-        extra_compile_args=["-O3", "-ffp-contract=off"],
+        extra_compile_args=(SANITIZE_FLAGS if SANITIZE else ["-O3"]) + ["-ffp-contract=off"],
+        extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
     # The DLPack hand-off to MXNet: links nothing of MXNet, so it builds everywhere.

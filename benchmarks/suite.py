@@ -34,6 +34,8 @@ TARGETS = {  # name: (threshold, what it means)
     "w2_vs_imagerecorditer_2t": (2.0, "W2 >= 2x ImageRecordIter, 2 threads"),
     "w3_vs_naive_1t": (6.0, "W3 >= 6x naive reader"),
     "w1_scaling_2t": (1.8, "W1: 2 threads >= 1.8x 1 thread"),
+    "w1_leveldb_vs_lmdb_1t": (0.7, "W1 on LevelDB >= 0.7x W1 on LMDB, 1 thread"),
+    "w1_leveldb_scaling_2t": (1.6, "W1 on LevelDB: 2 threads >= 1.6x 1 thread"),
     "w2_scaling_2t": (1.8, "W2: 2 threads >= 1.8x 1 thread"),
     "w4_epoch_vs_ndarrayiter": (1.05, "W4 epoch <= 1.05x NDArrayIter epoch (lower is better)"),
     "memory_peak_over_budget_mb": (0.0, "peak RSS <= prefetch buffers + 150 MB (MB over; <= 0 meets)"),
@@ -117,6 +119,28 @@ def _record_bytes(path):
     return total / n
 
 
+def leveldb_copy(lmdb_path, leveldb_path):
+    """The same records in a LevelDB (written once, reused), for W1 on Caffe's other backend."""
+    import lmdb
+    import plyvel
+
+    ready = os.path.join(leveldb_path, "READY")
+    if os.path.exists(ready):
+        return leveldb_path
+    import shutil
+
+    shutil.rmtree(leveldb_path, ignore_errors=True)
+    env = lmdb.open(lmdb_path, readonly=True, lock=False)
+    db = plyvel.DB(leveldb_path, create_if_missing=True)
+    with env.begin() as txn, db.write_batch() as wb:
+        for k, v in txn.cursor():
+            wb.put(k, v)
+    db.close()
+    env.close()
+    open(ready, "w").close()
+    return leveldb_path
+
+
 def run(cfg, progress=print):
     logging.getLogger("caffedata").setLevel(logging.ERROR)
     t0 = time.perf_counter()
@@ -126,6 +150,8 @@ def run(cfg, progress=print):
     w1 = bench.spec_for_db(paths["w1"], 64, crop_size=227, mean_file=paths["mean"], mirror=True)
     w2 = bench.spec_for_db(paths["w2"], 64, crop_size=227, mean_file=paths["mean"], mirror=True)
     w3 = bench.spec_for_db(paths["w3"], 256, scale=0.00390625)
+    w1_ldb = bench.spec_for_db(leveldb_copy(paths["w1"], os.path.join(cfg.workdir, "w1_leveldb")), 64,
+                               backend="LEVELDB", crop_size=227, mean_file=paths["mean"], mirror=True)
     rb = {k: _record_bytes(paths[k]) for k in ("w1", "w2", "w3")}
     out_bytes = {"w1": 3 * 227 * 227 * 4, "w2": 3 * 227 * 227 * 4, "w3": 28 * 28 * 4}
     in_bytes = {"w1": 3 * 256 * 256, "w2": 3 * 256 * 256, "w3": 28 * 28}
@@ -133,12 +159,13 @@ def run(cfg, progress=print):
     T = cfg.threads
     rates = {k: [] for k in (
         ["w1_naive", "w3_naive", "w3_cd_1t", "w3_cd_1t_first_epoch", "w1_memcpy", "w3_memcpy"]
-        + [f"w1_cd_{t}t" for t in T] + [f"w2_cd_{t}t" for t in T]
+        + [f"w1_cd_{t}t" for t in T] + [f"w1_leveldb_cd_{t}t" for t in T] + [f"w2_cd_{t}t" for t in T]
         + [f"w2_decode_{t}t" for t in T] + [f"w2_iri_{t}t" for t in T])}
     ratios = {k: [] for k in (
         ["w3_vs_naive_1t"] + [f"w1_vs_naive_{t}t" for t in T] + [f"w2_vs_decode_{t}t" for t in T]
         + [f"w2_vs_imagerecorditer_{t}t" for t in T]
         + [f"w1_scaling_{t}t" for t in T if t > 1] + [f"w2_scaling_{t}t" for t in T if t > 1]
+        + [f"w1_leveldb_vs_lmdb_{t}t" for t in T] + [f"w1_leveldb_scaling_{t}t" for t in T if t > 1]
         + ["w1_vs_memcpy_1t", "w3_vs_memcpy_1t"])}
     for r in range(cfg.rounds):
         # W1: naive and caffedata back to back.
@@ -150,6 +177,13 @@ def run(cfg, progress=print):
             ratios[f"w1_vs_naive_{t}t"].append(cd[t] / naive)
             if t > 1:
                 ratios[f"w1_scaling_{t}t"].append(cd[t] / cd[1])
+        # W1 on LevelDB, right after W1 on LMDB
+        cdl = {t: _cd(w1_ldb, t, cfg.w1_batches, rb["w1"]) for t in T}
+        for t in T:
+            rates[f"w1_leveldb_cd_{t}t"].append(cdl[t])
+            ratios[f"w1_leveldb_vs_lmdb_{t}t"].append(cdl[t] / cd[t])
+            if t > 1:
+                ratios[f"w1_leveldb_scaling_{t}t"].append(cdl[t] / cdl[1])
         mc = baselines.memcpy_bound(in_bytes["w1"], out_bytes["w1"], 300 if cfg.quick else 600)
         rates["w1_memcpy"].append(mc)
         ratios["w1_vs_memcpy_1t"].append(cd[1] / mc)

@@ -26,6 +26,17 @@ cdef enum:
     ERR_BAD_WIRETYPE = 3
     ERR_BAD_LENGTH = 4
     ERR_GROUP = 5
+    ERR_BAD_TAG = 6
+
+# What protobuf (upb) accepts, and so what this parser accepts, no more: a tag
+# is a varint of at most 5 bytes whose value fits 32 bits, with a field number
+# above 0; a length prefix is at most 5 bytes; any other varint at most 10
+# bytes; groups nest at most 100 deep.
+cdef enum:
+    MAX_TAG_BYTES = 5
+    MAX_LENGTH_BYTES = 5
+    MAX_VARINT_BYTES = 10
+    MAX_GROUP_DEPTH = 100
 
 DATUM_ERRORS = {
     ERR_TRUNCATED_VARINT: "truncated varint (the record ends inside a number)",
@@ -33,6 +44,7 @@ DATUM_ERRORS = {
     ERR_BAD_WIRETYPE: "invalid protobuf wire type (the bytes are not a Datum)",
     ERR_BAD_LENGTH: "invalid length prefix",
     ERR_GROUP: "unterminated protobuf group",
+    ERR_BAD_TAG: "invalid protobuf field tag (field number 0, over 32 bits, or overlong)",
 }
 
 # float_data layouts
@@ -58,12 +70,16 @@ cdef struct DatumView:
     int encoded
 
 
-cdef inline int read_varint(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
+cdef inline int read_varint_max(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out,
+                                int max_bytes) noexcept nogil:
     cdef uint64_t result = 0
     cdef int shift = 0
     cdef uint8_t b
     while True:
-        if pos[0] >= n or shift > 63:
+        if shift >= 7 * max_bytes:
+            return ERR_BAD_LENGTH if max_bytes == MAX_LENGTH_BYTES else (
+                ERR_BAD_TAG if max_bytes == MAX_TAG_BYTES else ERR_TRUNCATED_VARINT)
+        if pos[0] >= n:
             return ERR_TRUNCATED_VARINT
         b = p[pos[0]]
         pos[0] += 1
@@ -72,6 +88,26 @@ cdef inline int read_varint(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uin
             out[0] = result
             return OK
         shift += 7
+
+
+cdef inline int read_varint(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
+    return read_varint_max(p, n, pos, out, MAX_VARINT_BYTES)
+
+
+cdef inline int read_length(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
+    cdef int err = read_varint_max(p, n, pos, out, MAX_LENGTH_BYTES)
+    if err == OK and out[0] > <uint64_t>0x7FFFFFFF:
+        return ERR_BAD_LENGTH
+    return err
+
+
+cdef inline int read_tag(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint64_t* out,
+                         bint allow_field_zero=False) noexcept nogil:
+    # protobuf refuses field number 0, except inside an unknown group it skips
+    cdef int err = read_varint_max(p, n, pos, out, MAX_TAG_BYTES)
+    if err == OK and (out[0] > <uint64_t>0xFFFFFFFFu or ((out[0] >> 3) == 0 and not allow_field_zero)):
+        return ERR_BAD_TAG
+    return err
 
 
 cdef int skip_field(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint32_t wiretype,
@@ -91,19 +127,19 @@ cdef int skip_field(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos, uint32_t wi
             return ERR_TRUNCATED_FIELD
         pos[0] += 4
     elif wiretype == 2:
-        err = read_varint(p, n, pos, &v)
+        err = read_length(p, n, pos, &v)
         if err:
             return err
         if v > <uint64_t>(n - pos[0]):
             return ERR_TRUNCATED_FIELD
         pos[0] += <Py_ssize_t>v
     elif wiretype == 3:  # start group: skip until the matching end group
-        if depth > 32:
+        if depth >= MAX_GROUP_DEPTH:
             return ERR_GROUP
         while True:
-            err = read_varint(p, n, pos, &tag)
+            err = read_tag(p, n, pos, &tag, True)
             if err:
-                return ERR_GROUP
+                return err if err == ERR_BAD_TAG else ERR_GROUP
             if (tag & 7) == 4:
                 return OK if (tag >> 3) == field else ERR_GROUP
             err = skip_field(p, n, pos, <uint32_t>(tag & 7), tag >> 3, depth + 1)
@@ -132,13 +168,11 @@ cdef int parse_datum(const uint8_t* p, Py_ssize_t n, DatumView* d) noexcept nogi
     d.float_layout = FLOAT_NONE
     d.encoded = 0
     while pos < n:
-        err = read_varint(p, n, &pos, &tag)
+        err = read_tag(p, n, &pos, &tag)
         if err:
             return err
         field = tag >> 3
         wt = <uint32_t>(tag & 7)
-        if field == 0:
-            return ERR_BAD_WIRETYPE
         if wt == 0 and (field == 1 or field == 2 or field == 3 or field == 5 or field == 7):
             err = read_varint(p, n, &pos, &v)
             if err:
@@ -154,7 +188,7 @@ cdef int parse_datum(const uint8_t* p, Py_ssize_t n, DatumView* d) noexcept nogi
             else:
                 d.encoded = v != 0
         elif wt == 2 and field == 4:
-            err = read_varint(p, n, &pos, &v)
+            err = read_length(p, n, &pos, &v)
             if err:
                 return err
             if v > <uint64_t>(n - pos):
@@ -173,7 +207,7 @@ cdef int parse_datum(const uint8_t* p, Py_ssize_t n, DatumView* d) noexcept nogi
             d.float_count += 1
             pos += 4
         elif wt == 2 and field == 6:
-            err = read_varint(p, n, &pos, &v)
+            err = read_length(p, n, &pos, &v)
             if err:
                 return err
             if v > <uint64_t>(n - pos) or v % 4 != 0:

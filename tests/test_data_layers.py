@@ -89,7 +89,7 @@ def test_image_data_errors_name_the_list_line_and_file(image_folder, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("a.png 0\nmissing.png 1\n")
     layer = caffedata.DataLayer(image_layer(bad, 2, root=f"{folder}/"))
-    with pytest.raises(RecordError, match=r"bad.txt: record 'line 2: .*missing.png'.*no such file"):
+    with pytest.raises(RecordError, match=r"bad.txt: record 'line 2: .*missing.png'.*No such file"):
         next(iter(layer))
     layer.close()
     cv2.imwrite(str(folder / "big.png"), np.zeros((12, 7, 3), np.uint8))

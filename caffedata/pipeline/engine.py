@@ -24,12 +24,12 @@ import threading
 import numpy as np
 
 from .. import _fast
-from ..errors import RecordError, SpecError
+from ..errors import DatabaseError, RecordError, SpecError
 from ..formats.mean import load_mean_file
 from ..formats.spec import TransformSpec
-from ..sources.db import open_source
+from ..sources.db import check_unchanged, open_source
 from . import shards
-from .kernels import BatchAssembler
+from .kernels import MAX_IMAGE_PIXELS, BatchAssembler
 from .prefetch import DEFAULT_MAX_THREADS, Prefetcher, default_threads
 from .sampling import EpochPlanner
 
@@ -37,6 +37,10 @@ log = logging.getLogger("caffedata")
 
 SUPPORTED_DTYPES = ("float32", "float64")
 ON_ERROR = ("raise", "skip", "warn")
+
+# How long close() waits for the workers' jobs in hand by default.  A worker
+# still running after it finishes on its own; the database stays open for it.
+CLOSE_TIMEOUT = 10.0
 
 
 def output_shapes(spec, first_chw, flat=False):
@@ -48,45 +52,72 @@ def output_shapes(spec, first_chw, flat=False):
 
 
 class _SharedSource:
-    """One database handle per pipeline, opened on first use by a worker.
+    """One database handle per pipeline and database state, opened on first use by a worker.
 
     For LMDB it also keeps where each record's value lies in the read-only
     memory map (``addr``/``size``, filled lazily by the workers), so that a
     batch of raw records is parsed and transformed in one nogil call with no
-    per-record Python.  The map stays valid, at the same addresses, until the
-    environment closes; the database must not be written while it is read.
+    per-record Python.  Those addresses hold for one state of the database
+    (``state``, see ``db.lmdb_state``): when a writer commits, the pipeline
+    replaces this object at the next epoch start.
+
+    Reference-counted: each worker holds it from its first job to its exit,
+    and the handle closes when the pipeline has closed it *and* the last worker
+    is done, so no close ever unmaps the database under a running worker.
     """
 
-    def __init__(self, path, backend, num_records=0):
+    def __init__(self, path, backend, num_records, state):
         self.path, self.backend = path, backend
         self.num_records = num_records
+        self.state = state
         self._source = None
+        self._users = 0
+        self._closed = False
         self.addr = self.size = None
         self._lock = threading.Lock()
 
-    def get(self):
+    def acquire(self):
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.path}: the pipeline was closed")
             if self._source is None:
                 self._source = open_source(self.path, self.backend)
                 if hasattr(self._source, "env"):
                     self.addr = np.zeros(self.num_records, dtype=np.int64)
                     self.size = np.zeros(self.num_records, dtype=np.int64)
+            self._users += 1
             return self._source
+
+    def release(self):
+        with self._lock:
+            self._users -= 1
+            self._close_if_unused()
 
     def close(self):
         with self._lock:
-            if self._source is not None:
-                self.addr = self.size = None
-                self._source.close()
-                self._source = None
+            self._closed = True
+            self._close_if_unused()
+
+    def _close_if_unused(self):
+        if self._closed and self._users == 0 and self._source is not None:
+            self.addr = self.size = None
+            self._source.close()
+            self._source = None
 
 
 class _WorkerState:
     """Per-thread reader: an LMDB read transaction, or the LevelDB handle."""
 
     def __init__(self, shared):
-        self.source = shared.get()
-        self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
+        self.shared = shared
+        self.source = shared.acquire()
+        try:
+            self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
+        except Exception as exc:  # e.g. lmdb.MapResizedError: a writer grew the map past ours
+            shared.release()
+            raise DatabaseError(f"{shared.path}: cannot start an LMDB read ({exc}) -- the database "
+                                f"was grown by a writer while this process holds it open; create "
+                                f"a new iterator") from exc
         self.addr, self.size = shared.addr, shared.size
 
     def get(self, key):
@@ -96,6 +127,9 @@ class _WorkerState:
         if self.txn is not None:
             self.txn.abort()
             self.txn = None
+        if self.shared is not None:
+            self.shared.release()
+            self.shared = None
 
 
 class BufferPool:
@@ -194,6 +228,7 @@ class BatchEngine:
         self._pool = BufferPool(self.depth + self.threads + 4)
         self._epoch = -1
         self._prefetcher = None
+        self._jobs = None
 
     # -- what subclasses provide -------------------------------------------
     def _build_batch(self, batch, state):
@@ -207,6 +242,12 @@ class BatchEngine:
 
     def _close_source(self):
         pass
+
+    def _check_source(self):
+        """At an epoch start: raise if the source changed in a way the plan cannot follow."""
+
+    def _renew_source_after_fork(self):
+        """In a forked child: replace what a parent thread may have left locked."""
 
     # -- the bad record policy ---------------------------------------------
     def _build_with_policy(self, batch, state):
@@ -254,20 +295,36 @@ class BatchEngine:
     def start_epoch(self):
         """Plan the next epoch and start its workers (stopping any running epoch)."""
         self._stop_workers()
+        self._check_source()
         self._epoch += 1
-        jobs = self.planner.plan_epoch(self._epoch)
+        self._jobs = self.planner.plan_epoch(self._epoch)
+        self._prefetcher = self._start_workers(0)
+        return len(self._jobs)
+
+    def _start_workers(self, first_job):
         # Keep every thread busy: prefetch_buffer bounds the finished batches
         # waiting, but with more threads than that, each thread needs a batch.
-        self._prefetcher = Prefetcher(jobs, self._build_with_policy, threads=self.threads,
-                                      depth=max(self.depth, self.threads),
-                                      make_state=self._make_state,
-                                      close_state=self._close_state)
-        return len(jobs)
+        return Prefetcher(self._jobs, self._build_with_policy, threads=self.threads,
+                          depth=max(self.depth, self.threads), make_state=self._make_state,
+                          close_state=self._close_state, start=first_job)
+
+    def _resume_after_fork(self):
+        """In a forked child: the parent's threads are gone; start our own where we stand."""
+        old = self._prefetcher
+        old.close()
+        # Locks that a parent thread held at fork time stay held here: new objects.
+        self._pool = BufferPool(self._pool.limit)
+        self._bad_lock = threading.Lock()
+        self._renew_source_after_fork()
+        self._jobs = self._jobs.copy()
+        self._prefetcher = self._start_workers(old.position)
 
     def next_batch(self):
         """(arrays, pad, record indices) of the next batch; StopIteration at the epoch's end."""
         if self._prefetcher is None:
             self.start_epoch()
+        elif self._prefetcher.forked:
+            self._resume_after_fork()
         return next(self._prefetcher)
 
     def __iter__(self):
@@ -280,12 +337,18 @@ class BatchEngine:
                 return
 
     # -- shutdown -----------------------------------------------------------
-    def _stop_workers(self):
+    def _stop_workers(self, timeout=None):
         if self._prefetcher is not None:
-            self._prefetcher.close()
+            self._prefetcher.close(CLOSE_TIMEOUT if timeout is None else timeout)
             self._prefetcher = None
 
-    def close(self):
+    def close(self, timeout=None):
+        """Stop the workers and close the source.
+
+        Waits up to ``timeout`` seconds (default ``CLOSE_TIMEOUT``) for the
+        batches being built; a worker still running after that finishes its
+        batch on its own, and the source closes when it is done.
+        """
         if sys.is_finalizing():
             # Interpreter exit: daemon workers are frozen wherever they stood, perhaps
             # inside an LMDB call, and closing the environment would wait for them
@@ -293,7 +356,7 @@ class BatchEngine:
             if self._prefetcher is not None:
                 self._prefetcher._stopped = True
             return
-        self._stop_workers()
+        self._stop_workers(timeout)
         self._close_source()
 
     def __del__(self):
@@ -311,12 +374,14 @@ class CaffePipeline(BatchEngine):
 
     def __init__(self, spec, num_examples=None, dtype="float32", shuffle=False, seed=0,
                  preprocess_threads=None, prefetch_buffer=None, last_batch_handle="pad",
-                 flat=False, on_error="raise", num_parts=None, part_index=None, shard=None):
+                 flat=False, on_error="raise", num_parts=None, part_index=None, shard=None,
+                 max_image_pixels=None):
         self.spec = spec
         self.flat = bool(flat)
         self.path = spec.source
         mean = load_mean_file(spec.transform.mean_file) if spec.transform.mean_file else None
         with open_source(self.path, spec.backend) as source:
+            state = source.state
             self.keys = source.keys()
             if not self.keys:
                 raise SpecError(f"{self.path}: the database holds no records -- nothing to iterate")
@@ -327,13 +392,16 @@ class CaffePipeline(BatchEngine):
                          default_prefetch=spec.prefetch, last_batch_handle=last_batch_handle,
                          transform=spec.transform, on_error=on_error, num_parts=num_parts,
                          part_index=part_index, shard=shard)
-        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype)
+        # Encoded images whose header claims more pixels are refused (RecordError).
+        self.max_image_pixels = int(max_image_pixels or MAX_IMAGE_PIXELS)
+        self.assembler = BatchAssembler(spec.transform, mean, self.path, self.dtype,
+                                        self.max_image_pixels)
         rec = self.assembler.parse(first, self.keys[0], 0)
         self.first_chw = (rec.channels, rec.height, rec.width)
         self.assembler.check(rec, self.keys[0], 0, self.first_chw)
         self.data_shape, self.label_shape = output_shapes(spec, self.first_chw, self.flat)
         self.shapes = (self.data_shape, self.label_shape)[:2 if spec.has_label else 1]
-        self._shared = _SharedSource(self.path, spec.backend, self.num_records)
+        self._shared = _SharedSource(self.path, spec.backend, self.num_records, state)
 
     def _make_state(self):
         return _WorkerState(self._shared)
@@ -343,6 +411,35 @@ class CaffePipeline(BatchEngine):
 
     def _close_source(self):
         self._shared.close()
+
+    def _check_source(self):
+        """At an epoch start: the database must still be the one whose keys were read.
+
+        A commit by a writer (LMDB's txnid, file size or mtime changed) or a
+        database rebuilt at the same path drops the cached record addresses:
+        the next epoch reads the new values.  A changed key list is an error,
+        since the epoch plan was made for the old one.  A truncated file is an
+        error here rather than a SIGBUS in a worker.
+        """
+        shared = self._shared
+        state = check_unchanged(self.path, self.spec.backend, shared.state)
+        if not isinstance(state, tuple) or state == shared.state:
+            return  # unchanged (for LevelDB only truncation matters: check_unchanged raised)
+        with open_source(self.path, self.spec.backend) as source:
+            state = source.state
+            keys = source.keys()
+        if keys != self.keys:
+            raise DatabaseError(
+                f"{self.path}: the database changed since this iterator read it ({self.num_records} "
+                f"records then, {len(keys)} now, or other keys) -- create a new iterator after "
+                f"adding or deleting records; between epochs a writer may only change the values "
+                f"of existing keys")
+        shared.close()  # closes once its last worker (if any is still running) is done
+        self._shared = _SharedSource(self.path, self.spec.backend, self.num_records, state)
+
+    def _renew_source_after_fork(self):
+        self._shared = _SharedSource(self.path, self.spec.backend, self.num_records,
+                                     self._shared.state)
 
     # -- one batch (runs on a worker thread) --------------------------------
     def _build_batch(self, batch, state):

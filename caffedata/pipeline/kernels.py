@@ -4,6 +4,9 @@
 record against the batch and the transform (sizes, crop, mean) and turns any
 problem into a ``RecordError`` that names the database, the key and the fix.
 """
+import struct
+import threading
+
 import cv2
 import numpy as np
 
@@ -29,11 +32,102 @@ def decode_flag(transform):
     return IMREAD_NATIVE
 
 
-def decode_image(payload, flag):
-    """cv2.imdecode with Caffe's flags; returns HWC uint8 (channels last, BGR(A)) or None."""
-    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
+# Encoded records whose header claims more pixels are refused before decoding:
+# a corrupt or hostile 600-byte JPEG can claim 30000x30000 and cost 5 GB.
+MAX_IMAGE_PIXELS = 1 << 26
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not frames
+
+
+def image_size(payload):
+    """(height, width) from a PNG, JPEG or BMP header, or None (other format, or cut short)."""
+    b = bytes(payload[:32]) if len(payload) > 32 else bytes(payload)
+    if b.startswith(b"\x89PNG\r\n\x1a\n") and len(b) >= 24 and b[12:16] == b"IHDR":
+        width, height = struct.unpack_from(">II", b, 16)
+        return height, width
+    if b.startswith(b"BM") and len(b) >= 26:
+        width, height = struct.unpack_from("<ii", b, 18)
+        return abs(height), abs(width)
+    if b.startswith(b"\xff\xd8"):
+        return _jpeg_size(payload)
+    return None
+
+
+def _jpeg_size(payload):
+    """The frame size of the first SOF segment, walking the segments before the scan."""
+    view = memoryview(payload).cast("B") if not isinstance(payload, (bytes, bytearray)) else payload
+    n, pos = len(view), 2
+    while pos + 4 <= n:
+        if view[pos] != 0xFF:
+            return None
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if marker in _SOF_MARKERS:
+            if pos + 9 > n:
+                return None
+            return (view[pos + 5] << 8) | view[pos + 6], (view[pos + 7] << 8) | view[pos + 8]
+        pos += 2 + length
+    return None
+
+
+class ImageDecoder:
+    """cv2.imdecode with Caffe's flags, a pixel limit, and each record decoded once.
+
+    Called as ``decoder(payload, flag)`` by ``_fast.transform_encoded_records``,
+    it returns the decoded image or None; when that loop then hands the record
+    to the general path, ``decode`` returns the same result (remembered per
+    thread by the payload's address) instead of decoding it again.
+    """
+
+    def __init__(self, max_pixels=MAX_IMAGE_PIXELS):
+        self.max_pixels = int(max_pixels)
+        self._last = threading.local()
+
+    def forget(self):
+        self._last.entry = None
+
+    def __call__(self, payload, flag):
+        result = self._decode(payload, flag)
+        return result if isinstance(result, np.ndarray) else None
+
+    def decode(self, payload, flag):
+        """HWC uint8 (channels last, BGR(A)), or a str saying why not."""
+        array = np.frombuffer(payload, dtype=np.uint8)
+        entry = getattr(self._last, "entry", None)
+        if entry is not None and entry[0] == (array.__array_interface__["data"][0], len(array), flag):
+            self._last.entry = None
+            return entry[1]
+        return self._decode(array, flag)
+
+    def _decode(self, payload, flag):
+        array = np.frombuffer(payload, dtype=np.uint8)
+        result = decode_image(array, flag, self.max_pixels)
+        self._last.entry = ((array.__array_interface__["data"][0], len(array), flag), result)
+        return result
+
+
+def decode_image(payload, flag, max_pixels=MAX_IMAGE_PIXELS):
+    """cv2.imdecode with Caffe's flags: HWC uint8 (channels last, BGR(A)), or a str saying why not."""
+    array = np.frombuffer(payload, dtype=np.uint8)
+    size = image_size(array)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return (f"the image header claims {size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, over "
+                f"the limit of {max_pixels:,} (max_image_pixels)")
+    try:
+        image = cv2.imdecode(array, flag)
+    except cv2.error as exc:  # e.g. over OpenCV's own 2^30-pixel limit
+        return f"OpenCV refused the image ({str(exc).strip().splitlines()[-1]})"
     if image is None:
-        return None
+        return (f"cannot decode the encoded image ({len(array)} bytes; not a JPEG/PNG OpenCV can "
+                f"read)")
     if image.dtype != np.uint8:
         return "depth"  # Caffe CHECKs CV_8U: a 16-bit PNG decoded unchanged is refused
     if image.ndim == 2:
@@ -57,7 +151,7 @@ class BatchAssembler:
     ``mean`` is the (C, H, W) float32 mean file or None.
     """
 
-    def __init__(self, transform, mean, db_path, dtype=np.float32):
+    def __init__(self, transform, mean, db_path, dtype=np.float32, max_image_pixels=MAX_IMAGE_PIXELS):
         self.transform = transform
         self.db_path = db_path
         self.dtype = np.dtype(dtype)
@@ -66,6 +160,7 @@ class BatchAssembler:
         self.mean_chw = (0, 0, 0) if mean is None else self.mean.shape
         self.mean_values = np.asarray(transform.mean_value, dtype=np.float32)
         self.flag = decode_flag(transform)
+        self.decoder = ImageDecoder(max_image_pixels)
         self.scale = float(transform.scale)
 
     # -- parsing one record -------------------------------------------------
@@ -82,15 +177,15 @@ class BatchAssembler:
             if data_len <= 0:
                 raise RecordError(self.db_path, key, index, "encoded Datum has no image bytes",
                                   "rebuild the database")
-            image = decode_image(value[data_off:data_off + data_len], self.flag)
-            if image is None:
-                raise RecordError(self.db_path, key, index,
-                                  f"cannot decode the encoded image ({data_len} bytes; not a "
-                                  f"JPEG/PNG OpenCV can read)", "re-encode or remove this record")
-            if isinstance(image, str):
+            image = self.decoder.decode(value[data_off:data_off + data_len], self.flag)
+            if isinstance(image, str) and image == "depth":
                 raise RecordError(self.db_path, key, index,
                                   "image is not 8-bit (Caffe requires CV_8U)",
                                   "store 8-bit images or set force_color/force_gray")
+            if isinstance(image, str):
+                raise RecordError(self.db_path, key, index, image,
+                                  "re-encode or remove this record (or raise max_image_pixels "
+                                  "if a huge image is genuine)")
             hh, ww, cc = image.shape
             return Record(_fast.LAYOUT_HWC_U8, image.reshape(-1), cc, hh, ww, label)
         # force_color/force_gray do nothing to raw datums (Caffe only logs an error).
@@ -115,7 +210,11 @@ class BatchAssembler:
             src = value[float_off:float_off + stride * (count - 1) + 4]
             return Record(_LAYOUT_FOR_FLOAT[float_layout], src, c, h, w, label)
         # float_data split into several runs: let protobuf gather it.
-        floats = np.asarray(parse_datum(value).float_data, dtype=np.float32)
+        try:
+            floats = np.asarray(parse_datum(value).float_data, dtype=np.float32)
+        except Exception as exc:  # the fast parser accepts only what protobuf accepts; belt and braces
+            raise RecordError(self.db_path, key, index, f"corrupt Datum: protobuf refused it ({exc})",
+                              "rebuild the database or delete this record") from None
         return Record(_fast.LAYOUT_CHW_F32, floats.view(np.uint8), c, h, w, label)
 
     # -- checks -----------------------------------------------------------
@@ -163,6 +262,7 @@ class BatchAssembler:
         mean_values = self.mean_values
         if len(mean_values) == 1 and c > 1:
             mean_values = np.repeat(mean_values, c)  # Caffe replicates a single mean_value
+        self.decoder.forget()
         i, n = 0, len(values)
         while i < n:
             # Fast path: raw records of exactly (C, H, W), stopping at the first other one.
@@ -191,6 +291,7 @@ class BatchAssembler:
         mean_values = self.mean_values
         if len(mean_values) == 1 and c > 1:
             mean_values = np.repeat(mean_values, c)
+        self.decoder.forget()
         i, n = 0, len(records)
         while i < n:
             i = _fast.transform_raw_records(records, addr, size, i, n, c, h, w, t.crop_size,
@@ -199,7 +300,7 @@ class BatchAssembler:
             if i >= n:
                 break
             # Encoded records: decode + transform with the checks made in _fast.
-            j = _fast.transform_encoded_records(records, addr, size, i, n, cv2.imdecode, self.flag,
+            j = _fast.transform_encoded_records(records, addr, size, i, n, self.decoder, self.flag,
                                                 c, h, w, t.crop_size, t.random_crop, t.mirror,
                                                 draws, self.mean_flat, *self.mean_chw,
                                                 mean_values, self.scale, out, labels)
@@ -251,5 +352,5 @@ def expand_draws(raw, transform):
     return draws
 
 
-__all__ = ["BatchAssembler", "Record", "decode_image", "decode_flag", "draw_count",
-           "expand_draws"]
+__all__ = ["BatchAssembler", "ImageDecoder", "MAX_IMAGE_PIXELS", "Record", "decode_image",
+           "decode_flag", "draw_count", "expand_draws", "image_size"]

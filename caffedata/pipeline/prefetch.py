@@ -7,7 +7,16 @@ job order, holding at most ``depth`` finished-or-running jobs.  The heavy work
 scale.  An exception in a worker is re-raised from ``next()`` with its
 traceback; ``close()`` (or dropping the object, or interpreter exit) stops the
 threads without hanging.
+
+Interpreter exit.  Workers are daemon threads, and a daemon thread still
+running at finalisation is frozen wherever it stands; one inside C++ (e.g.
+cv2.imdecode) is then unwound by ``pthread_exit`` through C++ frames, which
+aborts the process ("terminate called without an active exception").  So an
+``atexit`` hook stops and joins every live prefetcher's workers while the
+interpreter is still whole: each finishes the job in hand and leaves.
 """
+import atexit
+import logging
 import os
 import queue
 import threading
@@ -25,26 +34,38 @@ def default_threads():
     return max(1, min(DEFAULT_MAX_THREADS, usable))
 
 
+log = logging.getLogger("caffedata")
+
+# How long interpreter exit waits for a worker to finish its job in hand.
+EXIT_JOIN_TIMEOUT = 120.0
+
+_live = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
 class _Stop(Exception):
     pass
 
 
 class Prefetcher:
-    def __init__(self, jobs, work, threads=1, depth=4, make_state=None, close_state=None):
-        self._jobs = list(jobs)
+    def __init__(self, jobs, work, threads=1, depth=4, make_state=None, close_state=None,
+                 start=0):
+        # Any sequence (an epoch plan computes its batches on demand); jobs
+        # before ``start`` are skipped.
+        self._jobs = jobs if hasattr(jobs, "__getitem__") and hasattr(jobs, "__len__") else list(jobs)
         self._work = work
         self._make_state = make_state
         self._close_state = close_state
         self._depth = max(1, int(depth))
         self._threads = max(1, int(threads))
-        self._next_submit = 0
-        self._next_take = 0
+        self._next_submit = self._next_take = int(start)
         self._results = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._pending = queue.SimpleQueue()
+        self._pid = os.getpid()
         self._workers = []
-        for i in range(min(self._threads, max(1, len(self._jobs)))):
+        for i in range(min(self._threads, max(1, len(self._jobs) - self._next_take))):
             t = threading.Thread(target=_worker_main, args=(weakref.ref(self), self._pending,
                                                             self._cond), daemon=True,
                                  name=f"caffedata-worker-{i}")
@@ -52,6 +73,8 @@ class Prefetcher:
             self._workers.append(t)
         self._finalizer = weakref.finalize(self, _shutdown, self._pending, len(self._workers),
                                            self._cond)
+        with _live_lock:
+            _live.add(self)
         with self._cond:
             self._fill()
 
@@ -68,6 +91,9 @@ class Prefetcher:
         return self
 
     def __next__(self):
+        if self.forked:  # the workers stayed in the parent: waiting would never end
+            raise RuntimeError("this prefetcher's worker threads belong to the parent process; "
+                               "start a new one after fork")
         with self._cond:
             if self._next_take >= len(self._jobs):
                 raise StopIteration
@@ -83,7 +109,28 @@ class Prefetcher:
             raise value
         return value
 
-    def close(self):
+    @property
+    def forked(self):
+        """True in a child process forked after this prefetcher started: its threads are gone."""
+        return self._pid != os.getpid()
+
+    @property
+    def position(self):
+        """Index of the next job ``next()`` hands out."""
+        return self._next_take
+
+    def close(self, timeout=10):
+        """Stop the workers and wait up to ``timeout`` s each for the job in hand to finish.
+
+        Returns True when every worker has finished.  A worker still running
+        after the timeout finishes its job and exits on its own; whatever it
+        reads must stay open until then (see ``close_state``).
+        """
+        if self.forked:
+            # The threads (and whatever lock they held at fork time) are the parent's.
+            self._finalizer.detach()
+            self._stopped = True
+            return True
         with self._cond:
             self._stopped = True
             self._next_submit = len(self._jobs)
@@ -91,7 +138,8 @@ class Prefetcher:
         self._finalizer()
         for t in self._workers:
             if t is not threading.current_thread():
-                t.join(timeout=10)
+                t.join(timeout=timeout)
+        return not any(t.is_alive() for t in self._workers if t is not threading.current_thread())
 
     # worker side -----------------------------------------------------------
     def _run(self, index, state):
@@ -102,6 +150,25 @@ class Prefetcher:
         with self._cond:
             self._results[index] = result
             self._cond.notify_all()
+
+
+def _reset_after_fork():
+    global _live_lock
+    _live_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@atexit.register
+def _stop_all_at_exit():
+    with _live_lock:
+        live = list(_live)
+    for prefetcher in live:
+        if not prefetcher.close(timeout=EXIT_JOIN_TIMEOUT):
+            log.warning("caffedata: a data worker did not finish within %.0f s at exit",
+                        EXIT_JOIN_TIMEOUT)
 
 
 def _shutdown(pending, count, cond):

@@ -2,10 +2,22 @@
 
 LMDB is opened read-only and without a lock file (``lock=False``), so several
 processes can read one database and a read-only copy works.  A source is
-opened by whoever reads it (a worker thread), never held across a fork:
-``RecordSource`` objects are cheap to open and must be closed.
+opened by whoever reads it (a worker thread); ``RecordSource`` objects are
+cheap to open and must be closed.  Sources of one database share one handle
+per process (see ``_acquire``).
+
+What is checked, and what cannot be.  Before an LMDB is mapped, its meta pages
+are read with plain file reads and the file size is checked against them
+(``lmdb_state``): a truncated copy is a DatabaseError, not a SIGBUS.  The
+pipeline repeats that check (and, for LevelDB, that no table file shrank) at
+each epoch start.  What no check can catch: a file truncated *while a batch is
+being read* from its memory map (the kernel sends SIGBUS on the missing page),
+and, without LMDB's lock file, a writer that commits while an epoch is being
+read may reuse pages a reader still reads.  Do not truncate or write a
+database during an epoch; between epochs a writer may change values.
 """
 import os
+import struct
 import threading
 
 from ..errors import DatabaseError
@@ -68,51 +80,150 @@ class RecordSource:
         self.close()
 
 
-# LMDB allows one environment per file per process (py-lmdb refuses a second
-# open), so sources of the same file share one, reference-counted.
-_lmdb_envs = {}
-_lmdb_lock = threading.Lock()
+# -- LMDB file checks -----------------------------------------------------------
+# An LMDB file starts with two meta pages (0 and 1); the one with the larger
+# txnid is current.  Offsets for 64-bit builds (lmdb/mdb.c: MDB_page header of
+# 16 bytes, then MDB_meta: magic, version, address, mapsize, two MDB_db of 48
+# bytes -- the free DB's md_pad holds the page size --, last_pg, txnid).
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_MAGIC, _META_PSIZE, _META_LAST_PG, _META_TXNID = 16, 40, 136, 144
 
 
-def _acquire_lmdb_env(path):
+def lmdb_data_file(path):
+    """The data file of an LMDB given as a folder or as a bare data.mdb."""
+    return os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+
+
+def lmdb_state(path):
+    """(st_dev, st_ino, size, mtime_ns, txnid) of an LMDB, read without mapping it.
+
+    Raises DatabaseError when the file is shorter than its own bookkeeping says
+    (a truncated copy): mapping it would die with SIGBUS on the first read of a
+    missing page.
+    """
+    data_file = lmdb_data_file(path)
+    try:
+        with open(data_file, "rb") as f:
+            st = os.fstat(f.fileno())
+            head = f.read(_META_TXNID + 8)
+            metas = []
+            if len(head) == _META_TXNID + 8 and struct.unpack_from("<I", head, _META_MAGIC)[0] == _LMDB_MAGIC:
+                psize = struct.unpack_from("<I", head, _META_PSIZE)[0]
+                metas.append(head)
+                if 512 <= psize <= (1 << 16):  # the second meta page sits one page further
+                    f.seek(psize)
+                    second = f.read(_META_TXNID + 8)
+                    if len(second) == _META_TXNID + 8 and struct.unpack_from("<I", second, _META_MAGIC)[0] == _LMDB_MAGIC:
+                        metas.append(second)
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot read the LMDB data file ({exc}) -- check that it "
+                            f"exists and is readable") from exc
+    if not metas:
+        raise DatabaseError(f"{data_file}: not an LMDB data file (no LMDB meta page) -- "
+                            f"check data_param.source and backend")
+    psize = struct.unpack_from("<I", metas[0], _META_PSIZE)[0]
+    if not 512 <= psize <= (1 << 16):
+        raise DatabaseError(f"{data_file}: corrupt LMDB meta page (page size {psize}) -- "
+                            f"rebuild or copy the database again")
+    last_pg, txnid = max((struct.unpack_from("<Q", m, _META_TXNID)[0],
+                          struct.unpack_from("<Q", m, _META_LAST_PG)[0]) for m in metas)[::-1]
+    needed = max(2, last_pg + 1) * psize
+    if st.st_size < needed:
+        raise DatabaseError(f"{data_file}: truncated LMDB: the file holds {st.st_size} bytes but its "
+                            f"meta page says {last_pg + 1} pages of {psize} bytes ({needed} bytes) -- "
+                            f"the copy is incomplete; copy the database again")
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, txnid)
+
+
+# -- shared handles -----------------------------------------------------------------
+# py-lmdb allows one environment per file (device, inode) per process, and
+# LevelDB one handle per folder per process, so the sources of one database
+# share one handle, reference-counted.  LMDB is keyed by the data file's
+# (st_dev, st_ino): a database rebuilt at the same path is a new file and gets
+# a new environment, never the old, deleted copy.
+
+class _SharedHandle:
+    __slots__ = ("key", "handle", "users")
+
+    def __init__(self, key, handle):
+        self.key, self.handle, self.users = key, handle, 0
+
+
+_handles = {}
+_handles_lock = threading.Lock()
+
+
+def _reset_after_fork():
+    # A lock held by another thread at fork time stays held forever in the child.
+    # The handles themselves stay usable there: LMDB is opened without a lock
+    # file (no reader table tied to the parent's pid) and its map is inherited;
+    # py-lmdb and LevelDB both refuse to open the same files a second time in
+    # what they take for the same process.
+    global _handles_lock
+    _handles_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _acquire(key, open_handle):
+    with _handles_lock:
+        entry = _handles.get(key)
+        if entry is None:
+            entry = _handles[key] = _SharedHandle(key, open_handle())
+        entry.users += 1
+        return entry
+
+
+def _release(entry):
+    # Closed under the lock: until it is closed, py-lmdb refuses to open the file again.
+    with _handles_lock:
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        if _handles.get(entry.key) is entry:
+            del _handles[entry.key]
+        entry.handle.close()
+
+
+def _open_lmdb_env(path):
     import lmdb
 
-    real = os.path.realpath(path)
-    with _lmdb_lock:
-        entry = _lmdb_envs.get(real)
-        if entry is None:
-            try:
-                # subdir follows the path: Caffe's DBs are folders, but a bare
-                # data.mdb copied on its own is readable too.
-                env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path),
-                                readahead=False, max_readers=1024, map_size=0)
-            except lmdb.Error as exc:
-                if "already open in this process" in str(exc):
-                    raise DatabaseError(
-                        f"{path}: this LMDB is already open in this process through py-lmdb "
-                        f"(an lmdb.open() handle), and py-lmdb refuses a second environment on "
-                        f"the same file in one process -- close that handle (env.close()) "
-                        f"before reading the database with caffedata") from exc
-                raise DatabaseError(f"{path}: cannot open as LMDB ({exc}) -- check that it is an "
-                                    f"LMDB folder holding data.mdb and that it is readable") from exc
-            entry = _lmdb_envs[real] = [env, 0]
-        entry[1] += 1
-        return real, entry[0]
+    try:
+        # subdir follows the path: Caffe's DBs are folders, but a bare
+        # data.mdb copied on its own is readable too.
+        return lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path),
+                         readahead=False, max_readers=1024, map_size=0)
+    except lmdb.Error as exc:
+        if "already open in this process" in str(exc):
+            raise DatabaseError(
+                f"{path}: this LMDB is already open in this process through py-lmdb "
+                f"(an lmdb.open() handle), and py-lmdb refuses a second environment on "
+                f"the same file in one process -- close that handle (env.close()) "
+                f"before reading the database with caffedata") from exc
+        raise DatabaseError(f"{path}: cannot open as LMDB ({exc}) -- check that it is an "
+                            f"LMDB folder holding data.mdb and that it is readable") from exc
 
 
-def _release_lmdb_env(real):
-    with _lmdb_lock:
-        entry = _lmdb_envs[real]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del _lmdb_envs[real]
-            entry[0].close()
+def _open_leveldb(path):
+    import plyvel
+
+    try:
+        return plyvel.DB(path, create_if_missing=False)
+    except plyvel.IOError as exc:
+        raise DatabaseError(f"{path}: cannot open LevelDB ({exc}) -- LevelDB allows one process "
+                            f"at a time; close other readers or convert it to LMDB") from exc
+    except plyvel.Error as exc:
+        raise DatabaseError(f"{path}: cannot open as LevelDB ({exc})") from exc
 
 
 class LMDBSource(RecordSource):
     def __init__(self, path):
         self.path = path
-        self._real, self.env = _acquire_lmdb_env(path)
+        self.state = lmdb_state(path)  # raises on a truncated file, before any mapping
+        self._entry = _acquire(("lmdb",) + self.state[:2], lambda: _open_lmdb_env(path))
+        self.env = self._entry.handle
         self._txn = None
 
     def __len__(self):
@@ -142,21 +253,23 @@ class LMDBSource(RecordSource):
             self._txn = None
         if self.env is not None:
             self.env = None
-            _release_lmdb_env(self._real)
+            _release(self._entry)
+
+
+def leveldb_state(path):
+    """Sizes of a LevelDB's files by name: table files never change once written."""
+    try:
+        return {e.name: e.stat().st_size for e in os.scandir(path) if e.is_file()}
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot list the LevelDB folder ({exc})") from exc
 
 
 class LevelDBSource(RecordSource):
     def __init__(self, path):
-        import plyvel
-
         self.path = path
-        try:
-            self.db = plyvel.DB(path, create_if_missing=False)
-        except plyvel.IOError as exc:
-            raise DatabaseError(f"{path}: cannot open LevelDB ({exc}) -- LevelDB allows one process "
-                                f"at a time; close other readers or convert it to LMDB") from exc
-        except plyvel.Error as exc:
-            raise DatabaseError(f"{path}: cannot open as LevelDB ({exc})") from exc
+        self._entry = _acquire(("leveldb", os.path.realpath(path)), lambda: _open_leveldb(path))
+        self.db = self._entry.handle
+        self.state = leveldb_state(path)
         self._count = None
 
     def __len__(self):
@@ -174,10 +287,32 @@ class LevelDBSource(RecordSource):
         yield from self.db.iterator()
 
     def get(self, key):
-        return self.db.get(key)
+        # Not through LevelDB's block cache: an epoch reads each record once, and
+        # inserting every (large, one-record) block into the 8 MB cache only to
+        # evict it again halved the read rate (W1: 1.4k -> 3k records/s without).
+        return self.db.get(key, fill_cache=False)
 
     def close(self):
-        self.db.close()
+        if self.db is not None:
+            self.db = None
+            _release(self._entry)
+
+
+def check_unchanged(path, backend, state):
+    """Raise DatabaseError when a database's files no longer match ``state``.
+
+    Returns the current state.  For LMDB a different state means a writer
+    committed (or the file was replaced): the caller must re-read what it cached.
+    For LevelDB a table file that shrank was truncated under us.
+    """
+    if backend == Backend.LMDB:
+        return lmdb_state(path)
+    now = leveldb_state(path)
+    for name, size in state.items():
+        if name.endswith((".ldb", ".sst")) and name in now and now[name] < size:
+            raise DatabaseError(f"{os.path.join(path, name)}: LevelDB table file truncated from "
+                                f"{size} to {now[name]} bytes while open -- restore the database")
+    return now
 
 
 def open_source(path, backend):

@@ -2,10 +2,12 @@
 
 As ``ImageDataLayer``: each line is split at its last space (paths may hold
 spaces; the label is C's ``atoi`` of the rest), the image is
-``root_folder + path`` (plain concatenation), read with ``cv::imread`` in
-colour (3-channel BGR) or grayscale, and resized with ``cv::resize``
-(bilinear) when ``new_height``/``new_width`` are set.  ``cv2.imread`` and
-``cv2.resize`` release the GIL, so worker threads decode in parallel.
+``root_folder + path`` (plain concatenation), decoded by OpenCV in colour
+(3-channel BGR) or grayscale as ``cv::imread`` does, and resized with
+``cv::resize`` (bilinear) when ``new_height``/``new_width`` are set.  Decoding
+goes through the same guarded decoder as encoded Datums (a header claiming
+more than ``max_image_pixels`` is refused before decoding); ``cv2.imdecode``
+and ``cv2.resize`` release the GIL, so worker threads decode in parallel.
 
 ``rand_skip``: Caffe starts reading ``rand() % rand_skip`` lines in, so that
 several solvers do not read in step.  Here the list is rotated by a draw of
@@ -19,15 +21,16 @@ import numpy as np
 
 from .. import _fast
 from ..errors import RecordError, SpecError
-from ..pipeline.kernels import Record
+from ..pipeline.kernels import MAX_IMAGE_PIXELS, Record, decode_image
 from ..tools.convert import parse_list_file
 
 
 class ImageListSource:
     """The records of one ImageData layer: ``len()`` images, ``record(i)`` decodes image ``i``."""
 
-    def __init__(self, spec, seed=0):
+    def __init__(self, spec, seed=0, max_image_pixels=MAX_IMAGE_PIXELS):
         self.spec = spec
+        self.max_image_pixels = max_image_pixels
         self.path = spec.source
         if not os.path.isfile(self.path):
             raise SpecError(f"{self.path}: no such list file -- image_data_param.source must name a text "
@@ -54,15 +57,21 @@ class ImageListSource:
     def record(self, index):
         """Image ``index`` as a ``Record`` (HWC uint8 BGR or gray) with its label."""
         file = self.files[index]
-        image = cv2.imread(file, self.flag)
-        if image is None:
-            why = "no such file" if not os.path.exists(file) else "OpenCV cannot decode it"
-            raise RecordError(self.path, self.key(index), index, f"could not load the image ({why})",
-                              "fix the path (root_folder + path), or remove the line")
+        try:
+            payload = np.fromfile(file, dtype=np.uint8)
+        except OSError as exc:
+            raise RecordError(self.path, self.key(index), index,
+                              f"could not load the image ({exc.strerror or 'no such file'})",
+                              "fix the path (root_folder + path), or remove the line") from None
+        image = decode_image(payload, self.flag, self.max_image_pixels)
+        if isinstance(image, str):
+            why = "not 8-bit (Caffe requires CV_8U)" if image == "depth" else image
+            raise RecordError(self.path, self.key(index), index, f"could not load the image: {why}",
+                              "re-encode the image, or remove the line")
         if self.spec.new_height and self.spec.new_width:
             image = cv2.resize(image, (self.spec.new_width, self.spec.new_height))  # bilinear
-        if image.ndim == 2:
-            image = image[:, :, None]
+            if image.ndim == 2:
+                image = image[:, :, None]
         h, w, c = image.shape
         return Record(_fast.LAYOUT_HWC_U8, np.ascontiguousarray(image).reshape(-1), c, h, w,
                       self.labels[index])
