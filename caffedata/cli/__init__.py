@@ -1,6 +1,6 @@
 """The ``caffedata`` command line: one subcommand per job, each a thin ``cmd_*`` over a public API.
 
-``caffedata convert | mean | inspect | bench | demo | launch``; ``caffedata <verb> --help``
+``caffedata convert | mean | inspect | bench | demo | import | export | launch | train | test | time``; ``caffedata <verb> --help``
 for each.  Every ``cmd_*`` function takes the parsed arguments and returns an
 exit code; user errors (a missing file, a bad record, a bad flag) end in one
 line on stderr, ``caffedata: <message>``, and a non-zero exit, never a
@@ -41,6 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     from . import bench, convert, demo, export_net, import_net, inspect, launch, mean
+    from . import test as test_cmd
+    from . import time as time_cmd
+    from . import train
 
     parser = _Parser(prog="caffedata", description=(
         "Caffe datasets for MXNet: convert images to a Caffe LMDB/LevelDB, compute its mean, "
@@ -49,7 +52,8 @@ def build_parser():
 
     parser.add_argument("--version", action="version", version=f"caffedata {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (convert, mean, inspect, bench, demo, import_net, export_net, launch):
+    for module in (convert, mean, inspect, bench, demo, import_net, export_net, launch, train, test_cmd,
+                   time_cmd):
         module.add_parser(sub)
     return parser
 

@@ -18,13 +18,14 @@ EFFECTS = (STOP, SNAPSHOT, NONE)
 
 
 def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect=STOP,
-          sighup_effect=SNAPSHOT, log_stream=None, fast=None):
+          sighup_effect=SNAPSHOT, log_stream=None, fast=None, on_solver=None):
     """Run ``caffe train``: returns the finished :class:`Solver`.
 
     ``weights`` (comma-separated caffemodels) replaces the solver's ``weights``;
     ``snapshot`` resumes from a ``.solverstate`` (and clears them); both at once
     is an error, as in Caffe.  ``stages``/``level`` go to the train net's state.
-    Log lines (glog format) go to ``log_stream`` (default stderr).
+    Log lines (glog format) go to ``log_stream`` (default stderr).  ``on_solver(solver)``
+    is called once the solver is built, before any restore or step (to add observers).
     """
     if weights and snapshot:
         raise SpecError("Give a snapshot to resume training or weights to finetune but not both.")
@@ -44,6 +45,8 @@ def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect
     result = Solver(param, log_stream=log_stream, fast=fast)
     try:
         result.sigint_effect, result.sighup_effect = sigint_effect, sighup_effect
+        if on_solver is not None:
+            on_solver(result)
         if snapshot:
             log_stream.write(caffe_log.glog_prefix(("caffe.cpp", 255)) + f"Resuming from {snapshot}\n")
             result.restore(snapshot)
@@ -55,8 +58,9 @@ def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect
     return result
 
 
-def score(model, weights, iterations=50, stages=(), level=0, log_stream=None, batches=None, fast=None):
-    """Run ``caffe test``: ``iterations`` TEST-phase forward passes.
+def score(model, weights, iterations=50, stages=(), level=0, log_stream=None, batches=None, fast=None,
+          phase="TEST"):
+    """Run ``caffe test``: ``iterations`` forward passes (``phase`` TEST, as Caffe's; TRAIN allowed).
 
     Returns ``{"loss": mean forward loss, "outputs": {name: np.array of per-element means}}``.
 
@@ -74,7 +78,7 @@ def score(model, weights, iterations=50, stages=(), level=0, log_stream=None, ba
     def emit(line, text):
         log_stream.write(caffe_log.glog_prefix(("caffe.cpp", line)) + text + "\n")
 
-    net = _adapter(Net(model, weights=weights, phase="TEST", stages=tuple(stages), level=level), batches, fast)
+    net = _adapter(Net(model, weights=weights, phase=phase, stages=tuple(stages), level=level), batches, fast)
     try:
         emit(302, f"Running for {int(iterations)} iterations.")
         total, sums, names = np.float32(0), None, []

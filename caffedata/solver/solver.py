@@ -101,6 +101,9 @@ class Solver:
         self.smoothed = caffe_log.SmoothedLoss(self.param.average_loss)
         self.requested_action = None
         self.sigint_effect, self.sighup_effect = STOP, SNAPSHOT  # caffe train's defaults
+        # callables observer(event, record): ("iteration", history entry), ("test", test_history
+        # entry), ("snapshot", {"iter", "caffemodel", "solverstate"}) -- for progress bars and logs
+        self.observers = []
         self._make_optimizer(begin_iter=0, current_step=0)
         self._emit("scaffolding", caffe_log.SCAFFOLDING_DONE)
 
@@ -157,6 +160,10 @@ class Solver:
         return [b.asnumpy().astype(np.float32) for b in blobs]
 
     # ---------------------------------------------------------------- logging
+    def _notify(self, event, record):
+        for observer in self.observers:
+            observer(event, record)
+
     def _emit(self, site, text):
         logger.info(text)
         if self.log_stream is not None:
@@ -194,6 +201,7 @@ class Solver:
             rate = self._apply_update(grads, display_now)
             self.history.append({"iter": self.iter - 1, "loss": loss, "smoothed_loss": smoothed,
                                  "lr": rate, "outputs": {n: np.array(v) for n, v in outputs}})
+            self._notify("iteration", self.history[-1])
             if (p.snapshot and self.iter % p.snapshot == 0) or self.requested_action == SNAPSHOT:
                 if self.requested_action == SNAPSHOT:
                     self.requested_action = None
@@ -301,6 +309,7 @@ class Solver:
             self._emit("test_output", line)
         result = {"iter": self.iter, "net": k, "outputs": {name: m for name, m in means}}
         self.test_history.append(result)
+        self._notify("test", result)
         return result
 
     # ---------------------------------------------------------------- snapshots
@@ -335,6 +344,7 @@ class Solver:
                                                        history=self.history_arrays(),
                                                        current_step=self.current_step),
                            snapshot_format=p.snapshot_format)
+        self._notify("snapshot", {"iter": self.iter, "caffemodel": model_file, "solverstate": state_file})
         return model_file, state_file
 
     def restore(self, state_file):
