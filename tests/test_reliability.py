@@ -26,7 +26,7 @@ def labelled_db(path, labels, backend="lmdb", c=1, h=4, w=4):
 
 
 def epoch_labels(pipe):
-    return np.concatenate([labels.copy() for _, labels, _ in pipe]).astype(int).tolist()
+    return np.concatenate([labels.copy() for (_, labels), _, _ in pipe]).astype(int).tolist()
 
 
 def rewrite_in_child(path, puts=(), deletes=()):
@@ -196,12 +196,12 @@ def test_fork_mid_epoch_child_continues_the_epoch(tmp_path, backend):
         pipe = CaffePipeline(data_layer_spec({data_prototxt(path, 10, backend)!r}),
                              preprocess_threads=2, prefetch_buffer=3)
         pipe.start_epoch()
-        first = [pipe.next_batch()[1].copy() for _ in range(3)]
+        first = [pipe.next_batch()[0][1].copy() for _ in range(3)]
         pid = os.fork()
         rest = []
         while True:
             try:
-                rest.append(pipe.next_batch()[1].copy())
+                rest.append(pipe.next_batch()[0][1].copy())
             except StopIteration:
                 break
         labels = np.concatenate(first + rest).astype(int).tolist()
@@ -226,7 +226,7 @@ def test_two_pipelines_on_one_leveldb_in_one_process(tmp_path):
     second = pipeline(path, 5, "LEVELDB")  # e.g. a notebook cell run again
     assert epoch_labels(second) == list(range(30))
     second.close()
-    assert first.next_batch()[1].astype(int).tolist() == list(range(7, 14))
+    assert first.next_batch()[0][1].astype(int).tolist() == list(range(7, 14))
     first.close()
 
 
