@@ -48,7 +48,11 @@ class _InstallAfterExec:
         return getattr(self._loader, name)
 
     def exec_module(self, module):
+        from ._mxnet_compat import check_numpy_for_mxnet
+
+        check_numpy_for_mxnet()  # `import mxnet` under numpy >= 1.24 says what to do
         self._loader.exec_module(module)
+        _remove_finder()  # mxnet is in sys.modules now: nothing more to watch
         try:
             install_now()
         except Exception:  # never break `import mxnet` itself
@@ -61,13 +65,17 @@ class _MXNetFinder:
             return None
         import importlib.util
 
-        from ._mxnet_compat import check_numpy_for_mxnet
-
-        _remove_finder()  # find the real spec with the other finders
-        check_numpy_for_mxnet()  # `import mxnet` under numpy >= 1.24 says what to do
-        spec = importlib.util.find_spec("mxnet")
+        # Ask the other finders for the real spec.  This finder stays installed:
+        # find_spec is also called without an import (importlib.util.find_spec).
+        index = sys.meta_path.index(self) if self in sys.meta_path else None
+        _remove_finder()
+        try:
+            spec = importlib.util.find_spec("mxnet")
+        finally:
+            if index is not None and self not in sys.meta_path:
+                sys.meta_path.insert(index, self)
         if spec is None or spec.loader is None:
-            return spec
+            return spec  # no mxnet here: the core works without it
         spec.loader = _InstallAfterExec(spec.loader)
         return spec
 

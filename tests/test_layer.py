@@ -120,3 +120,18 @@ def test_unbuilt_source_folder_names_the_fix(tmp_path):
                        cwd=str(tmp_path))
     assert r.returncode == 1
     assert "compiled core (_fast) is missing" in r.stderr and "pip install -e ." in r.stderr
+
+
+def test_looking_for_mxnet_after_import_caffedata_gives_the_plain_answer(tmp_path):
+    # caffedata watches for `import mxnet`; a mere look-up must neither raise (e.g. the
+    # numpy check where mxnet is absent) nor change the answer.
+    import subprocess
+    import sys
+
+    probe = "import importlib.util; print(importlib.util.find_spec('mxnet') is None)"
+    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                           cwd=str(tmp_path))
+    watched = subprocess.run([sys.executable, "-c", "import caffedata; " + probe], capture_output=True,
+                             text=True, timeout=120, cwd=str(tmp_path))
+    assert plain.returncode == 0 and watched.returncode == 0, watched.stderr
+    assert watched.stdout == plain.stdout
