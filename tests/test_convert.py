@@ -110,9 +110,10 @@ def test_convert_counts_bad_labels_and_strict_refuses(tmp_path, capfd):
 def test_encode_type_opencv_cannot_write_fails_up_front(tmp_path):
     make_images(tmp_path / "img", 1, shape=(3, 3, 3))
     (tmp_path / "l.txt").write_text("im0.png 0\n")
-    with pytest.raises(SpecError, match=r"--encode-type gif: OpenCV cannot encode this type -- use "
+    # (gif was the example, but OpenCV 5 writes GIF; no OpenCV writes "xyz")
+    with pytest.raises(SpecError, match=r"--encode-type xyz: OpenCV cannot encode this type -- use "
                                         r"jpg or png"):
-        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", encode_type="gif",
+        convert_imageset(tmp_path / "img", tmp_path / "l.txt", tmp_path / "db", encode_type="xyz",
                          progress=False)
     assert not (tmp_path / "db").exists()
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import mxnet  # noqa: F401  (the launched processes run MXNet's parameter server)
 import numpy as np
 import pytest
 

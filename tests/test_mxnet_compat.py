@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import mxnet  # noqa: F401  (the check guards mxnet's environment: an MXNet test file)
 import pytest
 
 from caffedata.errors import CaffeDataError

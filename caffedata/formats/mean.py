@@ -49,7 +49,8 @@ def _finish(shape, values, legacy, from_double, path):
         raise SpecError(f"{path}: blob of shape {tuple(shape)} must hold {count} values, it holds "
                         f"{len(values)} -- the mean file is truncated or not a BlobProto")
     array = np.asarray(values, dtype=np.float64 if from_double else np.float32)
-    array = array.astype(np.float32, copy=False).reshape(tuple(shape))
+    with np.errstate(over="ignore"):  # a double beyond float's range becomes inf, as in Caffe's cast
+        array = array.astype(np.float32, copy=False).reshape(tuple(shape))
     return Blob(array, legacy, "double_data" if from_double else "data")
 
 
