@@ -66,8 +66,9 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_terminal_summary(terminalreporter):
     if _left_out:
-        terminalreporter.write_line(f"core-only run: {len(_left_out)} MXNet test files not collected: "
-                                    + ", ".join(sorted(_left_out)))
+        names = sorted(set(_left_out))  # pytest may ask twice about one file
+        terminalreporter.write_line(f"core-only run: {len(names)} MXNet test files not collected: "
+                                    + ", ".join(names))
 
 
 class MT19937:
