@@ -152,6 +152,8 @@ def _parse_direct(raw, path):
             pos += length
         elif field in (1, 2, 3, 4, 5, 7, 8):  # a known field with an unusual wire type
             raise _NotDirect
+        elif field in (6, 9):  # diff / double_diff: never in a mean file; protobuf judges them
+            raise _NotDirect
         else:
             pos = _skip(raw, pos, wire)
         if pos > n:
