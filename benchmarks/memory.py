@@ -47,7 +47,7 @@ def main(db, epochs, threads, batch_size=256):
         "base_rss_mb": base_kb / 1024, "rss_per_epoch_mb": [k / 1024 for k in per_epoch],
         "peak_rss_mb": peak_kb / 1024, "peak_growth_mb": (peak_kb - base_kb) / 1024,
         "prefetch_buffers_mb": prefetch * batch_bytes / 2**20,
-        "pool_buffers_mb": len(it._pipeline._pool) * batch_bytes / 2**20,
+        "pool_buffers_mb": len(it.layer._pipeline._pool) * batch_bytes / 2**20,
         "epochs": int(epochs), "checksum": checksum}))
 
 
