@@ -80,6 +80,14 @@ def _varint(raw, pos):
         shift += 7
 
 
+def _tag(raw, pos):
+    """A field tag; protobuf refuses tags longer than 5 bytes or over 32 bits, so those go to it."""
+    tag, end = _varint(raw, pos)
+    if end - pos > 5 or tag > 0xFFFFFFFF:
+        raise _NotDirect
+    return tag, end
+
+
 def _signed(value, bits):
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
@@ -102,7 +110,7 @@ def _shape_dims(raw, start, end):
     """BlobShape's ``dim`` (repeated int64, packed or not) from raw[start:end]."""
     dims, pos = [], start
     while pos < end:
-        tag, pos = _varint(raw, pos)
+        tag, pos = _tag(raw, pos)
         field, wire = tag >> 3, tag & 7
         if field == 1 and wire == 0:
             v, pos = _varint(raw, pos)
@@ -130,7 +138,7 @@ def _parse_direct(raw, path):
     dims = None
     pos, n = 0, len(raw)
     while pos < n:
-        tag, pos = _varint(raw, pos)
+        tag, pos = _tag(raw, pos)
         field, wire = tag >> 3, tag & 7
         if field == 0 or tag > 0xFFFFFFFF:
             raise _NotDirect
