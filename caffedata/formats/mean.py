@@ -88,6 +88,14 @@ def _tag(raw, pos):
     return tag, end
 
 
+def _length(raw, pos):
+    """A length prefix; protobuf refuses ones longer than 5 bytes or over 2^31 - 1."""
+    n, end = _varint(raw, pos)
+    if end - pos > 5 or n > 0x7FFFFFFF:
+        raise _NotDirect
+    return n, end
+
+
 def _signed(value, bits):
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
@@ -99,7 +107,7 @@ def _skip(raw, pos, wire):
     if wire == 1:
         return pos + 8
     if wire == 2:
-        n, pos = _varint(raw, pos)
+        n, pos = _length(raw, pos)
         return pos + n
     if wire == 5:
         return pos + 4
@@ -116,7 +124,7 @@ def _shape_dims(raw, start, end):
             v, pos = _varint(raw, pos)
             dims.append(_signed(v, 64))
         elif field == 1 and wire == 2:
-            n, pos = _varint(raw, pos)
+            n, pos = _length(raw, pos)
             stop = pos + n
             if stop > end:
                 raise _NotDirect
@@ -146,13 +154,13 @@ def _parse_direct(raw, path):
             v, pos = _varint(raw, pos)
             legacy[field] = _signed(v, 32)  # int32: protobuf keeps the low 32 bits
         elif field in (5, 8) and wire == 2:
-            length, pos = _varint(raw, pos)
+            length, pos = _length(raw, pos)
             if length % (4 if field == 5 else 8) or pos + length > n:
                 raise _NotDirect
             chunks[field].append((pos, length))
             pos += length
         elif field == 7 and wire == 2:
-            length, pos = _varint(raw, pos)
+            length, pos = _length(raw, pos)
             if pos + length > n:
                 raise _NotDirect
             more = _shape_dims(raw, pos, pos + length)
