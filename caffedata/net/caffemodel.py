@@ -4,13 +4,13 @@
 """
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from caffedata.errors import DatabaseError, SpecError
+from caffedata.formats.atomic import atomic_path
 from caffedata.formats.wire import length_delimited, varint
 from caffedata.net.graph import insert_splits, setup_layer_copy
 from caffedata.net.upgrade import upgrade_net_param
@@ -278,17 +278,6 @@ def net_to_proto_bytes(net_param, params, write_diff=False, diffs=None):
     return b"".join(out)
 
 
-def _umask():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
 def write_caffemodel(path, net_param, params, write_diff=False, diffs=None):
     """Write a ``.caffemodel`` exactly as Caffe's ``Net::Save`` would for this net and these weights.
 
@@ -297,29 +286,10 @@ def write_caffemodel(path, net_param, params, write_diff=False, diffs=None):
     fresh Caffe net holds).  The file is written to a temporary file beside ``path`` and renamed over it.
     """
     raw = net_to_proto_bytes(net_param, params, write_diff, diffs)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise DatabaseError(f"{path}: cannot write the weights file ({exc.strerror}) -- check that the "
-                            f"directory exists and is writable") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, "weights file") as tmp:
+        with open(tmp, "wb") as f:
             f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
+    return os.fspath(path)
 
 
 def write_caffemodel_hdf5(path, net_param, params, write_diff=False, diffs=None):
@@ -344,15 +314,7 @@ def write_caffemodel_hdf5(path, net_param, params, write_diff=False, diffs=None)
     graph = build_graph(net_param, param_count=lambda layer, _: len(params[layer.name])
                         if layer.name in params else None)
     diffs = diffs or {}
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-        os.close(fd)
-    except OSError as exc:
-        raise DatabaseError(f"{path}: cannot write the weights file ({exc.strerror}) -- check that the "
-                            f"directory exists and is writable") from exc
-    try:
+    with atomic_path(path, "weights file") as tmp:
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             diff_group = f.create_group("diff") if write_diff else None
@@ -368,15 +330,7 @@ def write_caffemodel_hdf5(path, net_param, params, write_diff=False, diffs=None)
                         given = diffs.get(layer.name)
                         diff = np.zeros_like(array) if given is None else np.asarray(given[j], np.float32)
                         layer_diff.create_dataset(str(j), data=diff)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return os.fspath(path)
 
 
 __all__ = ["CaffeModelLayer", "read_caffemodel", "read_net_binary", "write_caffemodel", "write_caffemodel_hdf5",

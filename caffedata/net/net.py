@@ -488,13 +488,7 @@ class Net:
         aux = set(self._exec_symbol.list_auxiliary_states())
         self._aux_names = aux
         for bind in self._bindings:
-            if bind.kind == "caffe" and bind.name in self._params:
-                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
-            elif bind.kind == "native" and self._native_blobs(bind):
-                arrays = bind.native.to_native(self._native_blobs(bind))
-            else:
-                continue
-            for k, v in arrays.items():
+            for k, v in self._mxnet_arrays(bind).items():
                 if k not in self._nd:
                     self._nd[k] = mx.nd.array(np.asarray(v), ctx=self.ctx, dtype=np.float32)
         _set_variable_shapes(self._exec_symbol, self._nd)
@@ -584,15 +578,17 @@ class Net:
         aux_names = set(sym.list_auxiliary_states())
         arg, aux = {}, {}
         for bind in bindings:
-            if bind.kind == "caffe" and bind.name in self._params:
-                arrays = dict(zip(bind.arg_names, self._params[bind.name]))
-            elif bind.kind == "native" and self._native_blobs(bind):
-                arrays = bind.native.to_native(self._native_blobs(bind))
-            else:
-                continue
-            for k, v in arrays.items():
+            for k, v in self._mxnet_arrays(bind).items():
                 (aux if k in aux_names else arg)[k] = mx.nd.array(np.asarray(v), dtype=np.float32)
         return arg, aux
+
+    def _mxnet_arrays(self, bind):
+        """A layer's Caffe blobs as its MXNet argument/aux arrays (name -> array), or {}."""
+        if bind.kind == "caffe" and bind.name in self._params:
+            return dict(zip(bind.arg_names, self._params[bind.name]))
+        if bind.kind == "native" and self._native_blobs(bind):
+            return bind.native.to_native(self._native_blobs(bind))
+        return {}
 
     def __repr__(self):
         return (f"<caffedata.Net {self._net_param.name or '(unnamed)'}: {len(self._graph.layers)} layers, "

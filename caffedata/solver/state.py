@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SpecError
+from ..formats.atomic import atomic_path
 from ..proto import BlobProto, message_class
 
 SolverState = message_class("SolverState")
@@ -79,10 +80,9 @@ def write_solver_state(path, state, snapshot_format=None):
     msg.current_step = int(state.current_step)
     for h in state.history:
         msg.history.add().CopyFrom(_blob(h))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(msg.SerializeToString())
-    os.replace(tmp, path)
+    with atomic_path(path, "solver state") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(msg.SerializeToString())
     return path
 
 
@@ -108,8 +108,7 @@ def read_solver_state(path):
 def _write_hdf5(path, state):
     import h5py
 
-    tmp = f"{path}.tmp{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, "solver state") as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("iter", data=np.array([state.iter], dtype=np.int32))
         name = state.learned_net.encode()
         f.create_dataset("learned_net", data=np.array(name, dtype=f"S{len(name) + 1}"))
@@ -117,7 +116,6 @@ def _write_hdf5(path, state):
         group = f.create_group("history")
         for i, h in enumerate(state.history):
             group.create_dataset(str(i), data=np.asarray(h, dtype=np.float32))
-    os.replace(tmp, path)
 
 
 def _read_hdf5(path):

@@ -28,6 +28,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import CaffeDataError, DatabaseError, RecordError
+from ..formats.atomic import atomic_path
 from ..formats.datum import decode_datum
 from ..formats.mean import mean_to_blobproto_bytes
 from ..sources.db import open_source
@@ -102,16 +103,11 @@ def channel_means(mean):
 
 
 def _write_atomic(path, data):
-    tmp = f"{path}.caffedata-tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with atomic_path(path, "mean file") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise DatabaseError(f"{path}: cannot write ({exc.strerror}) -- check the folder exists "
                             f"and is writable") from None
 
