@@ -376,6 +376,10 @@ def test_batchnorm_train_and_test_phase_with_running_stats():
     # second training step: factor = 0.5 * 1 + 1, stats = 0.5 * old + new
     ex.arg_dict["data0"][:] = x2
     ex.forward(is_train=True)
+    # MXNet's graph executor registers aux states as inputs an op only reads,
+    # so reading one is not ordered after the op's in-place update (MXNet's own
+    # BatchNorm, which updates in backward, races the same way): wait first.
+    mx.nd.waitall()
     mean2, var2 = x2.mean(axis=(0, 2, 3)), x2.var(axis=(0, 2, 3))
     aux = [ex.aux_dict[n].asnumpy() for n in sorted(ex.aux_dict)]
     np.testing.assert_allclose(aux[2], [1.5])

@@ -137,6 +137,7 @@ class ModuleNet:
         return self._result()
 
     def share_weights_from(self, other):
+        _wait_for_running_state()
         for n in self.learnable_names:
             if n in other.learnable_names:
                 other.exe.arg_dict[n].copyto(self.exe.arg_dict[n])
@@ -158,6 +159,7 @@ class ModuleNet:
         return layers
 
     def _sync_caffe_net(self):
+        _wait_for_running_state()
         self.caffe_net.set_mxnet_params({n: self.exe.arg_dict[n] for n in self.learnable_names},
                                         dict(self.exe.aux_dict))
 
@@ -236,3 +238,14 @@ class ModuleNet:
                     raise SpecError(f"{path}: layer '{layer}' blob {j} has shape {value.shape}, the net "
                                     f"{tuple(target.shape)}")
                 target[:] = value.reshape(target.shape)
+
+
+def _wait_for_running_state():
+    """Let in-place updates of aux states (BatchNorm's running statistics) finish.
+
+    MXNet's graph executor registers an op's aux states as inputs it only reads,
+    so neither ``asnumpy`` nor ``copyto`` of them waits for the op's update.
+    """
+    import mxnet as mx
+
+    mx.nd.waitall()
