@@ -235,6 +235,20 @@ def test_snapshot_resume_continues_at_its_iteration(workdir, trained):
     assert not (workdir / "resume" / "lenet_iter_150.caffemodel").exists()
 
 
+def test_native_train_gives_the_losses_of_the_exact_run(workdir, trained):
+    """`caffedata train --native`: oneDNN operators, the same first iterations as the CaffeOp run."""
+    (workdir / "native").mkdir()
+    (workdir / "native_solver.prototxt").write_text(SOLVER.format(max_iter=20, snapshot=0, prefix="native/lenet"))
+    code, _, err = caffedata(["train", "--solver", "native_solver.prototxt", "--native", "--log-json",
+                              "native.jsonl", "--threads", "1"], cwd=workdir)
+    assert code == 0, err
+    native = [json.loads(line) for line in (workdir / "native.jsonl").read_text().splitlines()]
+    exact = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
+    losses = [[r["loss"] for r in records if r["event"] == "iteration"][:20] for records in (native, exact)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    assert (workdir / "native" / "lenet_iter_20.caffemodel").is_file()
+
+
 def test_sigint_snapshots_and_stops(workdir):
     (workdir / "sig").mkdir()
     (workdir / "long_solver.prototxt").write_text(

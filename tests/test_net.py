@@ -759,6 +759,26 @@ def test_loss_layer_without_top_is_an_anonymous_loss():
     assert len(anon.symbol.list_outputs()) == 1  # the CaffeLoss head trains the net in a Module
 
 
+def test_public_structure_and_total_loss():
+    """What the solver reads from a Net: name, layer types, NetParameter copy, data layers, heads, loss."""
+    mx.random.seed(7)
+    net = Net(TINY.replace('top: "loss" loss_weight: 2', "loss_weight: 3"))  # an anonymous loss
+    assert net.name == "tiny" and net.data_layers == {}
+    assert net.layer_types == ["Input", "InnerProduct", "TanH", "InnerProduct", "SoftmaxWithLoss"]
+    param = net.net_param
+    param.layer[1].name = "changed"
+    assert net.net_param.layer[1].name == "ip1"  # a copy
+    assert net.symbol_outputs == [("(automatic)0", 3.0)] and net.loss is None
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    label = np.array([1, 0, 2], np.float32)
+    net.forward(data=x, label=label)
+    (w1, b1), (w2, b2) = net.params["ip1"], net.params["ip2"]
+    p = np_softmax(np.tanh(x.astype(np.float64) @ w1.T + b1) @ w2.T + b2)
+    np.testing.assert_allclose(net.loss, 3 * -np.mean(np.log(p[np.arange(3), label.astype(int)])), rtol=1e-5)
+    train = Net(nets.lenet_train_test("no_such_train_db", "no_such_test_db"), phase="TRAIN")
+    assert train.data_layers == {"mnist": ["data", "label"]}
+
+
 def test_registered_python_type_fills_in_a_missing_layer_type(monkeypatch):
     from caffedata.net import python_layer
 

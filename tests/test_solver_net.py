@@ -1,10 +1,12 @@
 """Solver(solver.prototxt) building caffedata.Net train/test nets, as caffe.get_solver does."""
 import io
+import json
 import os
 
 import numpy as np
 import pytest
 
+from caffedata.net.net import Net
 from caffedata.solver.solver import Solver, get_solver
 from caffedata.solver.state import read_solver_state
 
@@ -77,7 +79,6 @@ def test_fast_module_path_equals_the_net_path(files):
     """ModuleNet.from_net (one bound executor, NDArray weights) trains exactly as the Net adapter."""
     import mxnet as mx
 
-    from caffedata.net.net import Net
     from caffedata.solver.module_net import ModuleNet
 
     text = (f'base_lr: 0.1 lr_policy: "fixed" type: "Adam" momentum: 0.9 weight_decay: 0.01 max_iter: 4 '
@@ -141,6 +142,50 @@ def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
     assert os.path.isfile(tmp_path / "dbnet_iter_6.caffemodel")
 
 
+CONV_TRAIN_VAL = """name: "convnet"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
+        transform_param {{ scale: 0.00390625 }} data_param {{ source: "{db}" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+        transform_param {{ scale: 0.00390625 }} data_param {{ source: "{db}" batch_size: 5 backend: LMDB }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param {{ num_output: 6 kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param {{ bias_term: true }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param {{ num_output: 23 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "ip" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
+"""
+
+
+def test_native_solver_trains_like_the_exact_one(tmp_path, raw_db):
+    """Solver(native=True): native MXNet Convolution/Scale/Pooling/FullyConnected, the same numbers.
+
+    (Not BatchNorm: its native running statistics follow MXNet's rule, see caffedata/net/native.py.)
+    """
+    db = raw_db(n=23)
+    (tmp_path / "train_val.prototxt").write_text(CONV_TRAIN_VAL.format(db=db))
+    text = (f'net: "{tmp_path}/train_val.prototxt" test_iter: 2 test_interval: 4 base_lr: 0.05 '
+            f'momentum: 0.9 weight_decay: 0.0005 max_iter: 8 lr_policy: "fixed" '
+            f'snapshot_prefix: "{tmp_path}/convnet" random_seed: 3')
+    runs = {}
+    for native in (False, True):
+        with Solver(text, native=native, log_stream=io.StringIO()) as solver:
+            ops = {node["op"] for node in json.loads(solver.net.symbol.tojson())["nodes"]}
+            assert ("Convolution" in ops and "FullyConnected" in ops) == native
+            solver.solve()
+            model, _ = solver.snapshot()
+            runs[native] = ([h["loss"] for h in solver.history],
+                            [t["outputs"]["loss"] for t in solver.test_history],  # (accuracy: argmax ties)
+                            Net(str(tmp_path / "train_val.prototxt"), phase="TEST", weights=model).params)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4)
+    for layer in ("conv", "scale", "ip"):
+        for got, want in zip(runs[True][2][layer], runs[False][2][layer]):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+
+
 def test_train_function_like_caffe_train(tmp_path, raw_db):
     from caffedata.errors import SpecError
     from caffedata.solver.commands import train
@@ -171,7 +216,6 @@ def test_anonymous_loss_counts_in_the_loss_but_is_no_output(files):
     """Caffe's displayed loss includes an (automatic) loss top; the output lines do not list it."""
     import mxnet as mx
 
-    from caffedata.net.net import Net
     from caffedata.solver.module_net import ModuleNet
 
     two_losses = NET.replace('layer { name: "acc"', 'layer { name: "loss2" type: "EuclideanLoss" bottom: "fc" '

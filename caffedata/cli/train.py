@@ -36,6 +36,9 @@ def add_parser(sub):
                    help="on SIGINT (default stop: snapshot, then stop, as caffe)")
     p.add_argument("--sighup-effect", choices=("stop", "snapshot", "none"), default="snapshot",
                    help="on SIGHUP (default snapshot, as caffe)")
+    p.add_argument("--native", action="store_true",
+                   help="run the layers MXNet computes identically as native MXNet operators (faster; "
+                        "caffedata.Net(native=True)); default: every layer as Caffe's own code")
     runtime.add_state_flags(p)
     runtime.add_thread_flag(p)
     p.set_defaults(func=cmd_train)
@@ -72,7 +75,7 @@ def cmd_train(args):
     try:
         train(args.solver, weights=",".join(weights) or None, snapshot=args.snapshot,
               stages=runtime.stages_from(args.stage), level=args.level, sigint_effect=args.sigint_effect,
-              sighup_effect=args.sighup_effect, log_stream=stream, on_solver=attach)
+              sighup_effect=args.sighup_effect, log_stream=stream, on_solver=attach, native=args.native)
     finally:
         if progress is not None:
             progress.close()

@@ -113,6 +113,55 @@ class Net:
         return [n.name for n in self._graph.layers]
 
     @property
+    def layer_types(self):
+        """Each layer's type, in ``layer_names`` order (pycaffe: ``[l.type for l in net.layers]``)."""
+        return [n.type for n in self._graph.layers]
+
+    @property
+    def name(self):
+        """The prototxt's ``name`` ('' when it has none)."""
+        return self._net_param.name
+
+    @property
+    def net_param(self):
+        """The NetParameter this net was built from, after upgrades and NetState filtering (a copy)."""
+        copy = type(self._net_param)()
+        copy.CopyFrom(self._net_param)
+        return copy
+
+    @property
+    def data_layers(self):
+        """Data layer name -> its top names (Data, ImageData, HDF5Data, ...), in layer order."""
+        return collections.OrderedDict((n.name, list(n.tops)) for n in self._data_layers)
+
+    @property
+    def symbol_outputs(self):
+        """(name, loss weight) of each output of ``net.symbol``, in its order.
+
+        ``net.outputs`` first, then the loss tops Caffe counts in the loss
+        although another layer consumes them (named ``(automatic)k``).
+        """
+        heads, names = self._symbol_heads()
+        return [(name, float(self._loss.get(tid, 0.0))) for name, tid in zip(names, heads)]
+
+    @property
+    def loss(self):
+        """Caffe's total loss of the last forward (``Net::Forward``'s): every loss top times its weight.
+
+        Anonymous loss tops (consumed by another layer) count too; float32
+        arithmetic in Caffe's order.  ``None`` before the first forward.
+        """
+        if self._last is None:
+            return None
+        exe = self._last[0]
+        total = np.float32(0)
+        for tid, weight in self._loss.items():
+            if weight and tid in self._exec_ids:
+                value = exe.outputs[self._exec_ids.index(tid)].asnumpy()
+                total = np.float32(total + np.float32(weight) * np.float32(np.sum(value)))
+        return float(total)
+
+    @property
     def blob_loss_weights(self):
         """Blob name -> loss weight of its last writer (0 if none), as pycaffe's."""
         out = collections.OrderedDict((name, 0.0) for name in self._graph.blob_names)
@@ -448,7 +497,8 @@ class Net:
                     continue
                 arr = mx.nd.zeros(shape, ctx=mx.cpu())
                 attrs = bind.inits[i] if i < len(bind.inits) else {}
-                mx.init.Zero()(mx.init.InitDesc(arg, attrs=attrs), arr)
+                if "__init__" in attrs:  # else an omitted filler: Caffe's default is constant 0
+                    mx.init.Zero()(mx.init.InitDesc(arg, attrs=attrs), arr)
                 blobs.append(arr.asnumpy().astype(np.float32))
                 owners[arg] = blobs[-1]
             params[node.name] = blobs
@@ -561,14 +611,19 @@ class Net:
         if self._export is None:
             if self._params is None and all(t in self._input_shapes for t in self._inputs):
                 self._materialize()
-            tensors, bindings, loss = symbols.build(self._graph, self.phase, heads="loss", native=self.native,
-                                                    input_shapes=self._input_shapes)
-            heads = [self._graph.blob_ids[name] for name in self.outputs]
-            heads += [tid for tid in loss if tid not in heads]
+            tensors, bindings, _ = symbols.build(self._graph, self.phase, heads="loss", native=self.native,
+                                                 input_shapes=self._input_shapes)
+            heads, _ = self._symbol_heads()
             self._export = (mx.sym.Group([tensors[t] for t in heads]), bindings)
             if self._params is not None:
                 _set_variable_shapes(self._export[0], self._nd)
         return self._export
+
+    def _symbol_heads(self):
+        """(tensor ids, names) of ``net.symbol``'s outputs: the net outputs, then other loss tops."""
+        heads = [self._graph.blob_ids[name] for name in self.outputs]
+        extra = [tid for tid in self._loss if tid not in heads]
+        return heads + extra, list(self.outputs) + [f"(automatic){i}" for i in range(len(extra))]
 
     def _checkpoint_params(self):
         import mxnet as mx

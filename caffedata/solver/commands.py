@@ -18,7 +18,7 @@ EFFECTS = (STOP, SNAPSHOT, NONE)
 
 
 def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect=STOP,
-          sighup_effect=SNAPSHOT, log_stream=None, fast=None, on_solver=None):
+          sighup_effect=SNAPSHOT, log_stream=None, fast=None, on_solver=None, native=False):
     """Run ``caffe train``: returns the finished :class:`Solver`.
 
     ``weights`` (comma-separated caffemodels) replaces the solver's ``weights``;
@@ -26,6 +26,8 @@ def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect
     is an error, as in Caffe.  ``stages``/``level`` go to the train net's state.
     Log lines (glog format) go to ``log_stream`` (default stderr).  ``on_solver(solver)``
     is called once the solver is built, before any restore or step (to add observers).
+    ``native`` runs the layers MXNet computes identically as native operators
+    (``caffedata.Net(native=True)``).
     """
     if weights and snapshot:
         raise SpecError("Give a snapshot to resume training or weights to finetune but not both.")
@@ -42,7 +44,7 @@ def train(solver, weights=None, snapshot=None, stages=(), level=0, sigint_effect
         param.train_state.level = int(level)
         param.train_state.stage.extend(stages)
     log_stream.write(caffe_log.glog_prefix(("caffe.cpp", 217)) + "Use CPU.\n")
-    result = Solver(param, log_stream=log_stream, fast=fast)
+    result = Solver(param, log_stream=log_stream, fast=fast, native=native)
     try:
         result.sigint_effect, result.sighup_effect = sigint_effect, sighup_effect
         if on_solver is not None:

@@ -48,7 +48,10 @@ class ModuleNet:
                             f"the symbol's arguments are {args}")
         self.learnable_names = [n for n in args if n not in self.input_names]
         type_dict = {n: dtype for n in args}
-        grad_req = {n: ("write" if n in self.learnable_names and phase == "TRAIN" else "null") for n in args}
+        # Gradient buffers even in a TEST net, never filled: MXNet's oneDNN subgraph pass rewrites
+        # inference-only executors and caches their weights at the first forward, so a test net
+        # would go on scoring the initial weights after share_weights_from copied newer ones.
+        grad_req = {n: ("write" if n in self.learnable_names else "null") for n in args}
         self.exe = symbol.simple_bind(self.ctx, grad_req=grad_req, type_dict=type_dict, **shapes)
         self.batch_size = descs[0].shape[0]
         self.rescale_grad = 1.0 / self.batch_size
@@ -85,13 +88,10 @@ class ModuleNet:
                 raise SpecError(f"net has {len(iters)} Data layers; pass data_iter= (one iterator giving "
                                 f"every input: {net.inputs})")
             data_iter = next(iter(iters.values()))
-        heads = [net._graph.blob_ids[name] for name in net.outputs]
-        heads += [tid for tid in net._loss if tid not in heads]
-        names = list(net.outputs) + [f"(automatic){i}" for i in range(len(heads) - len(net.outputs))]
-        weights = {n: float(net._loss.get(tid, 0.0)) for n, tid in zip(names, heads)}
-        return cls(net.symbol, data_iter, phase=net.phase, loss_weights={n: w for n, w in weights.items() if w},
+        outputs = net.symbol_outputs
+        return cls(net.symbol, data_iter, phase=net.phase, loss_weights={n: w for n, w in outputs if w},
                    arg_params=net.arg_params, aux_params=net.aux_params, ctx=ctx or net.ctx,
-                   name=net._net_param.name or "net", output_names=names, caffe_net=net)
+                   name=net.name or "net", output_names=[n for n, _ in outputs], caffe_net=net)
 
     # -------------------------------------------------------------- Solver interface
     @property
@@ -172,8 +172,7 @@ class ModuleNet:
         if self.caffe_net is not None:
             self._sync_caffe_net()
             if str(path).endswith(".h5"):
-                from ..net.caffemodel import write_caffemodel_hdf5
-                write_caffemodel_hdf5(path, self.caffe_net._net_param, self.caffe_net.params)
+                self.caffe_net.save_hdf5(path)
             else:
                 self.caffe_net.save(path)
             return path

@@ -29,20 +29,21 @@ def _param_specs(net_param, layer_name):
 class CaffeNetAdapter:
     def __init__(self, net, batches=None, name=None):
         self.net = net
-        self.name = name or getattr(net._net_param, "name", "") or "net"
+        self.name = name or net.name or "net"
         self._batches = batches
         self._iter = None
         self._data_iters = None
         if batches is None:
-            iters = net.data_iters() if net._data_layers else {}
+            iters = net.data_iters() if net.data_layers else {}
             if not iters and net.inputs:
                 raise SpecError(f"net '{self.name}' has inputs {net.inputs} but no Data layer -- pass "
                                 f"batches= (an iterable or callable giving {{input name: array}})")
             self._data_iters = iters
         self.learnable_names, self.lr_mults, self.decay_mults, self._blobs = [], [], [], []
         owners = {}
+        net_param = net.net_param
         for layer, blobs in net.params.items():
-            specs = _param_specs(net._net_param, layer)
+            specs = _param_specs(net_param, layer)
             for j, blob in enumerate(blobs):
                 spec = specs[j] if j < len(specs) else None
                 shared = spec.name if spec is not None and spec.name else None
@@ -105,13 +106,7 @@ class CaffeNetAdapter:
 
     def _result(self, outputs):
         """(Caffe's total loss: every loss top, anonymous ones included, x its weight; the outputs)."""
-        exe = self.net._last[0]
-        loss = np.float32(0)
-        for tid, w in self.net._loss.items():
-            if w and tid in self.net._exec_ids:
-                value = exe.outputs[self.net._exec_ids.index(tid)].asnumpy()
-                loss = np.float32(loss + np.float32(w) * np.float32(np.sum(value)))
-        return float(loss), [(n, np.array(v)) for n, v in outputs.items()]
+        return self.net.loss, [(n, np.array(v)) for n, v in outputs.items()]
 
     def forward_backward(self, batch=None):
         import mxnet as mx
@@ -147,8 +142,7 @@ class CaffeNetAdapter:
     def save(self, path):
         """``.caffemodel`` (Net::ToProto) or, for a ``.h5`` name, Net::ToHDF5's layout."""
         if str(path).endswith(".h5"):
-            from ..net.caffemodel import write_caffemodel_hdf5
-            write_caffemodel_hdf5(path, self.net._net_param, self.net.params)
+            self.net.save_hdf5(path)
         else:
             self.net.save(path)
         return path
@@ -162,20 +156,20 @@ class CaffeNetAdapter:
 
 def _adapter(net, batches, fast):
     """The fast :class:`ModuleNet` for a net fed by exactly one Data layer, else the Net adapter."""
-    can_be_fast = (batches is None and len(net._data_layers) == 1
-                   and set(net._data_layers[0].tops) == set(net.inputs))
+    data_tops = list(net.data_layers.values())
+    can_be_fast = batches is None and len(data_tops) == 1 and set(data_tops[0]) == set(net.inputs)
     if fast is None:
         fast = can_be_fast
     if fast:
         if not can_be_fast:
-            raise SpecError(f"net '{net._net_param.name}': the fast path needs exactly one Data layer "
+            raise SpecError(f"net '{net.name}': the fast path needs exactly one Data layer "
                             f"feeding every input ({net.inputs}) -- use fast=False")
         from .module_net import ModuleNet
         return ModuleNet.from_net(net)
     return CaffeNetAdapter(net, batches)
 
 
-def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=None):
+def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=None, native=False):
     """(train adapter, [test adapters]) from a SolverParameter's net fields (reference §5.2).
 
     Paths in ``net`` / ``train_net`` / ``test_net`` are used as written (relative
@@ -183,6 +177,7 @@ def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=
     source per test net (None where the net has Data layers).  ``fast`` (default:
     where possible) runs a net with one Data layer as a bound MXNet executor
     (:meth:`ModuleNet.from_net`) instead of through ``Net.forward``/``backward``.
+    ``native``: layers MXNet computes identically run as native operators.
     """
     from ..net.net import Net
 
@@ -204,7 +199,8 @@ def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=
                         "train_net_param")
     train_source = _as_source(train_source)
     train_stages, train_level = state_of(param.train_state if param.HasField("train_state") else None, stages)
-    train = _adapter(Net(train_source, phase="TRAIN", stages=train_stages, level=train_level), batches, fast)
+    train = _adapter(Net(train_source, phase="TRAIN", stages=train_stages, level=train_level, native=native),
+                     batches, fast)
     sources = [_as_source(p) for p in param.test_net_param] + list(param.test_net)
     generic = param.net if param.HasField("net") else (param.net_param if param.HasField("net_param") else None)
     while generic is not None and len(sources) < len(param.test_iter):
@@ -214,7 +210,7 @@ def build_nets(param, batches=None, test_batches=None, stages=(), level=0, fast=
     for k, source in enumerate(sources):
         state = param.test_state[k] if k < len(param.test_state) else None
         t_stages, t_level = state_of(state)
-        tests.append(_adapter(Net(source, phase="TEST", stages=t_stages, level=t_level),
+        tests.append(_adapter(Net(source, phase="TEST", stages=t_stages, level=t_level, native=native),
                               test_batches[k] if k < len(test_batches) else None, fast))
     for entry in getattr(param, "weights", []):
         for path in (p.strip() for p in entry.split(",") if p.strip()):

@@ -59,14 +59,15 @@ class Solver:
     train_net : the train net (interface above).  Without it the solver builds
         ``caffedata.Net`` train and test nets from the solver's net fields, as
         ``caffe.get_solver(file)`` (see :func:`caffedata.solver.net_adapter.build_nets`;
-        ``batches`` / ``test_batches`` feed nets without Data layers).
+        ``batches`` / ``test_batches`` feed nets without Data layers; ``native``
+        builds them with ``caffedata.Net(native=True)``).
     test_nets : test nets, one per ``test_iter`` entry.
     log_stream : a text stream receiving Caffe-format lines with glog prefixes
         (besides the ``caffedata.solver`` logger, which gets the bare text).
     """
 
     def __init__(self, solver, train_net=None, test_nets=None, log_stream=None, batches=None,
-                 test_batches=None, stages=(), level=0, fast=None):
+                 test_batches=None, stages=(), level=0, fast=None, native=False):
         from . import optimizers  # imports mxnet
 
         self._optimizers = optimizers
@@ -76,7 +77,7 @@ class Solver:
             self.param = load_solver_param(solver)
             self._seed()
             from .net_adapter import build_nets
-            train_net, test_nets = build_nets(self.param, batches, test_batches, stages, level, fast)
+            train_net, test_nets = build_nets(self.param, batches, test_batches, stages, level, fast, native)
         else:
             self.param = load_solver_param(solver, check_nets=False)
             self._seed()

@@ -181,7 +181,7 @@ def time_net(model, iterations=50, phase="TRAIN", stages=(), level=0, log_stream
                 it.close()
     per_layer = _attribute(spans, nodes, n, layer_names)
     run = {layer_of(name, layer_names) for _, name in nodes} | set(data_iters)
-    input_layers = {node.name for node in net._graph.layers if node.type == "Input"}  # no work, as in Caffe
+    input_layers = {name for name, kind in zip(net.layer_names, net.layer_types) if kind == "Input"}  # no work
     idle = [name for name in layer_names if name not in run and name not in input_layers]
     if not backward:
         _emit(log_stream, 398, "The net has no loss: backward is not run")
@@ -208,10 +208,7 @@ def time_net(model, iterations=50, phase="TRAIN", stages=(), level=0, log_stream
 
 def _head_loss_weights(net, num_heads):
     """Loss weight of each symbol head: the net's outputs, then its anonymous loss tops (as Net exports)."""
-    blob_weights = net.blob_loss_weights
-    weights = [float(blob_weights.get(name, 0.0)) for name in net.outputs]
-    output_ids = {net._graph.blob_ids[name] for name in net.outputs}
-    weights += [float(w) for tid, w in net._loss.items() if tid not in output_ids]
+    weights = [w for _, w in net.symbol_outputs]
     return (weights + [0.0] * num_heads)[:num_heads]
 
 
