@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from caffedata.net.net import Net
+from caffedata.proto import NetParameter
 from caffedata.solver.solver import Solver, get_solver
 from caffedata.solver.state import read_solver_state
 
@@ -75,6 +76,35 @@ def test_net_solver_resumes_with_identical_losses(files, kind, fmt):
     np.testing.assert_array_equal(resumed.net.net.params["fc"][0], whole.net.net.params["fc"][0])
 
 
+@pytest.mark.parametrize("kind, fmt", [("SGD", "BINARYPROTO"), ("Adam", "HDF5")])
+def test_snapshot_diff_holds_the_last_applied_update(files, kind, fmt):
+    """snapshot_diff: the model file's diffs are Δ of the update just applied (w_before - w_after)."""
+    text = (f'net: "{files}/tiny.prototxt" base_lr: 0.1 lr_policy: "fixed" type: "{kind}" momentum: 0.9 '
+            f'weight_decay: 0.01 max_iter: 3 snapshot_diff: true snapshot_prefix: "{files}/d" '
+            f'snapshot_format: {fmt}')
+    solver = Solver(text, batches=[BATCH])
+    set_init(solver)
+    solver.step(2)
+    before = [b.copy() for b in solver.net.net.params["fc"]]
+    solver.step(1)
+    model, _ = solver.snapshot()
+    after = solver.net.net.params["fc"]
+    if fmt == "HDF5":
+        import h5py
+        with h5py.File(model, "r") as f:
+            diffs = [f["diff/fc/0"][()], f["diff/fc/1"][()]]
+            assert f["diff/loss"] is not None and len(f["diff/loss"]) == 0
+    else:
+        with open(model, "rb") as f:
+            layer = {lp.name: lp for lp in NetParameter.FromString(f.read()).layer}["fc"]
+        diffs = [np.asarray(b.diff, np.float32).reshape(w.shape) for b, w in zip(layer.blobs, after)]
+    for d, b, a in zip(diffs, before, after):
+        assert np.abs(d).max() > 0
+        np.testing.assert_allclose(d, b - a, rtol=1e-4, atol=1e-8)
+    if kind == "SGD":  # Caffe's SGD: Δ is the momentum history, stored in the .solverstate too
+        np.testing.assert_array_equal(diffs[0], solver.history_arrays()[0])
+
+
 def test_fast_module_path_equals_the_net_path(files):
     """ModuleNet.from_net (one bound executor, NDArray weights) trains exactly as the Net adapter."""
     import mxnet as mx
@@ -123,7 +153,7 @@ def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
     (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL.format(db=db))
     text = (f'net: "{tmp_path}/train_val.prototxt" test_iter: 2 test_interval: 3 base_lr: 0.05 '
             f'lr_policy: "inv" gamma: 0.1 power: 0.75 momentum: 0.9 weight_decay: 0.0005 max_iter: 6 '
-            f'display: 3 snapshot_prefix: "{tmp_path}/dbnet" random_seed: 5')
+            f'display: 3 snapshot_prefix: "{tmp_path}/dbnet" random_seed: 5 snapshot_diff: true')
     runs = {}
     for fast in (True, False):
         log = io.StringIO()
@@ -131,12 +161,17 @@ def test_train_val_with_data_layers_fast_and_net_paths_agree(tmp_path, raw_db):
             kind = ModuleNet if fast else CaffeNetAdapter
             assert isinstance(solver.net, kind) and isinstance(solver.test_nets[0], kind)
             solver.solve()
+            with open(tmp_path / "dbnet_iter_6.caffemodel", "rb") as f:
+                ip = {lp.name: lp for lp in NetParameter.FromString(f.read()).layer}["ip"]
             runs[fast] = ([h["loss"] for h in solver.history],
-                          [t["outputs"]["accuracy"] for t in solver.test_history], log.getvalue())
+                          [t["outputs"]["accuracy"] for t in solver.test_history], log.getvalue(),
+                          np.asarray(ip.blobs[0].diff))
     # the same random_seed gives the same xavier weights, the same data order gives the same losses
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-6)
     assert len(runs[True][1]) == 3  # tests at 0, 3 and 6 (the last in Solve)
+    assert runs[True][3].size == 23 * 90 and np.abs(runs[True][3]).max() > 0  # snapshot_diff, both paths
+    np.testing.assert_allclose(runs[True][3], runs[False][3], rtol=1e-4, atol=1e-9)
     assert "Test net output #0: accuracy = " in runs[True][2]
     assert "Test net output #1: loss = " in runs[True][2]
     assert os.path.isfile(tmp_path / "dbnet_iter_6.caffemodel")

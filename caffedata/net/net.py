@@ -292,19 +292,26 @@ class Net:
     # ------------------------------------------------------------------
     # Weights in and out
 
-    def save(self, path):
-        """Write the weights as a .caffemodel (Net::ToProto's layout), as pycaffe's net.save."""
+    def save(self, path, diffs=None):
+        """Write the weights as a .caffemodel (Net::ToProto's layout), as pycaffe's net.save.
+
+        ``diffs`` (layer name -> arrays, as ``params``) are written as the blobs' diffs, as
+        Caffe's ``snapshot_diff`` does (zeros for layers not given).
+        """
         from .caffemodel import write_caffemodel
 
         self._require_shapes()
-        write_caffemodel(path, self._net_param, self._params)
+        write_caffemodel(path, self._net_param, self._params, write_diff=diffs is not None, diffs=diffs)
 
-    def save_hdf5(self, path):
-        """Write the weights as Net::ToHDF5 does (``/data/<layer>/<j>``), as pycaffe's net.save_hdf5."""
+    def save_hdf5(self, path, diffs=None):
+        """Write the weights as Net::ToHDF5 does (``/data/<layer>/<j>``), as pycaffe's net.save_hdf5.
+
+        ``diffs``: as for :meth:`save` (a ``/diff`` group).
+        """
         from .caffemodel import write_caffemodel_hdf5
 
         self._require_shapes()
-        write_caffemodel_hdf5(path, self._net_param, self._params)
+        write_caffemodel_hdf5(path, self._net_param, self._params, write_diff=diffs is not None, diffs=diffs)
 
     def copy_from(self, path):
         """Copy weights from a .caffemodel by layer name (Net::CopyTrainedLayersFrom)."""

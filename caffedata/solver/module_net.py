@@ -163,18 +163,29 @@ class ModuleNet:
         self.caffe_net.set_mxnet_params({n: self.exe.arg_dict[n] for n in self.learnable_names},
                                         dict(self.exe.aux_dict))
 
-    def save(self, path):
+    def save(self, path, diffs=None):
         """A .caffemodel (NetParameter: one layer per CaffeOp name with its blobs); ``.h5``: Caffe's HDF5.
 
         Built from a ``caffedata.Net`` (:meth:`from_net`), the binary file is the Net's own
-        ``Net::ToProto`` layout.
+        ``Net::ToProto`` layout.  ``diffs``: one array (or None) per learnable parameter, written
+        as the blobs' diffs (Caffe's ``snapshot_diff``).
         """
+        diff_of = dict(zip(self.learnable_names, diffs)) if diffs is not None else None
         if self.caffe_net is not None:
             self._sync_caffe_net()
+            by_layer = None
+            if diff_of is not None:
+                params = self.caffe_net.params
+                by_layer = {layer: [np.zeros_like(b) for b in blobs] for layer, blobs in params.items()}
+                for layer, blobs in self._layers().items():
+                    for j, name in blobs.items():
+                        if layer in by_layer and j < len(by_layer[layer]) and diff_of.get(name) is not None:
+                            by_layer[layer][j] = np.asarray(diff_of[name], np.float32).reshape(
+                                by_layer[layer][j].shape)
             if str(path).endswith(".h5"):
-                self.caffe_net.save_hdf5(path)
+                self.caffe_net.save_hdf5(path, diffs=by_layer)
             else:
-                self.caffe_net.save(path)
+                self.caffe_net.save(path, diffs=by_layer)
             return path
         layers = self._layers()
         if str(path).endswith(".h5"):
@@ -185,6 +196,15 @@ class ModuleNet:
                     g = data.create_group(layer)
                     for j in sorted(blobs):
                         g.create_dataset(str(j), data=self.exe.arg_dict[blobs[j]].asnumpy().astype(np.float32))
+                if diff_of is not None:
+                    group = f.create_group("diff")
+                    for layer, blobs in layers.items():
+                        g = group.create_group(layer)
+                        for j in sorted(blobs):
+                            value = self.exe.arg_dict[blobs[j]].asnumpy()
+                            diff = diff_of.get(blobs[j])
+                            g.create_dataset(str(j), data=np.zeros_like(value, np.float32) if diff is None
+                                             else np.asarray(diff, np.float32).reshape(value.shape))
             return path
         net = NetParameter()
         net.name = self.name
@@ -192,7 +212,13 @@ class ModuleNet:
             lp = net.layer.add()
             lp.name = layer
             for j in sorted(blobs):
-                lp.blobs.add().CopyFrom(_blob(self.exe.arg_dict[blobs[j]].asnumpy()))
+                value = self.exe.arg_dict[blobs[j]].asnumpy()
+                blob = lp.blobs.add()
+                blob.CopyFrom(_blob(value))
+                if diff_of is not None:
+                    diff = diff_of.get(blobs[j])
+                    blob.diff.extend((np.zeros(value.size, np.float32) if diff is None
+                                      else np.asarray(diff, np.float32).reshape(-1)).tolist())
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(net.SerializeToString())

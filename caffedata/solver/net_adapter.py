@@ -139,12 +139,21 @@ class CaffeNetAdapter:
                 it.close()
 
     # ---------------------------------------------------------------- files
-    def save(self, path):
-        """``.caffemodel`` (Net::ToProto) or, for a ``.h5`` name, Net::ToHDF5's layout."""
+    def save(self, path, diffs=None):
+        """``.caffemodel`` (Net::ToProto) or, for a ``.h5`` name, Net::ToHDF5's layout.
+
+        ``diffs``: one array (or None) per learnable parameter, written as the blobs' diffs.
+        """
+        by_layer = None
+        if diffs is not None:
+            by_layer = {layer: [np.zeros_like(b) for b in blobs] for layer, blobs in self.net.params.items()}
+            for (layer, j), diff in zip(self._blobs, diffs):
+                if diff is not None:
+                    by_layer[layer][j] = np.asarray(diff, np.float32).reshape(by_layer[layer][j].shape)
         if str(path).endswith(".h5"):
-            self.net.save_hdf5(path)
+            self.net.save_hdf5(path, diffs=by_layer)
         else:
-            self.net.save(path)
+            self.net.save(path, diffs=by_layer)
         return path
 
     def copy_from(self, path):

@@ -107,6 +107,9 @@ class _CaffeOptimizer(mx.optimizer.Optimizer):
         self.regularization_type = regularization_type
         self.aggregate_num = _ALL_AT_ONCE
         self.last_clip = None  # (norm, scale) when the last update clipped
+        # snapshot_diff: keep each parameter's last applied update (Caffe's diff after ApplyUpdate)
+        self.keep_updates = False
+        self.last_updates = {}  # index -> NDArray
 
     def set_wd_mult(self, args_wd_mult):
         # Caffe decays biases too: only explicit multipliers (CaffeOp's __wd_mult__, the dict).
@@ -160,10 +163,13 @@ class _CaffeOptimizer(mx.optimizer.Optimizer):
         if self.iter_size != 1:
             # 3. normalise over iter_size (float, as Caffe's Dtype(1)/iter_size)
             scale *= float(np.float32(1.0) / np.float32(self.iter_size))
-        for w, g, s, lr, wd in zip(weights, grads, states, lrs, wds):
-            self._update_param(w, g, s, lr, wd, scale)
+        for i, w, g, s, lr, wd in zip(indices, weights, grads, states, lrs, wds):
+            delta = self._update_param(w, g, s, lr, wd, scale)
+            if self.keep_updates:
+                self.last_updates[i] = (delta if delta is not None else self.caffe_history(s)[0]).copy()
 
     def _update_param(self, w, grad, state, lr, wd, scale):
+        """Apply one parameter's update; return Δ (None: Δ is the history, as for fused SGD)."""
         g = grad * scale  # a new array: MXNet's gradient buffers are left alone
         # 4. regularise
         if wd != 0:
@@ -172,7 +178,9 @@ class _CaffeOptimizer(mx.optimizer.Optimizer):
             else:
                 g += wd * nd.sign(w)
         # 5. ComputeUpdateValue, then Net::Update
-        w -= self._update_value(w, g, state, lr)
+        delta = self._update_value(w, g, state, lr)
+        w -= delta
+        return delta
 
     def _update_value(self, weight, g, state, lr):
         raise NotImplementedError
@@ -201,10 +209,10 @@ class CaffeSGD(_CaffeOptimizer):
     def _update_param(self, w, grad, mom, lr, wd, scale):
         # the fused op takes its scalars as float32: float64 weights keep the exact NDArray path
         if self.regularization_type != "L2" or w.dtype != np.float32:
-            super()._update_param(w, grad, mom, lr, wd, scale)
-            return
+            return super()._update_param(w, grad, mom, lr, wd, scale)
         nd.sgd_mom_update(w, grad, mom, out=w, lr=lr, wd=wd, momentum=self.momentum, rescale_grad=scale,
                           clip_gradient=-1.0)
+        return None  # Δ = h = -mom
 
     def _update_value(self, weight, g, mom, lr):
         mom[:] = self.momentum * mom - lr * g

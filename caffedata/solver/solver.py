@@ -81,10 +81,9 @@ class Solver:
         else:
             self.param = load_solver_param(solver, check_nets=False)
             self._seed()
-        for field, what in (("snapshot_diff", "snapshots hold the weights only"),
-                            ("debug_info", "no per-layer debug lines are printed")):
-            if getattr(self.param, field):
-                logger.warning("%s: true is not supported by caffedata's solver; %s", field, what)
+        if self.param.debug_info:
+            logger.warning("debug_info: true is not supported by caffedata's solver; no per-layer debug "
+                           "lines are printed")
         from google.protobuf import text_format
         self._emit("init", "Initializing solver from parameters: \n" + text_format.MessageToString(self.param))
         self.net = train_net
@@ -135,6 +134,7 @@ class Solver:
         self.optimizer = self._optimizers.create_from_solver_param(
             self.param, rescale_grad=float(self.net.rescale_grad), begin_num_update=begin_iter,
             current_step=current_step)
+        self.optimizer.keep_updates = bool(self.param.snapshot_diff)
         n = len(self.net.learnable_names)
         self.optimizer.set_lr_mult({i: float(self.net.lr_mults[i]) for i in range(n)})
         self.optimizer.set_wd_mult({i: float(self.net.decay_mults[i]) for i in range(n)})
@@ -339,7 +339,12 @@ class Solver:
         model_file, state_file = snapshot_filenames(p.snapshot_prefix, self.iter, p.snapshot_format)
         self._emit("snapshot_hdf5" if hdf5 else "snapshot_binary",
                    caffe_log.snapshot_model_line(model_file, hdf5))
-        self.net.save(model_file)
+        if p.snapshot_diff:  # the diffs after ApplyUpdate: each parameter's last update
+            updates = self.optimizer.last_updates
+            self.net.save(model_file, diffs=[updates[i].asnumpy() if i in updates else None
+                                             for i in range(len(self.net.learnable_names))])
+        else:
+            self.net.save(model_file)
         self._emit("state_hdf5" if hdf5 else "state_binary", caffe_log.snapshot_state_line(state_file, hdf5))
         write_solver_state(state_file, SolverStateData(iter=self.iter, learned_net=model_file,
                                                        history=self.history_arrays(),
