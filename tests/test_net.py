@@ -651,6 +651,31 @@ def test_python_layer_in_a_net_forward_and_backward(monkeypatch):
     np.testing.assert_allclose(g["data"], 3 * np.ones((2, 4)) @ w, rtol=1e-5)
 
 
+def test_python_layer_blobs_are_net_params_saved_and_loaded(monkeypatch, tmp_path):
+    """self.blobs of a Python layer: in net.params (setup's values), trained, saved, read back (as Caffe)."""
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 2 dim: 2 } } }
+    layer { name: "cw" type: "Python" bottom: "data" top: "out"
+            python_param { module: "pylayers_for_tests" layer: "ChannelWeights" } }
+    """
+    net = Net(text)
+    np.testing.assert_allclose(net.params["cw"][0], [1.0, 1.1, 1.2], rtol=1e-6)  # setup's values
+    net.params["cw"][0][...] = [2.0, -1.0, 0.5]  # reaches the next forward
+    x = np.random.default_rng(2).normal(size=(2, 3, 2, 2)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(data=x)["out"], x * np.array([2.0, -1.0, 0.5]).reshape(1, 3, 1, 1),
+                               rtol=1e-6)
+    net.backward(out=np.ones_like(x))
+    np.testing.assert_allclose(net.param_diffs["cw"][0], x.sum(axis=(0, 2, 3)), rtol=1e-5)
+    net.save(str(tmp_path / "cw.caffemodel"))
+    with open(tmp_path / "cw.caffemodel", "rb") as f:
+        layers = {lp.name: lp for lp in NetParameter.FromString(f.read()).layer}
+    assert list(layers["cw"].blobs[0].data) == [2.0, -1.0, 0.5]
+    back = Net(text, weights=str(tmp_path / "cw.caffemodel"))
+    np.testing.assert_array_equal(back.params["cw"][0], [2.0, -1.0, 0.5])
+    assert back.arg_params["cw_0_weight"].asnumpy().tolist() == [2.0, -1.0, 0.5]
+
+
 def test_caffe_loss_heads_give_module_n_times_caffe_gradient():
     """net.symbol's CaffeLoss heads: loss_weight x N x Caffe's gradient (MXNet's optimizer divides by N)."""
     mx.random.seed(5)

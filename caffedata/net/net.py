@@ -25,6 +25,8 @@ from . import symbols
 log = logging.getLogger("caffedata.net")
 
 _PHASES = {"TRAIN": "TRAIN", "TEST": "TEST", 0: "TRAIN", 1: "TEST"}
+# Layers whose Caffe blobs are MXNet arguments one to one (bind.arg_names): CaffeOp and Python layers.
+_BLOB_ARGUMENT_KINDS = ("caffe", "python")
 
 
 def _phase_name(phase):
@@ -279,7 +281,7 @@ class Net:
         mx.nd.waitall()
         seen = set()
         for bind in self._bindings:
-            if bind.kind != "caffe":
+            if bind.kind not in _BLOB_ARGUMENT_KINDS:
                 continue
             for i, arg in enumerate(bind.arg_names):
                 if arg in seen or i in bind.state_blobs or arg not in exe.grad_dict:
@@ -498,7 +500,7 @@ class Net:
             shapes = blob_shapes[node.name]
             blobs = []
             for i, shape in enumerate(shapes):
-                arg = bind.arg_names[i] if bind.kind == "caffe" else f"{node.name}_{i}"
+                arg = bind.arg_names[i] if bind.kind in _BLOB_ARGUMENT_KINDS else f"{node.name}_{i}"
                 if bind.kind == "caffe" and arg in owners:  # a shared ParamSpec: one blob, two layers
                     blobs.append(owners[arg])
                     continue
@@ -553,7 +555,7 @@ class Net:
     def _push_params(self):
         """Copy the Caffe blobs (the master copy, writable by the user) into the executors' arrays."""
         for bind in self._bindings:
-            if bind.kind == "caffe" and bind.name in self._params:
+            if bind.kind in _BLOB_ARGUMENT_KINDS and bind.name in self._params:
                 for arg, blob in zip(bind.arg_names, self._params[bind.name]):
                     self._nd[arg][:] = blob
             elif bind.kind == "native" and self._native_blobs(bind):
@@ -646,7 +648,7 @@ class Net:
 
     def _mxnet_arrays(self, bind):
         """A layer's Caffe blobs as its MXNet argument/aux arrays (name -> array), or {}."""
-        if bind.kind == "caffe" and bind.name in self._params:
+        if bind.kind in _BLOB_ARGUMENT_KINDS and bind.name in self._params:
             return dict(zip(bind.arg_names, self._params[bind.name]))
         if bind.kind == "native" and self._native_blobs(bind):
             return bind.native.to_native(self._native_blobs(bind))

@@ -41,7 +41,9 @@ layer adds in ``setup`` become learnable MXNet arguments named as CaffeOp names
 parameter blobs (``{name}_0_weight``, ``{name}_1_bias``, ...), initialised to
 the values ``setup`` left in them (Module and ``init_params`` use that
 initializer; Gluon's ``SymbolBlock.initialize`` uses its own, so load the
-values as parameters there); their gradients are the ``.diff`` values
+values as parameters there).  In a ``caffedata.Net`` they are the layer's
+``net.params`` entry, written by ``net.save`` and read from a .caffemodel as
+Caffe does for any layer's blobs.  Their gradients are the ``.diff`` values
 ``backward`` writes (zeroed before each backward, so they are one pass's
 gradient as MXNet expects, not Caffe's accumulation).  The blob count and
 shapes are taken from a ``setup`` at symbol construction, which needs the
@@ -447,13 +449,15 @@ def _blob_init(blob):
     return mx.init.Constant(blob.data.copy())
 
 
-def python_layer_symbols(layer_param, bottoms, name, phase=None):
+def python_layer_symbols(layer_param, bottoms, name, phase=None, with_blobs=False):
     """The tops of a Python (or registered-type) layer as MXNet symbols.
 
     ``layer_param``: the caffe.LayerParameter (``type: "Python"`` with
     ``python_param``, or a type given to :func:`register_layer`);
     ``bottoms``: input symbols in ``bottom`` order; ``name``: node name;
     ``phase``: the net's phase ('TRAIN'/'TEST' or 0/1), seen by ``setup``.
+    With ``with_blobs``: ``(tops, blob Variables)``, the Variables of
+    ``self.blobs`` in order (their ``__init__`` holds what ``setup`` left).
     """
     import mxnet as mx
     from ..proto import text_format
@@ -484,4 +488,5 @@ def python_layer_symbols(layer_param, bottoms, name, phase=None):
     text = text_format.MessageToString(layer_param, as_one_line=True)
     out = mx.sym.Custom(*bottoms, *blob_vars, op_type=OP_TYPE, layer=text, num_bottoms=str(len(bottoms)),
                         num_blobs=str(len(blobs)), phase=str(phase_no), name=name)
-    return [out[i] for i in range(len(layer_param.top))]
+    tops = [out[i] for i in range(len(layer_param.top))]
+    return (tops, blob_vars) if with_blobs else tops

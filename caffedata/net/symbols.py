@@ -151,9 +151,12 @@ def build(graph, phase, heads="caffe", native=False, input_shapes=None):
             if python_layer is None:
                 raise errors.SpecError(f"layer '{node.name}' (type {ltype}): Python layers need "
                                        "caffedata.net.python_layer, which is not installed")
-            tops = python_layer.python_layer_symbols(node.param, bottoms, node.name, phase)
+            tops, blob_vars = python_layer.python_layer_symbols(node.param, bottoms, node.name, phase,
+                                                                with_blobs=True)
             _assign_tops(node, tops, tensors)
-            bindings.append(LayerBinding(node.name, ltype, "python", [], [], None, 0, None, []))
+            # self.blobs are the layer's Caffe blobs: in net.params, saved and loaded as Caffe does
+            bindings.append(LayerBinding(node.name, ltype, "python", [v.name for v in blob_vars], [], None,
+                                         len(blob_vars), None, [v.list_attr() for v in blob_vars]))
             for t, w in zip(node.tops, loss_weights(node, None)):
                 if w:
                     loss[t] = w
@@ -262,6 +265,11 @@ def _set_native_shapes(nat, blob_shapes):
             internals[vname]._set_attr(__shape__=str(tuple(arr.shape)))
 
 
+def _shape_attr(text):
+    """A Variable's ``__shape__`` attribute, e.g. ``'(2, 3)'`` or ``'[2, 3]'``, as a tuple."""
+    return tuple(int(d) for d in text.strip("()[] ").replace(" ", "").split(",") if d)
+
+
 def _assign_tops(node, tops, tensors):
     if len(tops) != len(node.tops):
         raise errors.SpecError(f"layer '{node.name}' (type {node.type}) produced {len(tops)} outputs for "
@@ -308,6 +316,8 @@ def caffe_shapes(graph, bindings, tensors, input_shapes):
         elif bind.kind == "python":
             import mxnet as mx
 
+            if bind.blob_count:
+                params[node.name] = [_shape_attr(attrs["__shape__"]) for attrs in bind.inits]
             group = mx.sym.Group([tensors[t] for t in node.tops])
             known = {k: v for k, v in input_shapes.items() if k in group.list_arguments()}
             _, outs, _ = group.infer_shape_partial(**known)
