@@ -474,20 +474,66 @@ cdef inline void transform_chw_u8_fast(const uint8_t* src, Py_ssize_t C, Py_ssiz
                         mean_values, scale, out)
 
 
-def transform_into(const uint8_t[::1] src, int layout, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                   Py_ssize_t h_off, Py_ssize_t w_off, bint mirror,
-                   const float[::1] mean, const float[::1] mean_values, double scale,
-                   out_t[:, :, ::1] out):
+cdef class TransformParams:
+    """What the kernels need besides the records: the geometry and Caffe's transform_param.
+
+    ``C, H, W``: the shape every record of the batch has (H and W may vary when
+    ``crop`` is set); ``crop`` (0: none), ``random_crop`` (TRAIN) and ``mirror``;
+    ``scale``; ``mean``: the (C, H, W) mean file or None; ``mean_values``: empty,
+    one value (replicated over C, as Caffe does) or C values.
+    """
+    cdef readonly Py_ssize_t C, H, W, crop, mean_c, mean_h, mean_w
+    cdef readonly bint random_crop, mirror
+    cdef readonly double scale
+    cdef readonly object mean_flat, mean_values  # float32 arrays that own what the pointers see
+    cdef int mean_kind
+    cdef const float* mean_p
+    cdef const float* mv_p
+
+    def __init__(self, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop=0,
+                 bint random_crop=False, bint mirror=False, double scale=1.0, mean=None,
+                 mean_values=()):
+        cdef const float[::1] view
+        self.C, self.H, self.W, self.crop = C, H, W, crop
+        self.random_crop, self.mirror, self.scale = random_crop, mirror, scale
+        self.mean_c = self.mean_h = self.mean_w = 0
+        self.mean_p = self.mv_p = NULL
+        self.mean_kind = MEAN_NONE
+        if mean is not None:
+            arr = np.ascontiguousarray(mean, dtype=np.float32)
+            if arr.ndim != 3:
+                raise ValueError(f"mean must be (C, H, W), got shape {arr.shape}")
+            self.mean_c, self.mean_h, self.mean_w = arr.shape[0], arr.shape[1], arr.shape[2]
+            self.mean_flat = arr.reshape(-1)
+            if self.mean_flat.shape[0]:
+                view = self.mean_flat
+                self.mean_p = &view[0]
+                self.mean_kind = MEAN_FILE
+        else:
+            self.mean_flat = np.zeros(0, dtype=np.float32)
+        values = np.ascontiguousarray(mean_values, dtype=np.float32).reshape(-1)
+        if values.shape[0] == 1 and C > 1:
+            values = np.repeat(values, C)  # Caffe replicates a single mean_value
+        self.mean_values = values
+        if values.shape[0] and self.mean_kind == MEAN_NONE:
+            view = values
+            self.mv_p = &view[0]
+            self.mean_kind = MEAN_VALUES
+
+
+def transform_into(const uint8_t[::1] src, int layout, TransformParams tp,
+                   Py_ssize_t h_off, Py_ssize_t w_off, bint mirror, out_t[:, :, ::1] out):
     """Transform one record (already validated by the caller) into ``out``.
 
-    ``src`` starts at the record's pixels.  ``mean`` is the flattened (C,H,W)
-    mean file or empty; ``mean_values`` has C entries or is empty.
+    ``src`` starts at the record's pixels; ``tp`` holds the record's own C, H, W
+    (its mean, when set, has that shape).  The window and mirror flag are given.
     """
-    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
-    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
-    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t C = tp.C, H = tp.H, W = tp.W
+    cdef int mean_kind = tp.mean_kind
+    cdef const float* mean_p = tp.mean_p
+    cdef const float* mv_p = tp.mv_p
     cdef Py_ssize_t h_out = out.shape[1], w_out = out.shape[2]
-    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
     with nogil:
         if out_t is float and layout == 0:
             transform_chw_u8_fast(&src[0], C, H, W, h_off, w_off, h_out, w_out, mirror,
@@ -518,17 +564,14 @@ cdef inline bint crop_window(const uint32_t[:, ::1] draws, Py_ssize_t i, Py_ssiz
     return use_mirror and (draws[i, 0] % 2) != 0
 
 
-def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
-                        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop, bint random_crop,
-                        bint use_mirror, const uint32_t[:, ::1] draws,
-                        const float[::1] mean, const float[::1] mean_values, double scale,
-                        out_t[:, :, :, ::1] out, out_t[::1] labels):
+def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop, TransformParams tp,
+                        const uint32_t[:, ::1] draws, out_t[:, :, :, ::1] out, out_t[::1] labels):
     """Fast path over raw (non-encoded) records ``values[start:stop]``.
 
     Fills ``out[i]`` and ``labels[i]`` for each record whose header is exactly
-    (C, H, W) with uint8 ``data`` or contiguous float_data.  Stops at the
-    first record that needs the general path (encoded, other size, error) and
-    returns its index into ``values``; returns ``stop`` when all were done.
+    ``tp``'s (C, H, W) with uint8 ``data`` or contiguous float_data.  Stops at
+    the first record that needs the general path (encoded, other size, error)
+    and returns its index into ``values``; returns ``stop`` when all were done.
     ``draws[i]`` holds the raw 32-bit draws (mirror, h, w) for record i: the
     offsets are Caffe's ``Rand(n) = draw % n``.
     """
@@ -538,11 +581,13 @@ def transform_raw_batch(list values, Py_ssize_t start, Py_ssize_t stop,
     cdef const uint8_t[::1] buf
     cdef const uint8_t* p
     cdef bint mirror
-    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
-    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
-    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t C = tp.C, H = tp.H, W = tp.W, crop = tp.crop
+    cdef bint random_crop = tp.random_crop, use_mirror = tp.mirror
+    cdef int mean_kind = tp.mean_kind
+    cdef const float* mean_p = tp.mean_p
+    cdef const float* mv_p = tp.mv_p
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
-    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
     for i in range(start, stop):
         buf = values[i]
         n = buf.shape[0]
@@ -611,9 +656,7 @@ def resolve_values(object get, list keys, const int64_t[::1] records, int64_t[::
 
 def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
                           const int64_t[::1] size, Py_ssize_t start, Py_ssize_t stop,
-                          Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t crop,
-                          bint random_crop, bint use_mirror, const uint32_t[:, ::1] draws,
-                          const float[::1] mean, const float[::1] mean_values, double scale,
+                          TransformParams tp, const uint32_t[:, ::1] draws,
                           out_t[:, :, :, ::1] out, out_t[::1] labels):
     """``transform_raw_batch`` over resolved record addresses, in one nogil loop.
 
@@ -627,11 +670,13 @@ def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
     cdef Py_ssize_t i, r, n, h_off, w_off, px_off
     cdef const uint8_t* p
     cdef bint mirror
-    cdef int mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
-    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
-    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef Py_ssize_t C = tp.C, H = tp.H, W = tp.W, crop = tp.crop
+    cdef bint random_crop = tp.random_crop, use_mirror = tp.mirror
+    cdef int mean_kind = tp.mean_kind
+    cdef const float* mean_p = tp.mean_p
+    cdef const float* mv_p = tp.mv_p
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
-    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
     cdef Py_ssize_t result = stop
     with nogil:
         for i in range(start, stop):
@@ -680,12 +725,8 @@ from cpython.buffer cimport PyBUF_READ
 
 def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] addr,
                               const int64_t[::1] size, Py_ssize_t start, Py_ssize_t stop,
-                              object imdecode, int flag, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                              Py_ssize_t crop, bint random_crop, bint use_mirror,
-                              const uint32_t[:, ::1] draws, const float[::1] mean,
-                              Py_ssize_t mean_c, Py_ssize_t mean_h, Py_ssize_t mean_w,
-                              const float[::1] mean_values, double scale,
-                              out_t[:, :, :, ::1] out, out_t[::1] labels):
+                              object imdecode, int flag, TransformParams tp,
+                              const uint32_t[:, ::1] draws, out_t[:, :, :, ::1] out, out_t[::1] labels):
     """Encoded records ``start..stop`` (see ``resolve_values``): decode and transform.
 
     ``imdecode(buffer, flag)`` is cv2.imdecode.  Every check of the general
@@ -695,16 +736,20 @@ def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] add
     handle it or raise its error.  Returns ``stop`` when all were done.
     """
     cdef DatumView d
-    cdef int err, mean_kind = MEAN_FILE if mean.shape[0] else (MEAN_VALUES if mean_values.shape[0] else MEAN_NONE)
-    cdef const float* mean_p = &mean[0] if mean.shape[0] else NULL
-    cdef const float* mv_p = &mean_values[0] if mean_values.shape[0] else NULL
+    cdef int err
+    cdef Py_ssize_t C = tp.C, H = tp.H, W = tp.W, crop = tp.crop
+    cdef bint random_crop = tp.random_crop, use_mirror = tp.mirror
+    cdef int mean_kind = tp.mean_kind
+    cdef const float* mean_p = tp.mean_p
+    cdef const float* mv_p = tp.mv_p
+    cdef Py_ssize_t mean_c = tp.mean_c, mean_h = tp.mean_h, mean_w = tp.mean_w
     cdef Py_ssize_t i, r, n, h, w, c, h_off, w_off
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
     cdef const uint8_t* p
     cdef const uint8_t[::1] pix
     cdef bint mirror
     cdef cnp.ndarray img
-    cdef out_t scale_t = <out_t>(<float>scale) if out_t is float else <out_t>scale
+    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
     for i in range(start, stop):
         r = records[i]
         n = size[r]
@@ -730,7 +775,7 @@ def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] add
             return i
         if mean_kind == MEAN_FILE and (mean_c != c or mean_h != h or mean_w != w):
             return i
-        if mean_kind == MEAN_VALUES and mean_values.shape[0] != c:
+        if mean_kind == MEAN_VALUES and tp.mean_values.shape[0] != c:
             return i
         mirror = crop_window(draws, i, h, w, crop, random_crop, use_mirror, &h_off, &w_off)
         pix = img.reshape(-1)

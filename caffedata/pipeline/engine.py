@@ -54,7 +54,7 @@ def output_shapes(spec, first_chw, flat=False):
 class _SharedSource:
     """One database handle per pipeline and database state, opened on first use by a worker.
 
-    For LMDB it also keeps where each record's value lies in the read-only
+    For a memory-mapped source (LMDB) it also keeps where each record's value lies in the read-only
     memory map (``addr``/``size``, filled lazily by the workers), so that a
     batch of raw records is parsed and transformed in one nogil call with no
     per-record Python.  Those addresses hold for one state of the database
@@ -82,7 +82,7 @@ class _SharedSource:
                 raise RuntimeError(f"{self.path}: the pipeline was closed")
             if self._source is None:
                 self._source = open_source(self.path, self.backend)
-                if hasattr(self._source, "env"):
+                if self._source.memory_mapped:
                     self.addr = np.zeros(self.num_records, dtype=np.int64)
                     self.size = np.zeros(self.num_records, dtype=np.int64)
             self._users += 1
@@ -106,27 +106,23 @@ class _SharedSource:
 
 
 class _WorkerState:
-    """Per-thread reader: an LMDB read transaction, or the LevelDB handle."""
+    """Per-thread reader of the shared source (an LMDB read transaction, or the LevelDB handle)."""
 
     def __init__(self, shared):
         self.shared = shared
-        self.source = shared.acquire()
+        source = shared.acquire()
         try:
-            self.txn = self.source.env.begin(buffers=True) if hasattr(self.source, "env") else None
-        except Exception as exc:  # e.g. lmdb.MapResizedError: a writer grew the map past ours
+            self.reader = source.reader()
+        except Exception:
             shared.release()
-            raise DatabaseError(f"{shared.path}: cannot start an LMDB read ({exc}) -- the database "
-                                f"was grown by a writer while this process holds it open; create "
-                                f"a new iterator") from exc
+            raise
+        self.get = self.reader.get
         self.addr, self.size = shared.addr, shared.size
 
-    def get(self, key):
-        return self.txn.get(key) if self.txn is not None else self.source.get(key)
-
     def close(self):
-        if self.txn is not None:
-            self.txn.abort()
-            self.txn = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = self.get = None
         if self.shared is not None:
             self.shared.release()
             self.shared = None
@@ -460,13 +456,7 @@ class CaffePipeline(BatchEngine):
                     self._vanished(keys, records, i)
             first_value = values[0]
         first = self.assembler.parse(first_value, keys[0], int(records[0]))
-        chw = (first.channels, first.height, first.width)
-        self.assembler.check(first, keys[0], int(records[0]), chw)
-        if chw != self.first_chw and B > 1 and not self.spec.transform.crop_size:
-            raise RecordError(self.path, keys[0], int(records[0]),
-                              f"record is {'x'.join(map(str, chw))} but the first record of the "
-                              f"database is {'x'.join(map(str, self.first_chw))}",
-                              "records of different sizes need crop_size, or batch_size 1")
+        chw = self.assembler.batch_chw(first, keys[0], int(records[0]), self.first_chw, B)
         out, labels = self._pool.acquire(((B,) + self.assembler.out_chw(*chw), (B,)), self.dtype)
         if values is None:
             self.assembler.fill_resolved(records, state.addr, state.size,

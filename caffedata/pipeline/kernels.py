@@ -18,7 +18,6 @@ _FLOAT_PACKED = _fast.FLOAT_LAYOUTS["packed"]
 _FLOAT_UNPACKED = _fast.FLOAT_LAYOUTS["unpacked"]
 _LAYOUT_FOR_FLOAT = {_FLOAT_PACKED: _fast.LAYOUT_CHW_F32, _FLOAT_UNPACKED: _fast.LAYOUT_CHW_F32_TAGGED}
 
-_EMPTY = np.zeros(0, dtype=np.float32)
 
 # imdecode flags, as Caffe's DecodeDatumToCVMat/DecodeDatumToCVMatNative use them.
 IMREAD_NATIVE, IMREAD_GRAY, IMREAD_COLOR = -1, 0, 1
@@ -156,12 +155,23 @@ class BatchAssembler:
         self.db_path = db_path
         self.dtype = np.dtype(dtype)
         self.mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float32)
-        self.mean_flat = _EMPTY if mean is None else self.mean.ravel()
-        self.mean_chw = (0, 0, 0) if mean is None else self.mean.shape
         self.mean_values = np.asarray(transform.mean_value, dtype=np.float32)
         self.flag = decode_flag(transform)
         self.decoder = ImageDecoder(max_image_pixels)
         self.scale = float(transform.scale)
+        self._params = {}  # (C, H, W) -> _fast.TransformParams
+
+    def params(self, c, h, w):
+        """The kernels' view of this layer's transform for records of (C, H, W) (cached)."""
+        tp = self._params.get((c, h, w))
+        if tp is None:
+            t = self.transform
+            tp = _fast.TransformParams(c, h, w, crop=t.crop_size, random_crop=t.random_crop, mirror=t.mirror,
+                                       scale=self.scale, mean=self.mean, mean_values=self.mean_values)
+            if len(self._params) > 64:  # records of many sizes (crop): keep the cache small
+                self._params.clear()
+            self._params[(c, h, w)] = tp
+        return tp
 
     # -- parsing one record -------------------------------------------------
     def parse(self, value, key, index):
@@ -244,6 +254,22 @@ class BatchAssembler:
                               f"{len(self.mean_values)} mean_value entries for a {rec.channels}-channel "
                               f"image", "give one mean_value, or one per channel")
 
+    def batch_chw(self, first, key, index, reference_chw, batch_size, what="record",
+                  hint="records of different sizes need crop_size, or batch_size 1"):
+        """The (C, H, W) of a batch starting with ``first``, checked against the layer's first record.
+
+        Caffe sizes its batch from the first datum: without a crop, a batch of
+        more than one item must keep that size.
+        """
+        chw = (first.channels, first.height, first.width)
+        self.check(first, key, index, chw)
+        if chw != tuple(reference_chw) and batch_size > 1 and not self.transform.crop_size:
+            raise RecordError(self.db_path, key, index,
+                              f"{what} is {'x'.join(map(str, chw))} but the first {what} "
+                              f"{'of the database ' if what == 'record' else ''}is "
+                              f"{'x'.join(map(str, reference_chw))}", hint)
+        return chw
+
     # -- the batch ----------------------------------------------------------
     def out_chw(self, c, h, w):
         oh, ow = self.transform.output_hw(h, w)
@@ -255,20 +281,12 @@ class BatchAssembler:
         ``batch_chw`` is the (C, H, W) every record must have (H, W free with a crop).
         ``draws`` is a uint32 (B, 3) array of raw draws for mirror, h_off, w_off.
         """
-        t = self.transform
-        c, h, w = batch_chw
-        crop = t.crop_size
-        random_crop = t.random_crop
-        mean_values = self.mean_values
-        if len(mean_values) == 1 and c > 1:
-            mean_values = np.repeat(mean_values, c)  # Caffe replicates a single mean_value
+        tp = self.params(*batch_chw)
         self.decoder.forget()
         i, n = 0, len(values)
         while i < n:
             # Fast path: raw records of exactly (C, H, W), stopping at the first other one.
-            i = _fast.transform_raw_batch(values, i, n, c, h, w, crop, random_crop, t.mirror,
-                                          draws, self.mean_flat, mean_values, self.scale,
-                                          out, labels)
+            i = _fast.transform_raw_batch(values, i, n, tp, draws, out, labels)
             if i >= n:
                 break
             # General path for this one record: encoded, other size, float runs, or an error.
@@ -286,24 +304,16 @@ class BatchAssembler:
         transformed in one nogil call.  ``get_value(i)`` returns item ``i``'s
         serialized Datum for the general path (encoded, other size, errors).
         """
-        t = self.transform
-        c, h, w = batch_chw
-        mean_values = self.mean_values
-        if len(mean_values) == 1 and c > 1:
-            mean_values = np.repeat(mean_values, c)
+        tp = self.params(*batch_chw)
         self.decoder.forget()
         i, n = 0, len(records)
         while i < n:
-            i = _fast.transform_raw_records(records, addr, size, i, n, c, h, w, t.crop_size,
-                                            t.random_crop, t.mirror, draws, self.mean_flat,
-                                            mean_values, self.scale, out, labels)
+            i = _fast.transform_raw_records(records, addr, size, i, n, tp, draws, out, labels)
             if i >= n:
                 break
             # Encoded records: decode + transform with the checks made in _fast.
-            j = _fast.transform_encoded_records(records, addr, size, i, n, self.decoder, self.flag,
-                                                c, h, w, t.crop_size, t.random_crop, t.mirror,
-                                                draws, self.mean_flat, *self.mean_chw,
-                                                mean_values, self.scale, out, labels)
+            j = _fast.transform_encoded_records(records, addr, size, i, n, self.decoder, self.flag, tp,
+                                                draws, out, labels)
             if j > i:
                 i = j
                 continue
@@ -325,12 +335,9 @@ class BatchAssembler:
                 h_off, w_off = (rec.height - crop) // 2, (rec.width - crop) // 2
         else:
             h_off = w_off = 0
-        mean_values = self.mean_values
-        if len(mean_values) == 1 and rec.channels > 1:
-            mean_values = np.repeat(mean_values, rec.channels)
         src = rec.src if isinstance(rec.src, np.ndarray) else np.frombuffer(rec.src, dtype=np.uint8)
-        _fast.transform_into(src, rec.layout, rec.channels, rec.height, rec.width, h_off, w_off,
-                             mirror, self.mean_flat, mean_values, self.scale, out_item)
+        _fast.transform_into(src, rec.layout, self.params(rec.channels, rec.height, rec.width), h_off, w_off,
+                             mirror, out_item)
 
 
 def draw_count(transform):

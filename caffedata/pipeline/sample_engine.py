@@ -11,7 +11,6 @@ Each is a source (``caffedata/sources``) plus the shared ``BatchEngine``:
 """
 import numpy as np
 
-from ..errors import RecordError
 from ..formats.mean import load_mean_file
 from .engine import BatchEngine
 from .kernels import BatchAssembler
@@ -39,13 +38,9 @@ class ImageEngine(BatchEngine):
         records = batch.records.tolist()
         B = len(records)
         first = self.source.record(records[0])
-        chw = (first.channels, first.height, first.width)
-        if chw != self.first_chw and B > 1 and not self.spec.transform.crop_size:
-            raise RecordError(self.path, self.source.key(records[0]), records[0],
-                              f"image is {'x'.join(map(str, chw))} but the first image is "
-                              f"{'x'.join(map(str, self.first_chw))}",
-                              "images of different sizes need crop_size, new_height/new_width, or "
-                              "batch_size 1")
+        chw = self.assembler.batch_chw(first, self.source.key(records[0]), records[0], self.first_chw, B,
+                                       what="image", hint="images of different sizes need crop_size, "
+                                                          "new_height/new_width, or batch_size 1")
         out, labels = self._pool.acquire(((B,) + self.assembler.out_chw(*chw), (B,)), self.dtype)
         for i, r in enumerate(records):
             rec = first if i == 0 else self.source.record(r)

@@ -59,6 +59,16 @@ class RecordSource:
     """Keys and values of one database in Caffe's cursor order (bytewise key order)."""
 
     path: str
+    backend = None  # "lmdb" | "leveldb"
+    counts_cheaply = False  # len() from the database's own statistics, no scan
+    # The values a reader returns are views that stay valid, at the same address, until
+    # the reader closes (LMDB's map): a batch can then be transformed by address in one
+    # nogil pass.  Otherwise they are bytes.
+    memory_mapped = False
+
+    def reader(self):
+        """A reader for one worker thread: ``get(key)`` and ``close()``."""
+        return _PlainReader(self)
 
     def __len__(self):
         raise NotImplementedError
@@ -222,22 +232,47 @@ def _open_leveldb(path):
         raise DatabaseError(f"{path}: cannot open as LevelDB ({exc})") from exc
 
 
+class _PlainReader:
+    def __init__(self, source):
+        self.get = source.get
+
+    def close(self):
+        self.get = None
+
+
+class _LMDBReader:
+    """One read transaction (``buffers=True``): values are views into the map."""
+
+    def __init__(self, source):
+        try:
+            self._txn = source.env.begin(buffers=True)
+        except Exception as exc:  # e.g. lmdb.MapResizedError: a writer grew the map past ours
+            raise DatabaseError(f"{source.path}: cannot start an LMDB read ({exc}) -- the database was grown "
+                                f"by a writer while this process holds it open; create a new iterator") from exc
+        self.get = self._txn.get
+
+    def close(self):
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = self.get = None
+
+
 class LMDBSource(RecordSource):
+    backend = "lmdb"
+    counts_cheaply = True
+    memory_mapped = True
+
     def __init__(self, path):
         self.path = path
         self.state = lmdb_state(path)  # raises on a truncated file, before any mapping
         self._entry = _acquire(("lmdb",) + self.state[:2], lambda: _open_lmdb_env(path))
         self.env = self._entry.handle
-        self._txn = None
 
     def __len__(self):
         return self.env.stat()["entries"]
 
-    def txn(self):
-        """A read transaction for the calling thread's use (one per source)."""
-        if self._txn is None:
-            self._txn = self.env.begin(buffers=True)
-        return self._txn
+    def reader(self):
+        return _LMDBReader(self)
 
     def keys(self):
         with self.env.begin() as txn:
@@ -252,9 +287,6 @@ class LMDBSource(RecordSource):
             return txn.get(key)
 
     def close(self):
-        if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
         if self.env is not None:
             self.env = None
             _release(self._entry)
@@ -269,6 +301,8 @@ def leveldb_state(path):
 
 
 class LevelDBSource(RecordSource):
+    backend = "leveldb"
+
     def __init__(self, path):
         self.path = path
         self._entry = _acquire(("leveldb", os.path.realpath(path)), lambda: _open_leveldb(path))

@@ -126,7 +126,7 @@ def compute_image_mean(db_path, output=None, backend="auto", npy=None, progress=
     source = open_db_arg(db_path, backend)
     bar = None
     try:
-        total = len(source) if type(source).__name__ == "LMDBSource" else None
+        total = len(source) if source.counts_cheaply else None
         if progress:
             from tqdm import tqdm
 

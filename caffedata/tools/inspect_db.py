@@ -194,7 +194,7 @@ def inspect_db(path, backend="auto", sample=None, random=False, seed=0, progress
 
     path = os.fspath(path)
     source = open_db_arg(path, backend)
-    kind_name = "lmdb" if type(source).__name__ == "LMDBSource" else "leveldb"
+    kind_name = source.backend
     try:
         if kind_name == "lmdb":
             count, count_from = len(source), "LMDB statistics"
