@@ -784,6 +784,39 @@ def test_loss_layer_without_top_is_an_anonymous_loss():
     assert len(anon.symbol.list_outputs()) == 1  # the CaffeLoss head trains the net in a Module
 
 
+def test_forward_start_end_and_forward_all_like_pycaffe():
+    mx.random.seed(8)
+    net = Net(TINY)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    label = np.array([0, 2, 1], np.float32)
+    (w1, b1), (w2, b2) = net.params["ip1"], net.params["ip2"]
+    pre = x.astype(np.float64) @ w1.T + b1
+    full = net.forward(data=x, label=label, blobs=["ip1", "ip2"])
+    np.testing.assert_allclose(full["ip1"], np.tanh(pre), rtol=1e-5)  # the in-place TanH wrote last
+    # end: the layer's tops as that layer left them (before the in-place TanH)
+    up_to_ip1 = net.forward(end="ip1")
+    assert list(up_to_ip1) == ["ip1"]
+    np.testing.assert_allclose(up_to_ip1["ip1"], pre, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.forward(end="tanh", blobs=["ip1"])["ip1"], np.tanh(pre), rtol=1e-5)
+    # start: allowed where nothing before it is needed; else a clear error
+    np.testing.assert_allclose(net.forward(start="ip1", end="ip2")["ip2"], full["ip2"], rtol=1e-6)
+    with pytest.raises(errors.SpecError, match="start='ip2' needs blob 'ip1'"):
+        net.forward(start="ip2")
+    with pytest.raises(errors.SpecError, match="end='nope' is not a layer"):
+        net.forward(end="nope")
+    with pytest.raises(errors.SpecError, match="call forward first"):
+        net.backward()  # a partial forward cannot be back-propagated
+    # forward_all: chunks of the prototxt's batch (3), the last one short
+    xs = rng.normal(size=(7, 4)).astype(np.float32)
+    labels = np.arange(7, dtype=np.float32) % 3
+    every = net.forward_all(data=xs, label=labels, blobs=["ip2"])
+    want = np.tanh(xs.astype(np.float64) @ w1.T + b1) @ w2.T + b2
+    np.testing.assert_allclose(every["ip2"], want, rtol=1e-4, atol=1e-5)
+    assert every["loss"].shape == (3,)  # one loss per chunk
+    assert net.blobs["data"] == (3, 4)  # back to the prototxt's batch
+
+
 def test_public_structure_and_total_loss():
     """What the solver reads from a Net: name, layer types, NetParameter copy, data layers, heads, loss."""
     mx.random.seed(7)

@@ -91,7 +91,8 @@ class Net:
         self._diffs = None  # layer name -> [np.ndarray], accumulated parameter gradients
         self._nd = {}  # MXNet argument/aux name -> NDArray shared by every executor
         self._executors = collections.OrderedDict()
-        self._last = None  # (executor, input arrays, Caffe's blob shapes) of the last forward
+        self._last = None  # (executor, input arrays, Caffe's blob shapes) of the last whole forward
+        self._last_inputs = None  # the input arrays of the last forward (reused by forward())
         self._weights = weights
         self.weight_notes = []  # what copying the .caffemodel skipped (Caffe's log lines)
         if all(t in self._input_shapes for t in self._inputs):
@@ -211,11 +212,17 @@ class Net:
     # ------------------------------------------------------------------
     # Running
 
-    def forward(self, blobs=None, **inputs):
+    def forward(self, blobs=None, start=None, end=None, **inputs):
         """Run the net; return {name: array} for ``net.outputs`` then the blobs named in ``blobs``.
 
         ``inputs`` name every net input (or none: the previous inputs are reused).
         Their batch size may differ from the prototxt's (the net is reshaped).
+        As pycaffe: with ``end`` (a layer name) the net runs up to that layer and
+        returns its tops (then ``blobs``, as they are at that point: a blob a later
+        layer rewrites in place holds the earlier value); ``start`` (a layer name)
+        skips the layers before it, which is possible when nothing from them is
+        needed (their tops would be inputs here).  Only a whole forward can be
+        followed by ``backward``.
         """
         import mxnet as mx
 
@@ -225,8 +232,8 @@ class Net:
                 raise errors.SpecError(f"forward: input arguments {sorted(inputs)} do not match the net "
                                        f"inputs {self._inputs}; name every input")
             arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        elif self._last is not None:
-            arrays = self._last[1]
+        elif self._last_inputs is not None:
+            arrays = self._last_inputs
         else:
             self._require_shapes()
             arrays = {k: np.zeros(self._input_shapes[k], np.float32) for k in self._inputs}
@@ -234,17 +241,56 @@ class Net:
         if self._params is None:
             self._input_shapes.update(shapes)
             self._materialize()
-        exe, caffe_shapes = self._executor(shapes)
+        partial = None if start is None and end is None else self._partial_outputs(start, end, blobs or [])
+        exe, caffe_shapes = self._executor(shapes, None if partial is None else tuple(partial.values()))
         self._input_shapes.update(shapes)  # only once the net accepted them
+        self._last_inputs = arrays
         self._push_params()
         for k, a in arrays.items():
-            exe.arg_dict[k][:] = a
+            if k in exe.arg_dict:
+                exe.arg_dict[k][:] = a
         exe.forward(is_train=self.phase == "TRAIN")
         mx.nd.waitall()
         if self.phase == "TRAIN":
             self._pull_state()
+        if partial is not None:
+            self._last = None  # no backward after a partial forward
+            return collections.OrderedDict(
+                (name, self._value(exe, list(partial.values()), arrays, caffe_shapes, tid))
+                for name, tid in partial.items())
         self._last = (exe, arrays, caffe_shapes)
         return collections.OrderedDict((name, self._blob_value(name)) for name in self.outputs + wanted)
+
+    def forward_all(self, blobs=None, **inputs):
+        """pycaffe's forward_all: ``forward`` over the inputs in chunks of the prototxt's batch size.
+
+        Returns {name: array} (outputs, then ``blobs``) over every item, in order.
+        A blob with no item axis (a loss) gives one value per chunk, stacked.
+        """
+        if not inputs or set(inputs) != set(self._inputs):
+            raise errors.SpecError(f"forward_all: name every net input {self._inputs}")
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        total = {len(a) for a in arrays.values()}
+        if len(total) != 1:
+            raise errors.SpecError(f"forward_all: the inputs hold different numbers of items "
+                                   f"{ {k: len(a) for k, a in arrays.items()} }")
+        total = total.pop()
+        declared = self._input_shapes.get(self._inputs[0]) if self._inputs else None
+        step = int(declared[0]) if declared else total
+        chunks, sizes = [], []
+        for i in range(0, total, max(step, 1)):
+            chunk = {k: a[i:i + step] for k, a in arrays.items()}
+            sizes.append(len(next(iter(chunk.values()))))
+            chunks.append(self.forward(blobs=blobs, **chunk))
+        if step and total and declared:
+            self.reshape(**{k: (step,) + tuple(a.shape[1:]) for k, a in arrays.items()})
+
+        def joined(name):
+            parts = [c[name] for c in chunks]
+            per_item = all(p.ndim and p.shape[0] == n for p, n in zip(parts, sizes))
+            return np.concatenate(parts) if per_item else np.stack(parts)
+
+        return collections.OrderedDict((name, joined(name)) for name in (chunks[0] if chunks else {}))
 
     def backward(self, diffs=None, **top_diffs):
         """Back-propagate; return {name: gradient} for ``net.inputs`` then the inputs named in ``diffs``.
@@ -476,14 +522,54 @@ class Net:
 
     def _blob_value(self, name):
         exe, arrays, caffe_shapes = self._last
-        tid = self._graph.blob_ids[name]
-        if tid not in self._exec_ids:
-            return np.array(arrays[tid])  # an input, or a split of one
-        value = exe.outputs[self._exec_ids.index(tid)].asnumpy()
+        return self._value(exe, self._exec_ids, arrays, caffe_shapes, self._graph.blob_ids[name])
+
+    def _value(self, exe, output_ids, arrays, caffe_shapes, tid):
+        """The array of tensor ``tid`` after a forward of ``exe`` (whose outputs are ``output_ids``)."""
+        computed = [t for t in output_ids if t not in self._inputs]
+        if tid not in computed:
+            return np.array(arrays[tid] if tid in arrays else arrays[tid.split("@")[0]])  # an input
+        value = exe.outputs[computed.index(tid)].asnumpy()
         caffe_shape = caffe_shapes.get(tid)
         if caffe_shape is not None and value.shape != caffe_shape and value.size == int(np.prod(caffe_shape)):
             value = value.reshape(caffe_shape)  # a loss is 0-axis in Caffe, (1,) in MXNet
         return value
+
+    def _partial_outputs(self, start, end, blobs):
+        """{name: tensor id} a forward from layer ``start`` to layer ``end`` returns (pycaffe's rules)."""
+        layers = self._graph.layers
+        index = {n.name: i for i, n in enumerate(layers)}
+        for what, name in (("start", start), ("end", end)):
+            if name is not None and name not in index:
+                raise errors.SpecError(f"forward: {what}={name!r} is not a layer of the net; layers: "
+                                       f"{self.layer_names}")
+        first = index[start] if start is not None else 0
+        last = index[end] if end is not None else len(layers) - 1
+        if first > last:
+            raise errors.SpecError(f"forward: start layer '{start}' comes after end layer '{end}'")
+        producer = {t: i for i, n in enumerate(layers) for t in n.tops}
+        inputs = set(self._inputs)
+        for node in layers[first:last + 1]:
+            for b in node.bottoms:
+                if b not in inputs and producer.get(b, first) < first:
+                    raise errors.SpecError(
+                        f"forward: start='{start}' needs blob '{b.split('@')[0]}' (layer '{node.name}' reads "
+                        f"it), which an earlier layer makes; caffedata.Net feeds only its inputs "
+                        f"{self._inputs} -- start at or before '{layers[producer[b]].name}'")
+        outputs = collections.OrderedDict()
+        if end is not None:
+            for t in layers[last].tops:
+                outputs[t.split("@")[0]] = t
+        else:
+            for name in self.outputs:
+                outputs[name] = self._graph.blob_ids[name]
+        for name in blobs:
+            # the blob as the layers up to `last` left it: its last writer among them
+            writers = [t for n in layers[:last + 1] for t in n.tops if t.split("@")[0] == name]
+            if not writers:
+                raise errors.SpecError(f"forward: blob '{name}' is made after layer '{layers[last].name}'")
+            outputs.setdefault(name, writers[-1])
+        return outputs
 
     def _materialize(self):
         """Create the parameter blobs (fillers, then the .caffemodel) once the input shapes are known."""
@@ -577,27 +663,35 @@ class Net:
         """The Caffe blobs a native op takes: its layer's, or a fused BatchNorm's then its Scale's."""
         return [b for layer in (bind.covers or (bind.name,)) for b in self._params.get(layer, [])]
 
-    def _executor(self, shapes):
-        """(executor, Caffe's blob shapes) for these input shapes; the last four are kept bound."""
+    def _executor(self, shapes, outputs=None):
+        """(executor, Caffe's blob shapes) for these input shapes; the last four are kept bound.
+
+        ``outputs``: the tensor ids it computes (default: every blob and loss, ``_exec_ids``).
+        """
         import mxnet as mx
 
-        key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
+        key = (tuple(sorted((k, tuple(v)) for k, v in shapes.items())), outputs)
         cached = self._executors.get(key)
         if cached is not None:
             self._executors.move_to_end(key)
             return cached
-        sym = self._exec_symbol
+        if outputs is None:
+            sym = self._exec_symbol
+        else:
+            sym = mx.sym.Group([self._tensors[t] for t in outputs if t not in self._inputs] or
+                               [self._exec_symbol[0]])
+        fed = {k: v for k, v in shapes.items() if k in sym.list_arguments()}  # a part may not need all
         known = {n: self._nd[n].shape for n in sym.list_arguments() + sym.list_auxiliary_states() if n in self._nd}
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints its arguments on failure
-                arg_shapes, _, aux_shapes = sym.infer_shape(**known, **shapes)
+                arg_shapes, _, aux_shapes = sym.infer_shape(**known, **fed)
         except mx.base.MXNetError as exc:
             raise errors.SpecError(f"the net does not accept inputs of shapes {dict(shapes)}: "
                                    f"{_first_reason(exc)}") from None
         args, grads = {}, {}
         attrs = sym.attr_dict()
         for name, shape in zip(sym.list_arguments(), arg_shapes):
-            if name not in self._nd and name not in shapes:
+            if name not in self._nd and name not in fed:
                 # A parameter no Caffe blob backs (a Python layer's self.blobs): its own initializer.
                 arr = mx.nd.zeros(shape, ctx=self.ctx)
                 mx.init.Zero()(mx.init.InitDesc(name, attrs=attrs.get(name, {})), arr)
