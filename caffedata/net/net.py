@@ -262,7 +262,10 @@ class Net:
         return collections.OrderedDict((name, self._blob_value(name)) for name in self.outputs + wanted)
 
     def forward_all(self, blobs=None, **inputs):
-        """pycaffe's forward_all: ``forward`` over the inputs in chunks of the prototxt's batch size.
+        """pycaffe's forward_all: ``forward`` over the inputs in chunks of the net's batch size.
+
+        The batch size is the first input's current one (the prototxt's unless reshaped);
+        the net is left at it.
 
         Returns {name: array} (outputs, then ``blobs``) over every item, in order.
         A blob with no item axis (a loss) gives one value per chunk, stacked.
