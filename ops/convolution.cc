@@ -2,7 +2,15 @@
 // conv_layer.cpp, deconv_layer.cpp and util/im2col.cpp: N spatial axes, per-axis
 // kernel/stride/pad (kernel_h/w etc. for 2-D), dilation, group, bias_term.
 // Each image is lowered with im2col and multiplied with a BLAS GEMM per group.
+// Images run in parallel over the OpenMP threads the caller allows (BLAS then
+// runs single-threaded inside each); the weight gradient is summed per thread
+// and the partial sums are added in thread order, so a given thread count
+// always gives the same bits (one thread: Caffe's own image order).
+#include <algorithm>
 #include <sstream>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "layer.h"
 #include "math.h"
@@ -268,20 +276,23 @@ class ConvLayerT : public Layer<Dtype> {
     blobs->clear();
     blobs->push_back(ws);
     if (bias_term_) blobs->push_back(Shape{num_output_});
-    col_buffer_.resize(static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_));
+    col_buffer_.resize(static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_));  // grown per thread
   }
 
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
     const Dtype* w = blobs[0]->data;
+    const int threads = image_threads();
     for (size_t i = 0; i < bottom.size(); ++i) {
       const Dtype* x = bottom[i]->data;
       Dtype* y = top[i]->data;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t n = 0; n < num_; ++n) {
+        Dtype* col = thread_col();
         if (DECONV) {
-          backward_gemm(x + n * bottom_dim_, w, y + n * top_dim_);
+          backward_gemm(x + n * bottom_dim_, w, y + n * top_dim_, col);
         } else {
-          forward_gemm(x + n * bottom_dim_, w, y + n * top_dim_);
+          forward_gemm(x + n * bottom_dim_, w, y + n * top_dim_, col);
         }
         if (bias_term_) {
           const Dtype* b = blobs[1]->data;
@@ -316,15 +327,32 @@ class ConvLayerT : public Layer<Dtype> {
       }
       const bool pd = propagate_down[i] && bottom[i]->diff;
       if (!wd && !pd) continue;
-      for (int64_t n = 0; n < num_; ++n) {
-        if (DECONV) {
-          // gradient w.r.t. weight: im2col(top diff) x bottom data.
-          if (wd) weight_gemm(dy + n * top_dim_, x + n * bottom_dim_, wd);
-          // gradient w.r.t. bottom: a forward convolution of top diff.
-          if (pd) forward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, wd != nullptr);
-        } else {
-          if (wd) weight_gemm(x + n * bottom_dim_, dy + n * top_dim_, wd);
-          if (pd) backward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_);
+      const int threads = image_threads();
+      const int64_t wcount = blobs[0]->count();
+      // One thread adds straight into wd, in Caffe's order; several add into their own
+      // partial sums (zeroed), added into wd in thread order afterwards.
+      if (wd && threads > 1) wd_partial_.assign(static_cast<size_t>(threads * wcount), Dtype(0));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+      {
+        Dtype* col = thread_col();
+        Dtype* my_wd = wd && threads > 1 ? wd_partial_.data() + thread_index() * wcount : wd;
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < num_; ++n) {
+          if (DECONV) {
+            // gradient w.r.t. weight: im2col(top diff) x bottom data.
+            if (wd) weight_gemm(dy + n * top_dim_, x + n * bottom_dim_, my_wd, col);
+            // gradient w.r.t. bottom: a forward convolution of top diff.
+            if (pd) forward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, col);
+          } else {
+            if (wd) weight_gemm(x + n * bottom_dim_, dy + n * top_dim_, my_wd, col);
+            if (pd) backward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, col);
+          }
+        }
+      }
+      if (wd && threads > 1) {
+        for (int t = 0; t < threads; ++t) {
+          const Dtype* part = wd_partial_.data() + t * wcount;
+          for (int64_t k = 0; k < wcount; ++k) wd[k] += part[k];
         }
       }
     }
@@ -341,7 +369,31 @@ class ConvLayerT : public Layer<Dtype> {
   int64_t conv_out_spatial_dim_ = 0, kernel_dim_ = 0, weight_offset_ = 0, col_offset_ = 0, output_offset_ = 0;
   int64_t bottom_dim_ = 0, top_dim_ = 0, out_spatial_dim_ = 0;
   bool is_1x1_ = false;
-  std::vector<Dtype> col_buffer_;
+  std::vector<Dtype> col_buffer_;   // one im2col buffer per image thread, side by side
+  std::vector<Dtype> wd_partial_;   // per-thread weight-gradient sums (several threads)
+
+  // Threads for the per-image loop: what OpenMP allows here, at most one per image.
+  int image_threads() {
+    int threads = 1;
+#ifdef _OPENMP
+    threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), std::max<int64_t>(num_, 1)));
+#endif
+    const size_t per = static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_);
+    if (col_buffer_.size() < per * threads) col_buffer_.resize(per * threads);
+    return threads;
+  }
+
+  static int thread_index() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+  }
+
+  Dtype* thread_col() {
+    return col_buffer_.data() + static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_) * thread_index();
+  }
 
   void im2col(const Dtype* im, Dtype* col) {
     if (num_spatial_ == 2) {
@@ -364,13 +416,12 @@ class ConvLayerT : public Layer<Dtype> {
     }
   }
 
-  // output = W x im2col(input)   (Caffe's forward_cpu_gemm)
-  void forward_gemm(const Dtype* input, const Dtype* w, Dtype* output, bool unused = false) {
-    (void)unused;
+  // output = W x im2col(input)   (Caffe's forward_cpu_gemm); col_buf: this thread's buffer
+  void forward_gemm(const Dtype* input, const Dtype* w, Dtype* output, Dtype* col_buf) {
     const Dtype* col = input;
     if (!is_1x1_) {
-      im2col(input, col_buffer_.data());
-      col = col_buffer_.data();
+      im2col(input, col_buf);
+      col = col_buf;
     }
     for (int64_t g = 0; g < group_; ++g) {
       gemm(Trans::No, Trans::No, conv_out_channels_ / group_, conv_out_spatial_dim_, kernel_dim_, Dtype(1),
@@ -379,8 +430,8 @@ class ConvLayerT : public Layer<Dtype> {
   }
 
   // input = col2im(W^T x output)   (Caffe's backward_cpu_gemm)
-  void backward_gemm(const Dtype* output, const Dtype* w, Dtype* input) {
-    Dtype* col = is_1x1_ ? input : col_buffer_.data();
+  void backward_gemm(const Dtype* output, const Dtype* w, Dtype* input, Dtype* col_buf) {
+    Dtype* col = is_1x1_ ? input : col_buf;
     for (int64_t g = 0; g < group_; ++g) {
       gemm(Trans::Yes, Trans::No, kernel_dim_, conv_out_spatial_dim_, conv_out_channels_ / group_, Dtype(1),
            w + weight_offset_ * g, output + output_offset_ * g, Dtype(0), col + col_offset_ * g);
@@ -389,11 +440,11 @@ class ConvLayerT : public Layer<Dtype> {
   }
 
   // dW += output x im2col(input)^T   (Caffe's weight_cpu_gemm)
-  void weight_gemm(const Dtype* input, const Dtype* output, Dtype* wd) {
+  void weight_gemm(const Dtype* input, const Dtype* output, Dtype* wd, Dtype* col_buf) {
     const Dtype* col = input;
     if (!is_1x1_) {
-      im2col(input, col_buffer_.data());
-      col = col_buffer_.data();
+      im2col(input, col_buf);
+      col = col_buf;
     }
     for (int64_t g = 0; g < group_; ++g) {
       gemm(Trans::No, Trans::Yes, conv_out_channels_ / group_, kernel_dim_, conv_out_spatial_dim_, Dtype(1),

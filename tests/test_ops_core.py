@@ -23,6 +23,7 @@ from caffedata.errors import OpsLibraryError, SpecError  # noqa: E402
 if not os.path.isfile(ops.library_path()):
     pytest.skip("ops library not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
+from childproc import run_child  # noqa: E402
 from conftest import data_prototxt, key, raw_datum, write_db  # noqa: E402
 
 
@@ -195,6 +196,37 @@ def test_deconvolution_matches_mxnet(case):
                                                        num_group=case["g"], no_bias=False), [x, w, b], og)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_bit():
+    """3 OpenMP threads over a batch of 5 (2 + 2 + 1 images): per-thread weight-gradient sums."""
+    res = run_child("""
+        os.environ["OMP_NUM_THREADS"] = "3"  # read when libgomp loads with mxnet
+        import numpy as np, mxnet as mx, caffedata
+        rng = np.random.RandomState(4)
+        x = mx.nd.array(rng.randn(5, 4, 9, 8), dtype="float64")
+        for kind, wshape, native in (("Convolution", (6, 4, 3, 3), mx.nd.Convolution),
+                                     ("Deconvolution", (4, 6, 3, 3), mx.nd.Deconvolution)):
+            w = mx.nd.array(rng.randn(*wshape), dtype="float64")
+            b = mx.nd.array(rng.randn(6), dtype="float64")
+            proto = 'layer { type: "%s" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }' % kind
+            runs = []
+            for fn in [lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto)] * 2 + [
+                    lambda x, w, b: native(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=6, no_bias=False)]:
+                arrays = [a.copy() for a in (x, w, b)]
+                for a in arrays:
+                    a.attach_grad()
+                with mx.autograd.record():
+                    y = fn(*arrays)
+                og = mx.nd.array(np.random.RandomState(5).randn(*y.shape), dtype="float64")
+                y.backward(og)
+                runs.append([y.asnumpy()] + [a.grad.asnumpy() for a in arrays])
+            for a, b2, ref in zip(*runs):
+                assert np.array_equal(a, b2), kind + ": not bit-identical on a repeat"
+                np.testing.assert_allclose(a, ref, rtol=1e-10, atol=1e-10)
+        print("ok")
+    """, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
 def test_convolution_3d_matches_mxnet():
