@@ -14,12 +14,12 @@ decay_mult }``).  The iterator wraps around at its end as Caffe's data layers do
 CaffeOp names (``fc1_0_weight`` -> layer ``fc1``, blob 0).
 """
 import collections
-import os
 import re
 
 import numpy as np
 
 from ..errors import SpecError
+from ..formats.atomic import atomic_path
 from ..proto import NetParameter
 from .state import _array, _blob
 
@@ -188,24 +188,30 @@ class ModuleNet:
                 self.caffe_net.save(path, diffs=by_layer)
             return path
         layers = self._layers()
-        if str(path).endswith(".h5"):
-            import h5py
-            with h5py.File(path, "w") as f:
-                data = f.create_group("data")
+        with atomic_path(path, "weights file") as tmp:
+            if str(path).endswith(".h5"):
+                self._write_hdf5(tmp, layers, diff_of)
+            else:
+                self._write_binary(tmp, layers, diff_of)
+        return path
+
+    def _write_hdf5(self, path, layers, diff_of):
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            for group_name in ("data", "diff") if diff_of is not None else ("data",):
+                group = f.create_group(group_name)
                 for layer, blobs in layers.items():
-                    g = data.create_group(layer)
+                    g = group.create_group(layer)
                     for j in sorted(blobs):
-                        g.create_dataset(str(j), data=self.exe.arg_dict[blobs[j]].asnumpy().astype(np.float32))
-                if diff_of is not None:
-                    group = f.create_group("diff")
-                    for layer, blobs in layers.items():
-                        g = group.create_group(layer)
-                        for j in sorted(blobs):
-                            value = self.exe.arg_dict[blobs[j]].asnumpy()
+                        value = self.exe.arg_dict[blobs[j]].asnumpy().astype(np.float32)
+                        if group_name == "diff":
                             diff = diff_of.get(blobs[j])
-                            g.create_dataset(str(j), data=np.zeros_like(value, np.float32) if diff is None
-                                             else np.asarray(diff, np.float32).reshape(value.shape))
-            return path
+                            value = (np.zeros_like(value) if diff is None
+                                     else np.asarray(diff, np.float32).reshape(value.shape))
+                        g.create_dataset(str(j), data=value)
+
+    def _write_binary(self, path, layers, diff_of):
         net = NetParameter()
         net.name = self.name
         for layer, blobs in layers.items():
@@ -219,11 +225,8 @@ class ModuleNet:
                     diff = diff_of.get(blobs[j])
                     blob.diff.extend((np.zeros(value.size, np.float32) if diff is None
                                       else np.asarray(diff, np.float32).reshape(-1)).tolist())
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with open(path, "wb") as f:
             f.write(net.SerializeToString())
-        os.replace(tmp, path)
-        return path
 
     def copy_from(self, path):
         """Load weights written by :meth:`save` (layers matched by name, as Caffe does)."""
