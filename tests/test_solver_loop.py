@@ -194,7 +194,8 @@ def test_test_nets_must_match_test_iter():
         Solver(solver_text('net: "x" test_iter: 2 test_interval: 1'), make_net(N))
 
 
-def test_sigint_snapshots_and_stops(tmp_path):
+def _solve_with_signal(tmp_path, signame, max_iter):
+    """Solve in a child that sends itself ``signame`` during iteration 2; the child's CompletedProcess."""
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r}); sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -204,14 +205,18 @@ def test_sigint_snapshots_and_stops(tmp_path):
         original = net.forward_backward
         def forward_backward(batch=None):
             if solver.iter == 2:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.{signame})
             return original(batch)
         net.forward_backward = forward_backward
-        solver = Solver(t.solver_text('snapshot_prefix: "{tmp_path}/run"', max_iter=1000), net)
+        solver = Solver(t.solver_text('snapshot_prefix: "{tmp_path}/run"', max_iter={max_iter}), net)
         solver.solve()
         print("ITER", solver.iter)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_sigint_snapshots_and_stops(tmp_path):
+    proc = _solve_with_signal(tmp_path, "SIGINT", 1000)
     assert proc.returncode == 0, proc.stderr
     assert "ITER 3" in proc.stdout  # the iteration in progress finishes, then Step breaks
     assert os.path.isfile(tmp_path / "run_iter_3.caffemodel")
@@ -283,23 +288,7 @@ def test_test_compute_loss_and_plain_batch_means():
 
 
 def test_sighup_snapshots_and_continues(tmp_path):
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {os.getcwd()!r}); sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import test_solver_loop as t
-        from caffedata.solver.solver import Solver
-        net = t.make_net(t.N)
-        original = net.forward_backward
-        def forward_backward(batch=None):
-            if solver.iter == 2:
-                os.kill(os.getpid(), signal.SIGHUP)
-            return original(batch)
-        net.forward_backward = forward_backward
-        solver = Solver(t.solver_text('snapshot_prefix: "{tmp_path}/run"', max_iter=5), net)
-        solver.solve()
-        print("ITER", solver.iter)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = _solve_with_signal(tmp_path, "SIGHUP", 5)
     assert proc.returncode == 0, proc.stderr
     assert "ITER 5" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [
