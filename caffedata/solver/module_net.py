@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import SpecError
 from ..formats.atomic import atomic_path
 from ..proto import NetParameter
-from .state import _array, _blob
+from .state import _array, _blob, diffs_by_layer
 
 _CAFFEOP_ARG = re.compile(r"^(?P<layer>.+)_(?P<index>\d+)_(?:weight|bias)$")
 
@@ -175,13 +175,9 @@ class ModuleNet:
             self._sync_caffe_net()
             by_layer = None
             if diff_of is not None:
-                params = self.caffe_net.params
-                by_layer = {layer: [np.zeros_like(b) for b in blobs] for layer, blobs in params.items()}
-                for layer, blobs in self._layers().items():
-                    for j, name in blobs.items():
-                        if layer in by_layer and j < len(by_layer[layer]) and diff_of.get(name) is not None:
-                            by_layer[layer][j] = np.asarray(diff_of[name], np.float32).reshape(
-                                by_layer[layer][j].shape)
+                located = (((layer, j), diff_of.get(name)) for layer, blobs in self._layers().items()
+                           for j, name in blobs.items())
+                by_layer = diffs_by_layer(self.caffe_net.params, located)
             if str(path).endswith(".h5"):
                 self.caffe_net.save_hdf5(path, diffs=by_layer)
             else:

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from ..errors import SpecError
+from .state import diffs_by_layer
 
 
 def _param_specs(net_param, layer_name):
@@ -144,12 +145,7 @@ class CaffeNetAdapter:
 
         ``diffs``: one array (or None) per learnable parameter, written as the blobs' diffs.
         """
-        by_layer = None
-        if diffs is not None:
-            by_layer = {layer: [np.zeros_like(b) for b in blobs] for layer, blobs in self.net.params.items()}
-            for (layer, j), diff in zip(self._blobs, diffs):
-                if diff is not None:
-                    by_layer[layer][j] = np.asarray(diff, np.float32).reshape(by_layer[layer][j].shape)
+        by_layer = None if diffs is None else diffs_by_layer(self.net.params, zip(self._blobs, diffs))
         if str(path).endswith(".h5"):
             self.net.save_hdf5(path, diffs=by_layer)
         else:

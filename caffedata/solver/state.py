@@ -52,6 +52,19 @@ def _blob(array):
     return blob
 
 
+def diffs_by_layer(params, located):
+    """Diffs in the layout of ``params`` (layer -> arrays), zeros where none is given.
+
+    ``located``: ``((layer, blob index), diff or None)`` pairs, as a snapshot with
+    ``snapshot_diff`` writes them.
+    """
+    out = {layer: [np.zeros_like(b) for b in blobs] for layer, blobs in params.items()}
+    for (layer, j), diff in located:
+        if diff is not None and layer in out and j < len(out[layer]):
+            out[layer][j] = np.asarray(diff, np.float32).reshape(out[layer][j].shape)
+    return out
+
+
 def _array(blob, where):
     if len(blob.double_data):
         data = np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
