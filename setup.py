@@ -84,6 +84,15 @@ extensions = [
         extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    # LevelDB's Snappy blocks and block entries, for reading table files directly.
+    Extension(
+        "caffedata.sources._leveldb",
+        ["caffedata/sources/_leveldb.pyx"],
+        include_dirs=[numpy.get_include()],
+        extra_compile_args=(SANITIZE_FLAGS if SANITIZE else ["-O3"]),
+        extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
     # The DLPack hand-off to MXNet: links nothing of MXNet, so it builds everywhere.
     Extension(
         "caffedata.mxnet._dlpack",

@@ -124,19 +124,22 @@ def leveldb_copy(lmdb_path, leveldb_path):
     import lmdb
     import plyvel
 
-    ready = os.path.join(leveldb_path, "READY")
-    if os.path.exists(ready):
-        return leveldb_path
-    import shutil
-
-    shutil.rmtree(leveldb_path, ignore_errors=True)
     env = lmdb.open(lmdb_path, readonly=True, lock=False)
-    db = plyvel.DB(leveldb_path, create_if_missing=True)
-    with env.begin() as txn, db.write_batch() as wb:
-        for k, v in txn.cursor():
-            wb.put(k, v)
-    db.close()
-    env.close()
+    try:
+        # the marker names the record count: a copy made for --quick has fewer records
+        ready = os.path.join(leveldb_path, f"READY-{env.stat()['entries']}")
+        if os.path.exists(ready):
+            return leveldb_path
+        import shutil
+
+        shutil.rmtree(leveldb_path, ignore_errors=True)
+        db = plyvel.DB(leveldb_path, create_if_missing=True)
+        with env.begin() as txn, db.write_batch() as wb:
+            for k, v in txn.cursor():
+                wb.put(k, v)
+        db.close()
+    finally:
+        env.close()
     open(ready, "w").close()
     return leveldb_path
 

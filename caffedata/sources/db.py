@@ -16,12 +16,16 @@ and, without LMDB's lock file, a writer that commits while an epoch is being
 read may reuse pages a reader still reads.  Do not truncate or write a
 database during an epoch; between epochs a writer may change values.
 """
+import logging
 import os
 import struct
 import threading
 
 from ..errors import DatabaseError
 from ..formats.spec import Backend
+from .leveldb_tables import Unsupported, open_tables
+
+log = logging.getLogger("caffedata")
 
 
 def detect_backend(path):
@@ -191,14 +195,16 @@ def _acquire(key, open_handle):
 
 
 def _release(entry):
+    """Drop one user of a shared handle; True when that closed it."""
     # Closed under the lock: until it is closed, py-lmdb refuses to open the file again.
     with _handles_lock:
         entry.users -= 1
         if entry.users > 0:
-            return
+            return False
         if _handles.get(entry.key) is entry:
             del _handles[entry.key]
         entry.handle.close()
+        return True
 
 
 def _open_lmdb_env(path):
@@ -301,6 +307,12 @@ def leveldb_state(path):
 
 
 class LevelDBSource(RecordSource):
+    """A LevelDB, read from its table files directly (``leveldb_tables``) or through plyvel.
+
+    The plyvel handle is always open: it holds LevelDB's lock and, on opening,
+    moves the write-ahead log into a table.  ``tables`` is the direct reader,
+    or None with ``plyvel_reason`` saying why plyvel reads the records.
+    """
     backend = "leveldb"
 
     def __init__(self, path):
@@ -309,22 +321,45 @@ class LevelDBSource(RecordSource):
         self.db = self._entry.handle
         self.state = leveldb_state(path)
         self._count = None
+        self.tables, self.plyvel_reason = None, None
+        try:
+            self.tables = open_tables(path)
+        except Unsupported as exc:
+            self.plyvel_reason = str(exc)
+            log.info("%s: reading LevelDB through plyvel (slower): %s", path, exc)
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self):
+        if self.tables is not None:
+            return len(self.tables)
         # LevelDB keeps no record count; count keys once.
         if self._count is None:
             self._count = sum(1 for _ in self.db.iterator(include_value=False))
         return self._count
 
+    def reader(self):
+        return self.tables.reader() if self.tables is not None else _PlainReader(self)
+
     def keys(self):
+        if self.tables is not None:
+            return list(self.tables.keys)
         keys = list(self.db.iterator(include_value=False))
         self._count = len(keys)
         return keys
 
     def items(self):
-        yield from self.db.iterator()
+        if self.tables is not None:
+            reader = self.tables.reader()
+            for key in self.tables.keys:
+                yield key, reader.get(key)
+        else:
+            yield from self.db.iterator()
 
     def get(self, key):
+        if self.tables is not None:
+            return self.tables.reader().get(key)
         # Not through LevelDB's block cache: an epoch reads each record once, and
         # inserting every (large, one-record) block into the 8 MB cache only to
         # evict it again halved the read rate (W1: 1.4k -> 3k records/s without).
@@ -333,7 +368,8 @@ class LevelDBSource(RecordSource):
     def close(self):
         if self.db is not None:
             self.db = None
-            _release(self._entry)
+            if _release(self._entry) and self.tables is not None:
+                self.tables.release_maps()  # the index stays cached; its files are unmapped
 
 
 def check_unchanged(path, backend, state):
