@@ -3,6 +3,8 @@
 // mxnet_register.cc); blas_info() is what caffedata's blas_info() reports.
 #include "blas_setup.h"
 
+#include "sgemm_avx512.h"
+
 #include <cctype>
 #include <cstdlib>
 #include <string>
@@ -64,7 +66,10 @@ std::string blas_info() {
 #ifdef CAFFEDATA_USE_CBLAS
   if (openblas_get_corename) s = std::string(openblas_get_corename()) + " | " + openblas_get_config() + " | ";
 #endif
-  return s + g_blas_note;
+  const char* gemm = avx512_sgemm_available()
+                         ? "; float GEMMs: caffedata's AVX-512 kernel (CAFFEDATA_GEMM=blas for OpenBLAS)"
+                         : "; float GEMMs: OpenBLAS";
+  return s + g_blas_note + gemm;
 }
 
 }  // namespace caffedata

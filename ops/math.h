@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "sgemm_avx512.h"
+
 namespace caffedata {
 
 enum class Trans { No, Yes };
@@ -70,9 +72,17 @@ void gemm_loops(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, Dtype alpha
 
 // C(MxN) = alpha * op(A)(MxK) * op(B)(KxN) + beta * C, row-major, contiguous.
 // Same argument order as Caffe's caffe_cpu_gemm.
+// Float GEMMs big enough to pay for packing (and not a gemv: N >= 16) run on
+// our AVX-512 kernel where the CPU has one: the wheel's OpenBLAS has none.
+constexpr int64_t kAvx512GemmMinWork = 1 << 14;  // M * N * K
+
 inline void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  const float* B, float beta, float* C) {
   if (M <= 0 || N <= 0) return;
+  if (K > 0 && N >= 16 && M * N * K >= kAvx512GemmMinWork && avx512_sgemm_available()) {
+    avx512_sgemm(ta == Trans::Yes, tb == Trans::Yes, M, N, K, alpha, A, B, beta, C);
+    return;
+  }
 #ifdef CAFFEDATA_USE_CBLAS
   if (K > 0) {
     const int lda = (ta == Trans::No) ? int(K) : int(M);

@@ -5,6 +5,7 @@ phase, library loading, Module / mx.nd / Gluon.
 Expectations come from MXNet's own ops (where Caffe agrees), NumPy references
 of Caffe's formulas, hand-computed values and numeric gradients.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -149,6 +150,71 @@ def test_inner_product_axis_and_transpose_numpy():
     xs, ws = mx.nd.array(x, dtype="float64"), mx.nd.array(w, dtype="float64")
     y = mx.nd.CaffeOp(xs, ws, num_weight=1, prototxt=ip(5, "axis: 2 transpose: true bias_term: false"))
     np.testing.assert_allclose(y.asnumpy(), x @ w, rtol=1e-12)
+
+
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+def test_blas_info_names_the_float_gemm():
+    expected = "AVX-512 kernel" if _cpu_has_avx512() else "float GEMMs: OpenBLAS"
+    assert expected in ops.blas_info()
+
+
+def _float32_layers_against_float64(gemm_env):
+    """InnerProduct and Convolution in float32, shaped so that every GEMM of forward and
+    backward is big enough for the AVX-512 kernel and has edge tiles (12x32 blocks),
+    against MXNet's own ops in float64.  Run in a child so CAFFEDATA_GEMM applies."""
+    script = textwrap.dedent("""
+        import numpy as np, mxnet as mx, caffedata, json, sys
+        from caffedata.mxnet import library as ops
+        rng = np.random.RandomState(7)
+        def fwd_bwd(fn, arrays, og):
+            for a in arrays:
+                a.attach_grad()
+            with mx.autograd.record():
+                y = fn(*arrays)
+            y.backward(og)
+            return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+        worst = {}
+        x, w, b = rng.randn(37, 300), rng.randn(45, 300), rng.randn(45)
+        og = rng.randn(37, 45)
+        nd = lambda a, t: mx.nd.array(a, dtype=t)
+        proto = 'layer{type:"InnerProduct" inner_product_param{num_output:45}}'
+        got = fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto),
+                      [nd(x, "float32"), nd(w, "float32"), nd(b, "float32")], nd(og, "float32"))
+        ref = fwd_bwd(lambda x, w, b: mx.nd.FullyConnected(x, w, b, num_hidden=45),
+                      [nd(x, "float64"), nd(w, "float64"), nd(b, "float64")], nd(og, "float64"))
+        worst["ip"] = max(float(np.max(np.abs(g - r) / (1 + np.abs(r)))) for g, r in zip(got, ref))
+        x, w, b = rng.randn(3, 13, 15, 14), rng.randn(20, 13, 3, 3), rng.randn(20)
+        proto = 'layer{type:"Convolution" convolution_param{num_output:20 kernel_size:3 pad:1}}'
+        og = rng.randn(3, 20, 15, 14)
+        got = fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto),
+                      [nd(x, "float32"), nd(w, "float32"), nd(b, "float32")], nd(og, "float32"))
+        ref = fwd_bwd(lambda x, w, b: mx.nd.Convolution(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=20),
+                      [nd(x, "float64"), nd(w, "float64"), nd(b, "float64")], nd(og, "float64"))
+        worst["conv"] = max(float(np.max(np.abs(g - r) / (1 + np.abs(r)))) for g, r in zip(got, ref))
+        print(json.dumps({"worst": worst, "info": ops.blas_info()}))
+    """)
+    env = dict(os.environ, CAFFEDATA_GEMM=gemm_env)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("gemm_env", ["auto", "blas"])
+def test_float32_gemms_match_float64_references(gemm_env):
+    out = _float32_layers_against_float64(gemm_env)
+    if gemm_env == "blas" or not _cpu_has_avx512():
+        assert "float GEMMs: OpenBLAS" in out["info"]
+    else:
+        assert "AVX-512 kernel" in out["info"]
+    assert out["worst"]["ip"] < 2e-5 and out["worst"]["conv"] < 2e-5, out
 
 
 CONV_CASES = [

@@ -1,0 +1,170 @@
+// A single-threaded float GEMM for AVX-512 CPUs, organised as BLIS/GotoBLAS do:
+// op(A) is packed into panels of MR = 8 rows and a transposed op(B) into
+// panels of NR = 32 columns, one KC-deep block at a time (a plain B is read in
+// place, 32 columns at a time), and an 8x32 micro-kernel keeps its 16
+// accumulator registers (two 16-float vectors per row) for the whole block.
+// Edge tiles are computed into a scratch tile and copied out.
+//
+// Only this file is compiled for AVX-512 (function attributes); the library
+// still loads on any x86-64, and avx512_sgemm_available() decides at run time.
+#include "sgemm_avx512.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace caffedata {
+
+namespace {
+
+constexpr int64_t MR = 8, NR = 32;
+constexpr int64_t KC = 256;   // a B panel (KC x NR floats, 32 KB) stays in L1
+constexpr int64_t MC = 128;   // an A block (MC x KC, 128 KB) stays in L2
+constexpr int64_t NC = 2048;  // a B block (KC x NC, 2 MB) stays in L2/L3
+
+#define CD_AVX512 __attribute__((target("avx512f")))
+
+// A(ic:ic+mc, pc:pc+kc) as mc/MR panels, each kc steps of MR values (rows past M are 0).
+// The loops follow op(A)'s memory order, so reads are contiguous either way.
+void pack_a(const float* A, bool trans, int64_t M, int64_t K, int64_t ic, int64_t mc, int64_t pc,
+            int64_t kc, float* out) {
+  for (int64_t p = 0; p < mc; p += MR) {
+    const int64_t rows = std::min(MR, mc - p);
+    float* o = out + p * kc;
+    if (rows < MR) std::fill(o, o + kc * MR, 0.f);
+    if (trans) {  // A is K x M: row k holds op(A)(., k)
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(o + k * MR, A + (pc + k) * M + ic + p, size_t(rows) * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* row = A + (ic + p + i) * K + pc;
+        for (int64_t k = 0; k < kc; ++k) o[k * MR + i] = row[k];
+      }
+    }
+  }
+}
+
+// B(pc:pc+kc, jc:jc+nc) as nc/NR panels, each kc rows of NR values (columns past N are 0).
+void pack_b(const float* B, bool trans, int64_t K, int64_t N, int64_t pc, int64_t kc, int64_t jc,
+            int64_t nc, float* out) {
+  for (int64_t q = 0; q < nc; q += NR) {
+    const int64_t cols = std::min(NR, nc - q);
+    float* o = out + q * kc;
+    if (cols < NR) std::fill(o, o + kc * NR, 0.f);
+    if (trans) {  // B is N x K: row j holds op(B)(., j)
+      for (int64_t j = 0; j < cols; ++j) {
+        const float* row = B + (jc + q + j) * K + pc;
+        for (int64_t k = 0; k < kc; ++k) o[k * NR + j] = row[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(o + k * NR, B + (pc + k) * N + jc + q, size_t(cols) * sizeof(float));
+    }
+  }
+}
+
+// C(8x32, stride ldc) = alpha * Ap * B + beta * C, over kc steps; beta == 0 does not read C.
+// B is a packed panel (ldb = NR) or, for a plain row-major B, the matrix itself (ldb = N).
+CD_AVX512 void kernel_8x32(int64_t kc, const float* Ap, const float* B, int64_t ldb, float* C,
+                           int64_t ldc, float alpha, float beta) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(B + k * ldb), b1 = _mm512_loadu_ps(B + k * ldb + 16);
+    const float* a = Ap + k * MR;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    __m512 r0 = _mm512_mul_ps(c0[i], va), r1 = _mm512_mul_ps(c1[i], va);
+    if (beta != 0.f) {
+      r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r0);
+      r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), r1);
+    }
+    _mm512_storeu_ps(c, r0);
+    _mm512_storeu_ps(c + 16, r1);
+  }
+}
+
+struct Scratch {
+  float* a = nullptr;
+  float* b = nullptr;
+  Scratch() {
+    a = static_cast<float*>(std::aligned_alloc(64, MC * KC * sizeof(float)));
+    b = static_cast<float*>(std::aligned_alloc(64, KC * NC * sizeof(float)));
+  }
+  ~Scratch() {
+    std::free(a);
+    std::free(b);
+  }
+};
+
+}  // namespace
+
+bool avx512_sgemm_available() {
+  static const bool available = [] {
+    const char* choice = std::getenv("CAFFEDATA_GEMM");
+    if (choice && std::strcmp(choice, "blas") == 0) return false;
+    __builtin_cpu_init();
+    return bool(__builtin_cpu_supports("avx512f"));
+  }();
+  return available;
+}
+
+CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                            const float* A, const float* B, float beta, float* C) {
+  // One pair of packing buffers per thread: the exact Convolution calls this
+  // from every OpenMP thread at once, one image each.
+  thread_local Scratch scratch;
+  alignas(64) float tile[MR * NR];
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min(KC, K - pc);
+      const float block_beta = pc == 0 ? beta : 1.f;  // later K blocks add to what the first wrote
+      // A plain B is read in place, NR columns at a time; only a transposed B and
+      // the last, narrower columns are packed.
+      const int64_t direct_cols = trans_b ? 0 : nc / NR * NR;
+      if (direct_cols < nc)
+        pack_b(B, trans_b, K, N, pc, kc, jc + direct_cols, nc - direct_cols, scratch.b);
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        const int64_t mc = std::min(MC, M - ic);
+        pack_a(A, trans_a, M, K, ic, mc, pc, kc, scratch.a);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t cols = std::min(NR, nc - jr);
+          const bool direct = jr < direct_cols;
+          const float* bp = direct ? B + pc * N + jc + jr : scratch.b + (jr - direct_cols) * kc;
+          const int64_t ldb = direct ? N : NR;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t rows = std::min(MR, mc - ir);
+            float* c = C + (ic + ir) * N + jc + jr;
+            const float* ap = scratch.a + ir * kc;
+            if (rows == MR && cols == NR) {
+              kernel_8x32(kc, ap, bp, ldb, c, N, alpha, block_beta);
+              continue;
+            }
+            kernel_8x32(kc, ap, bp, ldb, tile, NR, alpha, 0.f);
+            for (int64_t i = 0; i < rows; ++i) {
+              for (int64_t j = 0; j < cols; ++j) {
+                c[i * N + j] = block_beta == 0.f ? tile[i * NR + j] : tile[i * NR + j] + block_beta * c[i * N + j];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace caffedata

@@ -1,0 +1,23 @@
+// A single-threaded float GEMM for AVX-512 CPUs (sgemm_avx512.cc).
+//
+// Why: the OpenBLAS 0.3.13 in the mxnet wheel has no AVX-512 kernels. On an
+// AVX-512 CPU its best core (Haswell, see blas_setup.cc) reaches 36-46
+// GFLOP/s on the exact Convolution's per-image shapes, while oneDNN, which
+// MXNet's own Convolution uses, is about 3x faster. That gap was most of the
+// exact path's time on CIFAR-10 quick (issue 10).
+#pragma once
+
+#include <cstdint>
+
+namespace caffedata {
+
+// True when this CPU has AVX-512F (checked once) and CAFFEDATA_GEMM is not "blas".
+bool avx512_sgemm_available();
+
+// C(MxN) = alpha * op(A)(MxK) * op(B)(KxN) + beta * C; row-major, contiguous,
+// Caffe's argument order. With beta == 0, C is written without being read.
+// Call only when avx512_sgemm_available().
+void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, const float* B, float beta, float* C);
+
+}  // namespace caffedata
