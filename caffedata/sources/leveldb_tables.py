@@ -207,15 +207,18 @@ class LevelDBTables:
     """Every record of a LevelDB, indexed by key: which table, which block, where in it.
 
     Built by ``open_tables``; read through ``reader()`` objects, one per
-    thread, which return values as memoryviews.  Thread-safe.
+    thread, which return values as memoryviews.  Shared by threads (and
+    inherited by a fork): the index is read-only once built.
     """
 
     def __init__(self, path, tables):
         self.path = path
         self.tables = tables
         self.signature = None
-        self._maps = OrderedDict()  # table index -> mmap, least recently used first
-        self._lock = threading.Lock()
+        # table index -> mmap, least recently used first.  No lock: each step is
+        # one dict operation (atomic under the GIL), and at worst two threads
+        # map the same file at once and one mapping wins.
+        self._maps = OrderedDict()
         keys, table, block_off, block_size, kind, value_off, value_len = [], [], [], [], [], [], []
         previous = None
         for ti, t in enumerate(tables):
@@ -262,27 +265,31 @@ class LevelDBTables:
                              f"the database is damaged; rebuild it (or repair it with LevelDB's RepairDB)")
 
     def map_table(self, ti):
-        with self._lock:
-            m = self._maps.get(ti)
-            if m is not None:
-                self._maps.move_to_end(ti)
-                return m
-            path = self.tables[ti].path
+        m = self._maps.get(ti)
+        if m is not None:
             try:
-                with open(path, "rb") as f:
-                    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
-                raise DatabaseError(f"{path}: cannot map this LevelDB table ({exc}) -- the database "
-                                    f"changed while open; create a new iterator") from exc
-            self._maps[ti] = m
-            while len(self._maps) > MAX_MAPPED_TABLES:
-                # Dropped, not closed: values still viewing it keep the mapping alive.
-                self._maps.popitem(last=False)
+                self._maps.move_to_end(ti)
+            except KeyError:  # evicted by another thread meanwhile; `m` stays valid
+                pass
             return m
+        path = self.tables[ti].path
+        try:
+            with open(path, "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+            raise DatabaseError(f"{path}: cannot map this LevelDB table ({exc}) -- the database "
+                                f"changed while open; create a new iterator") from exc
+        m = self._maps.setdefault(ti, m)
+        while len(self._maps) > MAX_MAPPED_TABLES:
+            # Dropped, not closed: values still viewing a mapping keep it alive.
+            try:
+                self._maps.popitem(last=False)
+            except KeyError:
+                break
+        return m
 
     def release_maps(self):
-        with self._lock:
-            self._maps.clear()
+        self._maps.clear()
 
     def read_block(self, ti, offset, size, buffer_for=bytearray):
         """(contents, kind) of one block: a view of the map when stored raw, else
@@ -393,6 +400,16 @@ class TableReader:
 _CACHED_DATABASES = 2
 _cache = OrderedDict()  # realpath -> LevelDBTables
 _cache_lock = threading.Lock()
+
+
+def _reset_after_fork():
+    # a lock held by another thread at fork time would stay held in the child
+    global _cache_lock
+    _cache_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _signature(tables):
