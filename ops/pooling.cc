@@ -2,8 +2,11 @@
 // CPU implementation in Caffe), global_pooling, ceil rounding of the output
 // size (or floor with BVLC master's round_mode: FLOOR), the rule that drops a last window starting inside the padding, and
 // AVE's divisor counting the padded window (clipped to height + pad).
+#include <algorithm>
 #include <cfloat>
 #include <sstream>
+
+#include <omp.h>
 
 #include "layer.h"
 #include "math.h"
@@ -101,8 +104,10 @@ class PoolingLayer : public Layer<Dtype> {
     Dtype* y = top[0]->data;
     const int64_t in_plane = height_ * width_, out_plane = pooled_h_ * pooled_w_;
     const int64_t planes = num_ * channels_;
+    const int threads = plane_threads(planes * out_plane * kh_ * kw_);
     if (max_) {
       Dtype* top_mask = top.size() > 1 ? top[1]->data : nullptr;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t p = 0; p < planes; ++p) {
         const Dtype* xp = x + p * in_plane;
         for (int64_t i = 0; i < pooled_h_; ++i) {
@@ -113,12 +118,16 @@ class PoolingLayer : public Layer<Dtype> {
             ws = std::max<int64_t>(ws, 0);
             Dtype best = -FLT_MAX;
             int64_t arg = -1;
-            for (int64_t h = hs; h < he; ++h)
-              for (int64_t w = ws; w < we; ++w)
-                if (xp[h * width_ + w] > best) {
-                  best = xp[h * width_ + w];
-                  arg = h * width_ + w;
-                }
+            for (int64_t h = hs; h < he; ++h) {
+              for (int64_t w = ws; w < we; ++w) {
+                // Caffe's strict `>` (the first maximum wins, NaN never does), as
+                // selects rather than a branch, which random data mispredicts.
+                const Dtype v = xp[h * width_ + w];
+                const bool greater = v > best;
+                best = greater ? v : best;
+                arg = greater ? h * width_ + w : arg;
+              }
+            }
             const int64_t o = p * out_plane + i * pooled_w_ + j;
             y[o] = best;
             mask_[o] = arg;
@@ -127,6 +136,7 @@ class PoolingLayer : public Layer<Dtype> {
         }
       }
     } else {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t p = 0; p < planes; ++p) {
         const Dtype* xp = x + p * in_plane;
         for (int64_t i = 0; i < pooled_h_; ++i) {
@@ -156,7 +166,9 @@ class PoolingLayer : public Layer<Dtype> {
     const int64_t in_plane = height_ * width_, out_plane = pooled_h_ * pooled_w_;
     const int64_t planes = num_ * channels_;
     set<Dtype>(planes * in_plane, Dtype(0), dx);
+    const int threads = plane_threads(planes * out_plane * kh_ * kw_);
     if (max_) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t p = 0; p < planes; ++p) {
         Dtype* dxp = dx + p * in_plane;
         for (int64_t o = 0; o < out_plane; ++o) {
@@ -165,6 +177,7 @@ class PoolingLayer : public Layer<Dtype> {
         }
       }
     } else {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t p = 0; p < planes; ++p) {
         Dtype* dxp = dx + p * in_plane;
         for (int64_t i = 0; i < pooled_h_; ++i) {
@@ -186,6 +199,17 @@ class PoolingLayer : public Layer<Dtype> {
   }
 
  private:
+  // Planes (image x channel) are independent and each is computed as Caffe
+  // computes it, so running them on the OpenMP threads the caller allows
+  // changes no bit.  Small layers stay on one thread.
+  static int plane_threads(int64_t work) {
+#ifdef _OPENMP
+    if (work >= (1 << 16)) return std::max(1, omp_get_max_threads());
+#endif
+    (void)work;
+    return 1;
+  }
+
   bool max_ = true, global_ = false, floor_ = false;
   int64_t kh_ = 0, kw_ = 0, ph_ = 0, pw_ = 0, sh_ = 1, sw_ = 1;
   int64_t num_ = 0, channels_ = 0, height_ = 0, width_ = 0, pooled_h_ = 0, pooled_w_ = 0;

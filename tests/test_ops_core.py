@@ -295,6 +295,70 @@ def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_b
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
+def test_pooling_planes_in_parallel_threads_match_numpy_and_one_thread():
+    """Max and average pooling big enough for the plane-parallel path (3 OpenMP threads), against
+    a NumPy reference of Caffe's loops (ceil rounding, windows clipped to the image; AVE divides by
+    the window clipped to height + pad), and bit-identical to the same op on one thread."""
+    code = """
+        os.environ["OMP_NUM_THREADS"] = sys.argv[1]  # read when libgomp loads with mxnet
+        import hashlib
+        import numpy as np, mxnet as mx, caffedata
+        from math import ceil
+        rng = np.random.RandomState(6)
+        x = rng.randn(4, 16, 33, 31).astype(np.float32)
+        x[0, 0, :4, :4] = 1.0  # ties: Caffe keeps the first maximum of the window
+        og = rng.randn(4, 16, 17, 16).astype(np.float32)
+        k, s, p = 3, 2, 1
+        def reference(x, og, kind):
+            n, c, H, W = x.shape
+            oh, ow = ceil((H + 2 * p - k) / s) + 1, ceil((W + 2 * p - k) / s) + 1
+            y = np.zeros((n, c, oh, ow), np.float64)
+            dx = np.zeros(x.shape, np.float64)
+            for i in range(oh):
+                for j in range(ow):
+                    hs, ws = i * s - p, j * s - p
+                    he, we = min(hs + k, H + p), min(ws + k, W + p)
+                    size = (he - hs) * (we - ws)
+                    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                    win = x[:, :, hs:he, ws:we].reshape(n, c, -1)
+                    if kind == "MAX":
+                        arg = win.argmax(axis=2)  # the first maximum, as Caffe's strict >
+                        y[:, :, i, j] = win.max(axis=2)
+                        r, q = np.divmod(arg, we - ws)
+                        for a in range(n):
+                            for b in range(c):
+                                dx[a, b, hs + r[a, b], ws + q[a, b]] += og[a, b, i, j]
+                    else:
+                        y[:, :, i, j] = win.sum(axis=2) / size
+                        dx[:, :, hs:he, ws:we] += (og[:, :, i, j] / size)[:, :, None, None]
+            return y, dx
+        for kind in ("MAX", "AVE"):
+            proto = ('layer { type: "Pooling" pooling_param { pool: %s kernel_size: %d stride: %d pad: %d } }'
+                     % (kind, k, s, p))
+            runs = []
+            for _ in range(2):
+                xs = mx.nd.array(x)
+                xs.attach_grad()
+                with mx.autograd.record():
+                    y = mx.nd.CaffeOp(xs, prototxt=proto)
+                y.backward(mx.nd.array(og))
+                runs.append((y.asnumpy(), xs.grad.asnumpy()))
+            ref = reference(x.astype(np.float64), og.astype(np.float64), kind)
+            for got in runs:
+                for g, r in zip(got, ref):
+                    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+            for a, b in zip(runs[0], runs[1]):
+                assert np.array_equal(a, b), kind + ": not bit-identical on a repeat"
+            print(kind, hashlib.sha256(b"".join(a.tobytes() for a in runs[0])).hexdigest())
+    """
+    digests = []
+    for threads in ("3", "1"):
+        res = run_child(code, threads, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        digests.append(res.stdout.split())
+    assert digests[0] == digests[1] and len(digests[0]) == 4  # the same bits on 3 threads and on 1
+
+
 def test_convolution_3d_matches_mxnet():
     rng = np.random.RandomState(4)
     x = mx.nd.array(rng.randn(1, 2, 5, 4, 6), dtype="float64")
