@@ -59,5 +59,7 @@ int main() {
   perf("conv2 dW (NT)", 0, 1, 32, 800, 256, 400);
   perf("conv2 dcol (TN)", 1, 0, 800, 256, 32, 400);
   perf("ip fc (NT)", 0, 1, 100, 64, 1024, 400);
+  perf("googlenet conv2 fwd", 0, 0, 192, 784, 576, 20);
+  perf("googlenet 1x1 fwd", 0, 0, 64, 784, 192, 100);
   return fails != 0;
 }
