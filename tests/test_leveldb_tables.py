@@ -17,7 +17,7 @@ import pytest
 
 import caffedata
 from caffedata.errors import DatabaseError
-from caffedata.sources import _leveldb
+from caffedata.sources import _leveldb, leveldb_tables
 from caffedata.sources.db import open_source
 from caffedata.sources.leveldb_tables import Unsupported, open_tables
 
@@ -32,13 +32,23 @@ def _image_like(i, size):
     return (row + noise).astype(np.uint8).tobytes()
 
 
-def _write(path, items, **options):
+def _write(path, items, one_batch=True, **options):
     db = plyvel.DB(str(path), create_if_missing=True, **options)
-    with db.write_batch() as wb:
+    if one_batch:
+        with db.write_batch() as wb:
+            for k, v in items:
+                wb.put(k, v)
+    else:  # record by record: memtables flushed, tables compacted while writing
         for k, v in items:
-            wb.put(k, v)
+            db.put(k, v)
+        # finish the compactions now: one still due when a reader opens the database
+        # sends that reader to plyvel (test_a_compaction_due_is_read_through_plyvel)
+        db.compact_range()
     db.close()
     return str(path)
+
+
+MANY_TABLES = {"one_batch": False, "write_buffer_size": 64 << 10, "max_file_size": 64 << 10}
 
 
 def _plyvel_items(path):
@@ -63,7 +73,7 @@ def _direct_items(path):
     {},                                                  # LevelDB's defaults: 4 KB blocks, Snappy
     {"block_size": 65536, "write_buffer_size": 256 << 20},  # what Caffe's convert_imageset opens
     {"compression": None},
-    {"write_buffer_size": 64 << 10},                     # many tables
+    MANY_TABLES,
 ], ids=["defaults", "caffe", "raw", "many-tables"])
 @pytest.mark.parametrize("value_size", [40, 3000, 70000])
 def test_direct_reads_equal_plyvel(tmp_path, options, value_size):
@@ -103,6 +113,48 @@ def test_values_held_by_the_caller_stay_intact(tmp_path):
         assert [bytes(reader.get(k)) for k, _ in items] == [v for _, v in items]
     finally:
         source.close()
+
+
+def test_tables_beyond_the_mapping_limit_are_remapped_and_held_values_survive(tmp_path, monkeypatch):
+    """With more table files than stay mapped, the least recently used mapping is dropped; a
+    value still viewing it keeps it alive."""
+    items = [(b"%05d" % i, _image_like(i, 9000)) for i in range(120)]
+    path = _write(tmp_path / "db", items, **MANY_TABLES)
+    expected = _plyvel_items(path)
+    monkeypatch.setattr(leveldb_tables, "MAX_MAPPED_TABLES", 2)
+    source = open_source(path, "leveldb")
+    try:
+        assert source.tables is not None and len(source.tables.tables) > 4, source.plyvel_reason
+        reader = source.reader()
+        held = [reader.get(k) for k, _ in expected]  # walks every table: evicts as it goes
+        assert len(source.tables._maps) <= 2
+        assert [bytes(v) for v in held] == [v for _, v in expected]
+        assert [bytes(reader.get(k)) for k, _ in expected[::-1]] == [v for _, v in expected[::-1]]
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("levels_and_sizes, due", [
+    ([(0, 1000)] * 3, False),
+    ([(0, 1000)] * 4, True),                    # LevelDB compacts at 4 level-0 files
+    ([(1, 9 << 20)], False),
+    ([(1, 6 << 20), (1, 5 << 20)], True),       # level 1 over 10 MB
+    ([(2, 99 << 20), (6, 1 << 40)], False),     # the last level has no limit
+    ([(3, 1001 << 20)], True),                  # level 3 over 1000 MB
+])
+def test_a_compaction_due_is_read_through_plyvel(tmp_path, levels_and_sizes, due):
+    """LevelDB's own rule (VersionSet::Finalize): such a compaction rewrites the table files
+    under a direct reader, so the reader declines and plyvel reads the records."""
+    tables = []
+    for n, (level, size) in enumerate(levels_and_sizes):
+        key = b"%04d" % n + b"\x01" * 8  # disjoint ranges, user key + 8-byte tag
+        tables.append(leveldb_tables.TableFile(level, n + 1, size, key, key))
+        (tmp_path / f"{n + 1:06d}.ldb").write_bytes(b"")
+    if due:
+        with pytest.raises(Unsupported, match="compaction due"):
+            leveldb_tables._check_readable_without_merge(str(tmp_path), tables, {})
+    else:
+        leveldb_tables._check_readable_without_merge(str(tmp_path), tables, {})
 
 
 def test_written_twice_or_deleted_is_read_through_plyvel(tmp_path):
@@ -294,7 +346,7 @@ def test_snappy_decoder_survives_random_corruption():
     """Mutated streams come back as ValueError or as bytes, never as a crash (run apart)."""
     script = textwrap.dedent("""
         import numpy as np
-        from caffedata.sources import _leveldb
+        from caffedata.sources import _leveldb, leveldb_tables
         rng = np.random.default_rng(0)
         import test_leveldb_tables as t
         elements = t._random_elements(rng, 300)
