@@ -24,6 +24,7 @@ A database written once, as Caffe's ``convert_imageset`` and
 The formats are LevelDB 1.22's: ``doc/table_format.md``,
 ``doc/log_format.md`` and ``db/version_edit.cc``.
 """
+import bisect
 import mmap
 import os
 import re
@@ -247,8 +248,7 @@ class LevelDBTables:
                 kind += [bkind] * n
                 value_off.append(voff)
                 value_len.append(vlen)
-        self.keys = keys
-        self.position = {k: i for i, k in enumerate(keys)}
+        self.keys = keys  # in bytewise order: found by bisection, no second index
         self._table = np.array(table, dtype=np.int32)
         self._block_off = np.array(block_off, dtype=np.int64)
         self._block_size = np.array(block_size, dtype=np.int64)
@@ -338,6 +338,12 @@ class LevelDBTables:
     def reader(self):
         return TableReader(self)
 
+    def position(self, key):
+        """The record number of ``key``, or None."""
+        key = bytes(key)
+        r = bisect.bisect_left(self.keys, key)
+        return r if r < len(self.keys) and self.keys[r] == key else None
+
     def locate(self, r):
         """(table, block offset, block size, stored raw, value offset, value length) of record ``r``."""
         return (int(self._table[r]), int(self._block_off[r]), int(self._block_size[r]),
@@ -373,7 +379,7 @@ class TableReader:
 
     def get(self, key):
         tables = self._tables
-        r = tables.position.get(bytes(key))
+        r = tables.position(key)
         if r is None:
             return None
         ti, boff, bsize, raw, voff, vlen = tables.locate(r)
