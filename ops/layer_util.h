@@ -1,8 +1,14 @@
 // Small helpers shared by the layer implementations (header-only, internal linkage).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <sstream>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "layer.h"
 
@@ -29,6 +35,18 @@ inline size_t top_count(int hint, const ProtoNode& layer, const std::vector<Shap
   if (!top.empty()) return top.size();
   const int n = layer.count("top");
   return n > 0 ? static_cast<size_t>(n) : 1;
+}
+
+// OpenMP threads for a loop of independent items (pooling planes, LRN's
+// per-element powers): what the caller allows when there are at least 2^16
+// units of work, else 1.  Each item is computed as Caffe computes it, so the
+// thread count changes no bit.
+inline int item_threads(int64_t work) {
+#ifdef _OPENMP
+  if (work >= (int64_t(1) << 16)) return std::max(1, omp_get_max_threads());
+#endif
+  (void)work;
+  return 1;
 }
 
 inline void need_bottoms(const char* type, const std::vector<Shape>& bottom, size_t n) {

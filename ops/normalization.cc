@@ -137,6 +137,8 @@ class LRNLayer : public Layer<Dtype> {
         }
       }
     }
+    const int threads = item_threads(count);  // the powers are most of LRN's time
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t i = 0; i < count; ++i) y[i] = std::pow(scale_[i], -beta_) * x[i];
   }
 
@@ -147,6 +149,8 @@ class LRNLayer : public Layer<Dtype> {
     std::vector<Dtype> padded_ratio((channels_ + size_ - 1) * hw, Dtype(0));
     std::vector<Dtype> accum(hw), accum_times_bottom(hw);
     const Dtype cache_ratio_value = 2. * alpha_ * beta_ / size_;
+    const int threads = item_threads(count);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t i = 0; i < count; ++i) {
       bottom_diff[i] = top_diff[i] * std::pow(scale_[i], -beta_);
     }
@@ -217,6 +221,8 @@ class LRNLayer : public Layer<Dtype> {
       });
     }
     // Power(power=-beta, scale=alpha, shift=1)
+    const int threads = item_threads(count);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t i = 0; i < count; ++i) {
       Dtype v = pool_[i];
       if (alpha_ != Dtype(1)) v *= alpha_;

@@ -6,9 +6,8 @@
 #include <cfloat>
 #include <sstream>
 
-#include <omp.h>
-
 #include "layer.h"
+#include "layer_util.h"
 #include "math.h"
 
 namespace caffedata {
@@ -104,7 +103,7 @@ class PoolingLayer : public Layer<Dtype> {
     Dtype* y = top[0]->data;
     const int64_t in_plane = height_ * width_, out_plane = pooled_h_ * pooled_w_;
     const int64_t planes = num_ * channels_;
-    const int threads = plane_threads(planes * out_plane * kh_ * kw_);
+    const int threads = layer_util::item_threads(planes * out_plane * kh_ * kw_);
     if (max_) {
       Dtype* top_mask = top.size() > 1 ? top[1]->data : nullptr;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
@@ -166,7 +165,7 @@ class PoolingLayer : public Layer<Dtype> {
     const int64_t in_plane = height_ * width_, out_plane = pooled_h_ * pooled_w_;
     const int64_t planes = num_ * channels_;
     set<Dtype>(planes * in_plane, Dtype(0), dx);
-    const int threads = plane_threads(planes * out_plane * kh_ * kw_);
+    const int threads = layer_util::item_threads(planes * out_plane * kh_ * kw_);
     if (max_) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t p = 0; p < planes; ++p) {
@@ -199,17 +198,6 @@ class PoolingLayer : public Layer<Dtype> {
   }
 
  private:
-  // Planes (image x channel) are independent and each is computed as Caffe
-  // computes it, so running them on the OpenMP threads the caller allows
-  // changes no bit.  Small layers stay on one thread.
-  static int plane_threads(int64_t work) {
-#ifdef _OPENMP
-    if (work >= (1 << 16)) return std::max(1, omp_get_max_threads());
-#endif
-    (void)work;
-    return 1;
-  }
-
   bool max_ = true, global_ = false, floor_ = false;
   int64_t kh_ = 0, kw_ = 0, ph_ = 0, pw_ = 0, sh_ = 1, sw_ = 1;
   int64_t num_ = 0, channels_ = 0, height_ = 0, width_ = 0, pooled_h_ = 0, pooled_w_ = 0;

@@ -298,7 +298,8 @@ def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_b
 def test_pooling_planes_in_parallel_threads_match_numpy_and_one_thread():
     """Max and average pooling big enough for the plane-parallel path (3 OpenMP threads), against
     a NumPy reference of Caffe's loops (ceil rounding, windows clipped to the image; AVE divides by
-    the window clipped to height + pad), and bit-identical to the same op on one thread."""
+    the window clipped to height + pad), and bit-identical to the same op on one thread; LRN's
+    parallel powers bit-identical too."""
     code = """
         os.environ["OMP_NUM_THREADS"] = sys.argv[1]  # read when libgomp loads with mxnet
         import hashlib
@@ -350,13 +351,23 @@ def test_pooling_planes_in_parallel_threads_match_numpy_and_one_thread():
             for a, b in zip(runs[0], runs[1]):
                 assert np.array_equal(a, b), kind + ": not bit-identical on a repeat"
             print(kind, hashlib.sha256(b"".join(a.tobytes() for a in runs[0])).hexdigest())
+        # LRN's per-element powers run on the same threads: its bits too
+        x = rng.randn(4, 16, 33, 32).astype(np.float32)
+        for region in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
+            proto = 'layer { type: "LRN" lrn_param { local_size: 5 alpha: 0.5 norm_region: %s } }' % region
+            xs = mx.nd.array(x)
+            xs.attach_grad()
+            with mx.autograd.record():
+                y = mx.nd.CaffeOp(xs, prototxt=proto)
+            y.backward(mx.nd.array(np.cos(x)))
+            print(region, hashlib.sha256(y.asnumpy().tobytes() + xs.grad.asnumpy().tobytes()).hexdigest())
     """
     digests = []
     for threads in ("3", "1"):
         res = run_child(code, threads, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         digests.append(res.stdout.split())
-    assert digests[0] == digests[1] and len(digests[0]) == 4  # the same bits on 3 threads and on 1
+    assert digests[0] == digests[1] and len(digests[0]) == 8  # the same bits on 3 threads and on 1
 
 
 def test_convolution_3d_matches_mxnet():
