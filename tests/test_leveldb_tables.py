@@ -219,6 +219,43 @@ def test_index_is_reused_until_the_files_change(tmp_path):
         fourth.close()
 
 
+def test_a_database_opened_by_a_relative_path_is_found_again_from_anywhere(tmp_path, monkeypatch):
+    """Two databases whose table files have the same names: the index of one, opened by a relative
+    path, must never read the other's files after the working directory changes."""
+    for name in ("A", "B"):
+        (tmp_path / name).mkdir()
+        _write(tmp_path / name / "db", [(b"%04d" % i, b"%s%04d" % (name.encode(), i)) for i in range(20)])
+        _plyvel_items(tmp_path / name / "db")
+    monkeypatch.chdir(tmp_path / "A")
+    first = open_source("db", "leveldb")
+    assert bytes(first.get(b"0003")) == b"A0003"
+    first.close()  # the index stays cached, its files unmapped
+    monkeypatch.chdir(tmp_path / "B")
+    again = open_source(str(tmp_path / "A" / "db"), "leveldb")
+    try:
+        assert bytes(again.get(b"0003")) == b"A0003"
+    finally:
+        again.close()
+
+
+def test_a_table_replaced_under_an_open_reader_is_an_error(tmp_path):
+    items = [(b"%04d" % i, b"v%d" % i * 100) for i in range(50)]
+    path = _write(tmp_path / "db", items)
+    source = open_source(path, "leveldb")
+    try:
+        table = source.tables.tables[0].path
+        source.tables.release_maps()
+        with open(table, "rb") as f:
+            data = f.read()
+        os.remove(table)
+        with open(table, "wb") as f:  # the same bytes in a new file: not the file that was indexed
+            f.write(data)
+        with pytest.raises(DatabaseError, match="changed since the database was indexed"):
+            source.get(b"0001")
+    finally:
+        source.close()
+
+
 def test_corrupt_snappy_block_names_the_file(tmp_path):
     items = [(b"%04d" % i, _image_like(i, 20000)) for i in range(10)]
     path = _write(tmp_path / "db", items)

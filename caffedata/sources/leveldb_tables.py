@@ -29,7 +29,6 @@ import mmap
 import os
 import re
 import struct
-import sys
 import threading
 from collections import OrderedDict
 
@@ -114,13 +113,14 @@ def log_records(data):
 
 
 class TableFile:
-    __slots__ = ("level", "number", "size", "smallest", "largest", "path")
+    __slots__ = ("level", "number", "size", "smallest", "largest", "path", "identity")
 
     def __init__(self, level, number, size, smallest, largest):
         self.level, self.number, self.size = level, number, size
         # user keys: an internal key is the user key, then an 8-byte tag
         self.smallest, self.largest = smallest[:-8], largest[:-8]
         self.path = None
+        self.identity = None  # (inode, size, mtime) when indexed: checked at every mapping
 
 
 def live_tables(path):
@@ -212,10 +212,10 @@ class LevelDBTables:
     inherited by a fork): the index is read-only once built.
     """
 
-    def __init__(self, path, tables):
+    def __init__(self, path, tables, signature=None):
         self.path = path
         self.tables = tables
-        self.signature = None
+        self.signature = signature
         # table index -> mmap, least recently used first.  No lock: each step is
         # one dict operation (atomic under the GIL), and at worst two threads
         # map the same file at once and one mapping wins.
@@ -272,13 +272,16 @@ class LevelDBTables:
             except KeyError:  # evicted by another thread meanwhile; `m` stays valid
                 pass
             return m
-        path = self.tables[ti].path
+        table = self.tables[ti]
+        changed = (f"{table.path}: this LevelDB table changed since the database was indexed -- "
+                   f"the database was rebuilt or compacted while open; create a new iterator")
         try:
-            with open(path, "rb") as f:
+            with open(table.path, "rb") as f:
+                if table.identity is not None and _file_identity(os.fstat(f.fileno())) != table.identity:
+                    raise DatabaseError(changed)
                 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
-            raise DatabaseError(f"{path}: cannot map this LevelDB table ({exc}) -- the database "
-                                f"changed while open; create a new iterator") from exc
+            raise DatabaseError(f"{changed} ({exc})") from exc
         m = self._maps.setdefault(ti, m)
         while len(self._maps) > MAX_MAPPED_TABLES:
             # Dropped, not closed: values still viewing a mapping keep it alive.
@@ -368,9 +371,14 @@ class TableReader:
 
     def _free_buffer(self, size):
         for buf in self._buffers:
-            # held by the list, `buf` and getrefcount's argument only: no value views it
-            if len(buf) >= size and sys.getrefcount(buf) <= 3:
-                return buf
+            if len(buf) < size:
+                continue
+            try:  # a bytearray refuses to resize while a view of it (a value) exists
+                buf.append(0)
+            except BufferError:
+                continue
+            del buf[-1]
+            return buf
         buf = bytearray(size)
         self._buffers.append(buf)
         if len(self._buffers) > self.MAX_BUFFERS:
@@ -387,7 +395,8 @@ class TableReader:
             return memoryview(tables.map_table(ti))[boff + voff:boff + voff + vlen]
         where, contents = self._last_block
         if where != (ti, boff):
-            self._last_block = (None, None)  # its buffer may be reused for this block
+            contents = None  # with the line below, the last block's buffer may serve this one
+            self._last_block = (None, None)
             contents, _ = tables.read_block(ti, boff, bsize, self._free_buffer)
             self._last_block = ((ti, boff), contents)
         if voff + vlen > len(contents):
@@ -418,12 +427,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _signature(tables):
-    out = []
-    for t in tables:
-        st = os.stat(t.path)
-        out.append((t.number, st.st_size, st.st_ino, st.st_mtime_ns))
-    return tuple(out)
+def _file_identity(st):
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def open_tables(path):
@@ -432,21 +437,23 @@ def open_tables(path):
     Call it with the database open in plyvel, so that its log is in the tables
     and nobody else writes.
     """
+    path = os.path.realpath(path)  # the tables are found again later, whatever the working directory
     tables, logs = live_tables(path)
     _check_readable_without_merge(path, tables, logs)
     try:
-        signature = _signature(tables)
+        for t in tables:
+            t.identity = _file_identity(os.stat(t.path))
     except OSError as exc:
         raise Unsupported(f"a table file vanished while being listed ({exc})") from exc
-    key = os.path.realpath(path)
+    # Not the MANIFEST's: every LevelDB open appends to it.  Table files are never rewritten.
+    signature = tuple((t.number,) + t.identity for t in tables)
     with _cache_lock:  # one index pass per database, even when threads open it together
-        cached = _cache.get(key)
+        cached = _cache.get(path)
         if cached is not None and cached.signature == signature:
-            _cache.move_to_end(key)
+            _cache.move_to_end(path)
             return cached
-        built = LevelDBTables(path, tables)
-        built.signature = signature
-        _cache[key] = built
+        built = LevelDBTables(path, tables, signature)
+        _cache[path] = built
         while len(_cache) > _CACHED_DATABASES:
             _cache.popitem(last=False)[1].release_maps()
         return built
