@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 namespace caffedata {
@@ -103,6 +104,11 @@ struct Scratch {
   Scratch() {
     a = static_cast<float*>(std::aligned_alloc(64, MC * KC * sizeof(float)));
     b = static_cast<float*>(std::aligned_alloc(64, KC * NC * sizeof(float)));
+    if (!a || !b) {
+      std::free(a);
+      std::free(b);
+      throw std::bad_alloc();
+    }
   }
   ~Scratch() {
     std::free(a);
@@ -126,6 +132,10 @@ CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, in
                             const float* A, const float* B, float beta, float* C) {
   // One pair of packing buffers per thread: the exact Convolution calls this
   // from every OpenMP thread at once, one image each.
+  if (alpha == 0.f) {  // as BLAS: C = beta * C, without reading A or B (0 * inf would be NaN)
+    for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
+    return;
+  }
   thread_local Scratch scratch;
   alignas(64) float tile[MR * NR];
   for (int64_t jc = 0; jc < N; jc += NC) {

@@ -373,6 +373,7 @@ def test_snappy_short_patterns(offset):
     (_varint(5) + bytes([9 << 2]) + b"abc", "ends inside"),
     (_varint(8) + _literal(b"abcd") + b"\x06\x01", "ends inside"),
     (_varint(10 ** 6) + _literal(b"x"), "header"),  # claims far more than 22x the input
+    (b"\x81\x80\x80\x80\x10" + _literal(b"x"), "header"),  # a length with bits past 32
 ])
 def test_snappy_malformed_streams_are_refused(stream, reason):
     with pytest.raises(ValueError, match=reason):
@@ -426,6 +427,11 @@ def _block(entries, restart_interval=2):
     for r in restarts:
         out += r.to_bytes(4, "little")
     return bytes(out + len(restarts).to_bytes(4, "little"))
+
+
+def test_a_block_without_restart_points_is_empty_as_in_leveldb():
+    keys, offsets, lengths = _leveldb.block_entries(b"\x00\x03\x01abcv" + (0).to_bytes(4, "little"))
+    assert keys == [] and len(offsets) == 0 and len(lengths) == 0
 
 
 def test_block_entries_rebuild_prefix_compressed_keys():

@@ -182,18 +182,20 @@ def _float32_layers_against_float64(gemm_env):
             y.backward(og)
             return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
         worst = {}
-        x, w, b = rng.randn(37, 300), rng.randn(45, 300), rng.randn(45)
-        og = rng.randn(37, 45)
+        # batch 300, 2100 outputs, 270 inputs: every GEMM crosses the kernel's blocks
+        # (128 rows, 2048 columns, 256 deep), and the weight gradient accumulates (beta 1)
+        x, w, b = rng.randn(300, 270), rng.randn(2100, 270), rng.randn(2100)
+        og = rng.randn(300, 2100)
         nd = lambda a, t: mx.nd.array(a, dtype=t)
-        proto = 'layer{type:"InnerProduct" inner_product_param{num_output:45}}'
+        proto = 'layer{type:"InnerProduct" inner_product_param{num_output:2100}}'
         got = fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto),
                       [nd(x, "float32"), nd(w, "float32"), nd(b, "float32")], nd(og, "float32"))
-        ref = fwd_bwd(lambda x, w, b: mx.nd.FullyConnected(x, w, b, num_hidden=45),
+        ref = fwd_bwd(lambda x, w, b: mx.nd.FullyConnected(x, w, b, num_hidden=2100),
                       [nd(x, "float64"), nd(w, "float64"), nd(b, "float64")], nd(og, "float64"))
         worst["ip"] = max(float(np.max(np.abs(g - r) / (1 + np.abs(r)))) for g, r in zip(got, ref))
-        x, w, b = rng.randn(3, 13, 15, 14), rng.randn(20, 13, 3, 3), rng.randn(20)
+        x, w, b = rng.randn(3, 13, 17, 16), rng.randn(20, 13, 3, 3), rng.randn(20)  # 272 > 256 pixels
         proto = 'layer{type:"Convolution" convolution_param{num_output:20 kernel_size:3 pad:1}}'
-        og = rng.randn(3, 20, 15, 14)
+        og = rng.randn(3, 20, 17, 16)
         got = fwd_bwd(lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto),
                       [nd(x, "float32"), nd(w, "float32"), nd(b, "float32")], nd(og, "float32"))
         ref = fwd_bwd(lambda x, w, b: mx.nd.Convolution(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=20),
@@ -215,7 +217,9 @@ def test_float32_gemms_match_float64_references(gemm_env):
         assert "float GEMMs: OpenBLAS" in out["info"]
     else:
         assert "AVX-512 kernel" in out["info"]
-    assert out["worst"]["ip"] < 2e-5 and out["worst"]["conv"] < 2e-5, out
+    # float32 sums of up to 2,100 terms: OpenBLAS and the kernel both land near 4e-5 on the
+    # InnerProduct; a wrong tile or block is off by O(1)
+    assert out["worst"]["ip"] < 1e-4 and out["worst"]["conv"] < 2e-5, out
 
 
 CONV_CASES = [

@@ -58,6 +58,8 @@ cdef inline int read_varint32(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
             return ERR_TRUNCATED
         b = p[pos[0]]
         pos[0] += 1
+        if shift == 28 and b >= 16:  # bits past 32, as Snappy's own parser refuses
+            return ERR_HEADER
         result |= (<uint32_t>(b & 0x7F)) << shift
         if b < 0x80:
             out[0] = result
@@ -270,6 +272,8 @@ def block_entries(const uint8_t[::1] block):
     keys = []
     offsets = []
     lengths = []
+    if num_restarts == 0:  # LevelDB reads such a block as empty (Block::NewIterator)
+        limit = 0
     previous = b""
     while pos < limit:
         if (read_varint32(p, limit, &pos, &shared) != OK
