@@ -21,7 +21,7 @@ from caffedata.sources import _leveldb, leveldb_tables
 from caffedata.sources.db import open_source
 from caffedata.sources.leveldb_tables import Unsupported, open_tables
 
-from conftest import data_prototxt, raw_datum
+from conftest import data_prototxt
 
 
 def _image_like(i, size):
