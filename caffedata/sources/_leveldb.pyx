@@ -247,7 +247,8 @@ def snappy_decompress_into(const uint8_t[::1] src, uint8_t[::1] dst):
 
 
 def snappy_decompress(const uint8_t[::1] src):
-    """``src`` (one Snappy stream) decompressed, as a new bytearray."""
+    """``src`` (one Snappy stream) decompressed, as a new bytearray (the reader reuses
+    buffers through ``snappy_decompress_into``; this is for one-off use and tests)."""
     out = bytearray(snappy_uncompressed_length(src))
     snappy_decompress_into(src, out)
     return out

@@ -5,7 +5,8 @@ the whole LMDB path costs.  plyvel's wheel bundles a Snappy built without
 inlining, LevelDB allocates and faults in a fresh buffer per block, and plyvel
 copies every value into a new ``bytes`` (issue 12).  Here a value stored raw
 is a view into the memory-mapped table file, with no copy, as LMDB's are, and
-a Snappy block is decompressed by ``_leveldb.snappy_decompress``.
+a Snappy block is decompressed by ``_leveldb.snappy_decompress_into`` into a
+reader's reused buffer (``TableReader``).
 
 When: ``LevelDBSource`` first opens the database with plyvel.  That takes
 LevelDB's lock and moves any write-ahead log into a table, as every LevelDB
