@@ -12,6 +12,56 @@
 
 namespace caffedata {
 
+namespace {
+
+// Built for AVX-512, AVX2 and plain x86-64; the CPU picks at load time.
+#define CD_POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// value[q] = the first maximum (strict `>`) of output q's window in the frame,
+// which[q] = its window element (dh * kw + dw), or -1 if none beat -FLT_MAX; the
+// window's elements in row-major order. kStride: stride_w when it is 1 or 2
+// (contiguous or paired loads), else 0 and `stride` is read.
+template <typename Dtype, int kStride>
+CD_POOL_CLONES void pool_max_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
+                                  int64_t stride, int64_t flat, Dtype* __restrict value,
+                                  int32_t* __restrict which) {
+  const int64_t sw = kStride > 0 ? kStride : stride;
+  for (int64_t q = 0; q < flat; ++q) {
+    value[q] = -FLT_MAX;
+    which[q] = -1;
+  }
+  for (int64_t dh = 0; dh < kh; ++dh) {
+    for (int64_t dw = 0; dw < kw; ++dw) {
+      const Dtype* __restrict window = frame + dh * frame_w + dw;
+      const int32_t element = static_cast<int32_t>(dh * kw + dw);
+      for (int64_t q = 0; q < flat; ++q) {
+        const Dtype v = window[sw * q], best = value[q];
+        const int32_t best_element = which[q];
+        // Written as arithmetic rather than selects, so that the compiler sees
+        // plain stores (a select on the stored value compiles to branchy masked stores).
+        const int32_t greater = -static_cast<int32_t>(v > best);
+        value[q] = v > best ? v : best;  // x86's max instruction: the same NaN rule
+        which[q] = best_element ^ ((best_element ^ element) & greater);
+      }
+    }
+  }
+}
+
+// value[q] = the sum of output q's window in the frame, in row-major order.
+template <typename Dtype, int kStride>
+CD_POOL_CLONES void pool_sum_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
+                                  int64_t stride, int64_t flat, Dtype* __restrict value) {
+  const int64_t sw = kStride > 0 ? kStride : stride;
+  for (int64_t q = 0; q < flat; ++q) value[q] = 0;
+  for (int64_t dh = 0; dh < kh; ++dh)
+    for (int64_t dw = 0; dw < kw; ++dw) {
+      const Dtype* __restrict window = frame + dh * frame_w + dw;
+      for (int64_t q = 0; q < flat; ++q) value[q] += window[sw * q];
+    }
+}
+
+}  // namespace
+
 template <typename Dtype>
 class PoolingLayer : public Layer<Dtype> {
  public:
@@ -95,63 +145,78 @@ class PoolingLayer : public Layer<Dtype> {
     top->assign(1, t);
     if (this->num_tops() >= 2) top->push_back(t);
     if (max_) mask_.resize(static_cast<size_t>(shape_count(t)));
+    // The frame holds the padded image and every window (ceil rounding can reach past the pad).
+    frame_h_ = std::max(height_ + ph_, (pooled_h_ - 1) * sh_ + kh_);
+    frame_w_ = std::max(width_ + pw_, (pooled_w_ - 1) * sw_ + kw_);
+    frame_w_ = (frame_w_ + sw_ - 1) / sw_ * sw_;  // a multiple of stride_w, so that out_pitch is whole
+    out_pitch_ = sh_ * frame_w_ / sw_;            // >= pooled_w, so rows of outputs do not overlap
+    if (frame_h_ * frame_w_ >= (int64_t(1) << 31) || (pooled_h_ - 1) * out_pitch_ + pooled_w_ >= (int64_t(1) << 31))  // the flat loop indexes the frame with int32
+      throw LayerError("input " + shape_str(b) + ": a padded plane of 2^31 or more elements is not supported");
+    element_offset_.resize(static_cast<size_t>(kh_ * kw_));
+    for (int64_t e = 0; e < kh_ * kw_; ++e) element_offset_[e] = e / kw_ * width_ + e % kw_;
+    // AVE divides by the window clipped to height + pad and width + pad, as Caffe.
+    window_h_.resize(static_cast<size_t>(pooled_h_));
+    window_w_.resize(static_cast<size_t>(pooled_w_));
+    for (int64_t i = 0; i < pooled_h_; ++i) window_h_[i] = std::min(i * sh_ - ph_ + kh_, height_ + ph_) - (i * sh_ - ph_);
+    for (int64_t j = 0; j < pooled_w_; ++j) window_w_[j] = std::min(j * sw_ - pw_ + kw_, width_ + pw_) - (j * sw_ - pw_);
   }
 
+  // Each plane is copied into a frame padded with values that never count
+  // (-FLT_MAX, which Caffe's strict `>` never takes, for MAX; 0, which leaves a
+  // sum unchanged, for AVE). Output (i, j) is then q = i * out_pitch + j of a
+  // flat loop, its window element (dh, dw) at stride_w * q + dh * frame_w + dw
+  // (out_pitch = stride_h * frame_w / stride_w): one long loop per window
+  // element, which vectorises, while each output still visits its window in
+  // Caffe's order (rows, then columns), so the results are Caffe's to the bit.
+  // Columns j >= pooled_w of the flat loop are computed and dropped.
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>&,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
     const Dtype* x = bottom[0]->data;
     Dtype* y = top[0]->data;
+    Dtype* top_mask = max_ && top.size() > 1 ? top[1]->data : nullptr;
     const int64_t in_plane = height_ * width_, out_plane = pooled_h_ * pooled_w_;
     const int64_t planes = num_ * channels_;
+    const int64_t flat = (pooled_h_ - 1) * out_pitch_ + pooled_w_;  // outputs of the flat loop
     const int threads = layer_util::item_threads(planes * out_plane * kh_ * kw_);
-    if (max_) {
-      Dtype* top_mask = top.size() > 1 ? top[1]->data : nullptr;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      std::vector<Dtype> frame(static_cast<size_t>(frame_h_ * frame_w_), max_ ? Dtype(-FLT_MAX) : Dtype(0));
+      std::vector<Dtype> value(static_cast<size_t>(flat));
+      std::vector<int32_t> which(max_ ? static_cast<size_t>(flat) : 0);
+#pragma omp for schedule(static)
       for (int64_t p = 0; p < planes; ++p) {
         const Dtype* xp = x + p * in_plane;
-        for (int64_t i = 0; i < pooled_h_; ++i) {
-          int64_t hs = i * sh_ - ph_, he = std::min(hs + kh_, height_);
-          hs = std::max<int64_t>(hs, 0);
-          for (int64_t j = 0; j < pooled_w_; ++j) {
-            int64_t ws = j * sw_ - pw_, we = std::min(ws + kw_, width_);
-            ws = std::max<int64_t>(ws, 0);
-            Dtype best = -FLT_MAX;
-            int64_t arg = -1;
-            for (int64_t h = hs; h < he; ++h) {
-              for (int64_t w = ws; w < we; ++w) {
-                // Caffe's strict `>` (the first maximum wins, NaN never does), as
-                // selects rather than a branch, which random data mispredicts.
-                const Dtype v = xp[h * width_ + w];
-                const bool greater = v > best;
-                best = greater ? v : best;
-                arg = greater ? h * width_ + w : arg;
-              }
+        for (int64_t h = 0; h < height_; ++h)
+          std::copy(xp + h * width_, xp + (h + 1) * width_, frame.data() + (h + ph_) * frame_w_ + pw_);
+        const int64_t o = p * out_plane;
+        if (max_) {
+          if (sw_ == 1) pool_max_flat<Dtype, 1>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
+          else if (sw_ == 2) pool_max_flat<Dtype, 2>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
+          else pool_max_flat<Dtype, 0>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
+          // Locals, so that the stores below need not reload this layer's fields.
+          const int64_t out_w = pooled_w_, pitch = out_pitch_, stride_w = sw_;
+          const int64_t* element_offset = element_offset_.data();
+          for (int64_t i = 0; i < pooled_h_; ++i) {
+            const int64_t corner = (i * sh_ - ph_) * width_ - pw_;  // the window of (i, 0), in the plane
+            const Dtype* __restrict value_row = value.data() + i * pitch;
+            const int32_t* __restrict which_row = which.data() + i * pitch;
+            Dtype* __restrict y_row = y + o + i * out_w;
+            int64_t* __restrict mask_row = mask_.data() + o + i * out_w;
+            for (int64_t j = 0; j < out_w; ++j) {
+              const int32_t e = which_row[j];  // -1: no element beat -FLT_MAX
+              y_row[j] = value_row[j];
+              mask_row[j] = e < 0 ? -1 : corner + j * stride_w + element_offset[e];
             }
-            const int64_t o = p * out_plane + i * pooled_w_ + j;
-            y[o] = best;
-            mask_[o] = arg;
-            if (top_mask) top_mask[o] = static_cast<Dtype>(arg);
+            if (top_mask)
+              for (int64_t j = 0; j < out_w; ++j) top_mask[o + i * out_w + j] = static_cast<Dtype>(mask_row[j]);
           }
-        }
-      }
-    } else {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-      for (int64_t p = 0; p < planes; ++p) {
-        const Dtype* xp = x + p * in_plane;
-        for (int64_t i = 0; i < pooled_h_; ++i) {
-          for (int64_t j = 0; j < pooled_w_; ++j) {
-            int64_t hs = i * sh_ - ph_, ws = j * sw_ - pw_;
-            int64_t he = std::min(hs + kh_, height_ + ph_), we = std::min(ws + kw_, width_ + pw_);
-            const int64_t pool_size = (he - hs) * (we - ws);
-            hs = std::max<int64_t>(hs, 0);
-            ws = std::max<int64_t>(ws, 0);
-            he = std::min(he, height_);
-            we = std::min(we, width_);
-            Dtype s = 0;
-            for (int64_t h = hs; h < he; ++h)
-              for (int64_t w = ws; w < we; ++w) s += xp[h * width_ + w];
-            y[p * out_plane + i * pooled_w_ + j] = s / pool_size;
-          }
+        } else {
+          if (sw_ == 1) pool_sum_flat<Dtype, 1>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data());
+          else if (sw_ == 2) pool_sum_flat<Dtype, 2>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data());
+          else pool_sum_flat<Dtype, 0>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data());
+          for (int64_t i = 0; i < pooled_h_; ++i)
+            for (int64_t j = 0; j < pooled_w_; ++j)
+              y[o + i * pooled_w_ + j] = value[i * out_pitch_ + j] / (window_h_[i] * window_w_[j]);
         }
       }
     }
@@ -202,6 +267,9 @@ class PoolingLayer : public Layer<Dtype> {
   int64_t kh_ = 0, kw_ = 0, ph_ = 0, pw_ = 0, sh_ = 1, sw_ = 1;
   int64_t num_ = 0, channels_ = 0, height_ = 0, width_ = 0, pooled_h_ = 0, pooled_w_ = 0;
   std::vector<int64_t> mask_;
+  int64_t frame_h_ = 0, frame_w_ = 0, out_pitch_ = 0;  // the padded frame of a plane (Forward)
+  std::vector<int64_t> window_h_, window_w_;      // AVE's divisor per output row / column
+  std::vector<int64_t> element_offset_;           // window element dh * kw + dw -> dh * width + dw
 };
 
 CAFFEDATA_REGISTER_LAYER("Pooling", PoolingLayer)

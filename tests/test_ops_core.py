@@ -441,6 +441,67 @@ def test_global_pooling_and_mask_top():
     np.testing.assert_array_equal(mask[:, :, 0, 0], x.reshape(2, 3, -1).argmax(-1))
 
 
+def _caffe_pooling_float32(x, kind, kh, kw, sh, sw, ph, pw):
+    """Caffe's pooling loops over one float32 image, element by element: output size by ceil
+    rounding with the window that starts in the padding dropped; MAX keeps the first maximum of
+    the window in row-major order (strict >, from -FLT_MAX) and its index, -1 if none; AVE sums in
+    row-major order in float32 and divides by the window clipped to height/width + pad."""
+    n, c, H, W = x.shape
+    oh, ow = -(-(H + 2 * ph - kh) // sh) + 1, -(-(W + 2 * pw - kw) // sw) + 1
+    if ph or pw:
+        oh, ow = oh - ((oh - 1) * sh >= H + ph), ow - ((ow - 1) * sw >= W + pw)
+    y = np.zeros((n, c, oh, ow), np.float32)
+    mask = np.full((n, c, oh, ow), -1, np.int64)
+    for a in range(n):
+        for b in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    hs, ws = i * sh - ph, j * sw - pw
+                    he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
+                    size = (he - hs) * (we - ws)
+                    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                    best, arg, total = np.float32(-np.finfo(np.float32).max), -1, np.float32(0)
+                    for h in range(hs, he):
+                        for w in range(ws, we):
+                            v = x[a, b, h, w]
+                            if v > best:
+                                best, arg = v, h * W + w
+                            if kind == "AVE":
+                                total = np.float32(total + v)
+                    y[a, b, i, j] = best if kind == "MAX" else np.float32(total / np.float32(size))
+                    mask[a, b, i, j] = arg
+    return y, mask
+
+
+@pytest.mark.parametrize("geometry", [(3, 3, 1, 1, 1, 1), (3, 3, 2, 2, 0, 0), (2, 2, 2, 2, 1, 1), (3, 2, 2, 1, 1, 0),
+                                      (5, 5, 3, 3, 2, 2), (4, 3, 1, 2, 0, 1), (7, 7, 1, 1, 0, 0)])
+def test_pooling_float32_bit_exact_against_caffes_loops(geometry):
+    """The vectorised pooling (each plane in a padded frame, one flat loop per window element)
+    against Caffe's per-output loops in float32, bit for bit: strides 1, 2 and 3, unequal strides,
+    padding, ceil rounding past the pad, a global-size kernel; ties, NaN, -inf and -FLT_MAX, which
+    Caffe's strict > never takes (the mask top then says -1)."""
+    kh, kw, sh, sw, ph, pw = geometry
+    rng = np.random.RandomState(sum(geometry))
+    x = rng.randn(2, 3, 9, 11).astype(np.float32)
+    x[0, 0, :3, :3] = 0.5  # ties: the first in row-major order wins
+    x[0, 1, 2:5, 4:7] = np.nan  # never taken
+    x[1, 2] = -np.inf  # a plane where nothing beats -FLT_MAX ...
+    x[1, 2, 0, :4] = -np.finfo(np.float32).max  # ... not even -FLT_MAX itself
+    x[1, 0, 4:, 5:] = np.round(x[1, 0, 4:, 5:])  # more ties
+    proto = "kernel_h:%d kernel_w:%d stride_h:%d stride_w:%d pad_h:%d pad_w:%d" % geometry
+    for kind in ("MAX", "AVE"):
+        if kind == "AVE":
+            x = np.where(np.isfinite(x) & (x > -1e30), x, np.float32(0.25))
+        num_out = 2 if kind == "MAX" else 1
+        out = mx.nd.CaffeOp(mx.nd.array(x, dtype="float32"), num_out=num_out, prototxt=pool(f"pool:{kind} {proto}"))
+        y, mask = (out[0].asnumpy(), out[1].asnumpy()) if kind == "MAX" else (out.asnumpy(), None)
+        ref_y, ref_mask = _caffe_pooling_float32(x, kind, kh, kw, sh, sw, ph, pw)
+        assert y.shape == ref_y.shape
+        assert y.tobytes() == ref_y.tobytes(), f"{kind} {geometry}: values differ"
+        if mask is not None:
+            np.testing.assert_array_equal(mask, ref_mask.astype(np.float32))
+
+
 def test_pooling_errors():
     with pytest.raises(SpecError, match="STOCHASTIC"):
         ops.layer_info(pool("pool:STOCHASTIC kernel_size:2"))
