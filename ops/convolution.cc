@@ -1,11 +1,13 @@
 // Convolution and Deconvolution, as Caffe 1.0's base_conv_layer.cpp,
 // conv_layer.cpp, deconv_layer.cpp and util/im2col.cpp: N spatial axes, per-axis
 // kernel/stride/pad (kernel_h/w etc. for 2-D), dilation, group, bias_term.
-// Each image is lowered with im2col and multiplied with a BLAS GEMM per group.
-// Images run in parallel over the OpenMP threads the caller allows (BLAS then
-// runs single-threaded inside each); the weight gradient is summed per thread
-// and the partial sums are added in thread order, so a given thread count
-// always gives the same bits (one thread: Caffe's own image order).
+// Each image is lowered with im2col and multiplied with a GEMM per group; on
+// small feature maps several images share one GEMM (images_per_gemm below).
+// Images run in parallel over the OpenMP threads the caller allows (the GEMM
+// then runs single-threaded inside each); the weight gradient is summed per
+// thread and the partial sums are added in thread order, so a given thread
+// count always gives the same bits (one thread, one image per GEMM: Caffe's
+// own image order).
 #include <algorithm>
 #include <sstream>
 #ifdef _OPENMP
@@ -30,11 +32,14 @@ inline void valid_cols(int64_t in_col, int64_t sw, int64_t width, int64_t ow, in
   *q1 = std::max(*q0, std::min(hi, ow));
 }
 
-// Caffe's im2col_cpu (2-D, with dilation).
+// Caffe's im2col_cpu (2-D, with dilation). Row r of the result (channel, kernel
+// row, kernel column) starts at col + r * pitch: pitch oh * ow is Caffe's
+// layout; a wider one leaves room for other images' columns beside it.
 template <typename Dtype>
+__attribute__((optimize("no-tree-loop-distribute-patterns")))  // keep the loops below loops
 void im2col_2d(const Dtype* im, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
                int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
-               Dtype* col) {
+               Dtype* col, int64_t pitch) {
   const int64_t plane = height * width;
   for (int64_t c = 0; c < channels; ++c, im += plane) {
     for (int64_t ki = 0; ki < kh; ++ki) {
@@ -49,25 +54,29 @@ void im2col_2d(const Dtype* im, int64_t channels, int64_t height, int64_t width,
           const int64_t in_col = -pw + kj * dw;
           int64_t q0, q1;
           valid_cols(in_col, sw, width, ow, &q0, &q1);
-          std::fill(col, col + q0, Dtype(0));
+          // Plain loops, not memcpy/memset: rows are short (16 values in CIFAR-10's
+          // conv2), and the library calls cost more than the copies.
+          for (int64_t q = 0; q < q0; ++q) col[q] = 0;
           if (sw == 1) {
-            copy<Dtype>(q1 - q0, row + in_col + q0, col + q0);
+            const Dtype* src = row + in_col;
+            for (int64_t q = q0; q < q1; ++q) col[q] = src[q];
           } else {
             for (int64_t q = q0; q < q1; ++q) col[q] = row[in_col + q * sw];
           }
-          std::fill(col + q1, col + ow, Dtype(0));
+          for (int64_t q = q1; q < ow; ++q) col[q] = 0;
           col += ow;
         }
+        col += pitch - oh * ow;
       }
     }
   }
 }
 
-// Caffe's col2im_cpu: accumulates into a zeroed image.
+// Caffe's col2im_cpu: accumulates into a zeroed image (rows of col `pitch` apart, as im2col_2d).
 template <typename Dtype>
 void col2im_2d(const Dtype* col, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
                int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
-               Dtype* im) {
+               Dtype* im, int64_t pitch) {
   set<Dtype>(channels * height * width, Dtype(0), im);
   const int64_t plane = height * width;
   for (int64_t c = 0; c < channels; ++c, im += plane) {
@@ -91,6 +100,7 @@ void col2im_2d(const Dtype* col, int64_t channels, int64_t height, int64_t width
           }
           col += ow;
         }
+        col += pitch - oh * ow;
       }
     }
   }
@@ -304,24 +314,29 @@ class ConvLayerT : public Layer<Dtype> {
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
     const Dtype* w = blobs[0]->data;
-    const int threads = image_threads();
+    const int64_t per = images_per_gemm(), groups_of_images = (num_ + per - 1) / per;
+    const int threads = prepare_threads(groups_of_images);
     for (size_t i = 0; i < bottom.size(); ++i) {
       const Dtype* x = bottom[i]->data;
       Dtype* y = top[i]->data;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-      for (int64_t n = 0; n < num_; ++n) {
-        Dtype* col = thread_col();
-        if (DECONV) {
-          backward_gemm(x + n * bottom_dim_, w, y + n * top_dim_, col);
+      for (int64_t gi = 0; gi < groups_of_images; ++gi) {
+        const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
+        if (per > 1) {
+          forward_images(x, w, y, n0, count);
+        } else if (DECONV) {
+          backward_gemm(x + n0 * bottom_dim_, w, y + n0 * top_dim_, thread_col());
         } else {
-          forward_gemm(x + n * bottom_dim_, w, y + n * top_dim_, col);
+          forward_gemm(x + n0 * bottom_dim_, w, y + n0 * top_dim_, thread_col());
         }
         if (bias_term_) {
           const Dtype* b = blobs[1]->data;
-          Dtype* yn = y + n * top_dim_;
-          for (int64_t c = 0; c < num_output_; ++c) {
-            Dtype* p = yn + c * out_spatial_dim_;
-            for (int64_t s = 0; s < out_spatial_dim_; ++s) p[s] += b[c];
+          for (int64_t n = n0; n < n0 + count; ++n) {
+            Dtype* yn = y + n * top_dim_;
+            for (int64_t c = 0; c < num_output_; ++c) {
+              Dtype* p = yn + c * out_spatial_dim_;
+              for (int64_t s = 0; s < out_spatial_dim_; ++s) p[s] += b[c];
+            }
           }
         }
       }
@@ -349,25 +364,29 @@ class ConvLayerT : public Layer<Dtype> {
       }
       const bool pd = propagate_down[i] && bottom[i]->diff;
       if (!wd && !pd) continue;
-      const int threads = image_threads();
+      const int64_t per = images_per_gemm(), groups_of_images = (num_ + per - 1) / per;
+      const int threads = prepare_threads(groups_of_images);
       const int64_t wcount = blobs[0]->count();
       // One thread adds straight into wd, in Caffe's order; several add into their own
       // partial sums (zeroed), added into wd in thread order afterwards.
       if (wd && threads > 1) wd_partial_.assign(static_cast<size_t>(threads * wcount), Dtype(0));
 #pragma omp parallel num_threads(threads) if (threads > 1)
       {
-        Dtype* col = thread_col();
         Dtype* my_wd = wd && threads > 1 ? wd_partial_.data() + thread_index() * wcount : wd;
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < num_; ++n) {
-          if (DECONV) {
+        for (int64_t gi = 0; gi < groups_of_images; ++gi) {
+          const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
+          Dtype* dx = pd ? bottom[i]->diff : nullptr;
+          if (per > 1) {
+            backward_images(x, dy, w, wd ? my_wd : nullptr, dx, n0, count);
+          } else if (DECONV) {
             // gradient w.r.t. weight: im2col(top diff) x bottom data.
-            if (wd) weight_gemm(dy + n * top_dim_, x + n * bottom_dim_, my_wd, col);
+            if (wd) weight_gemm(dy + n0 * top_dim_, x + n0 * bottom_dim_, my_wd, thread_col());
             // gradient w.r.t. bottom: a forward convolution of top diff.
-            if (pd) forward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, col);
+            if (pd) forward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           } else {
-            if (wd) weight_gemm(x + n * bottom_dim_, dy + n * top_dim_, my_wd, col);
-            if (pd) backward_gemm(dy + n * top_dim_, w, bottom[i]->diff + n * bottom_dim_, col);
+            if (wd) weight_gemm(x + n0 * bottom_dim_, dy + n0 * top_dim_, my_wd, thread_col());
+            if (pd) backward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           }
         }
       }
@@ -393,16 +412,107 @@ class ConvLayerT : public Layer<Dtype> {
   bool is_1x1_ = false;
   std::vector<Dtype> col_buffer_;   // one im2col buffer per image thread, side by side
   std::vector<Dtype> wd_partial_;   // per-thread weight-gradient sums (several threads)
+  std::vector<Dtype> batch_buffer_; // per-thread columns + outputs of a group of images (images_per_gemm() > 1)
+  size_t batch_stride_ = 0;
 
-  // Threads for the per-image loop: what OpenMP allows here, at most one per image.
-  int image_threads() {
+  // Caffe runs one GEMM per image. On a small feature map that GEMM is mostly
+  // edge tiles and packing (a 7x7 map has 49 columns), so, for Convolution with
+  // 2-D kernels, the columns of several images are set side by side and
+  // multiplied at once, up to kBatchColumns columns. Each output is still one
+  // dot product over the kernel window (the AVX-512 kernel sums it in the same
+  // order whatever the number of columns); the weight gradient sums over the
+  // images' columns in one GEMM instead of one GEMM per image, a different
+  // order of the same float sums. Which images share a GEMM depends on the
+  // shapes only, never on the thread count.
+  static constexpr int64_t kBatchColumns = 512;
+  int64_t images_per_gemm() const {
+    if (DECONV || num_spatial_ != 2 || num_ < 2 || conv_out_spatial_dim_ * 2 > kBatchColumns) return 1;
+    return std::min<int64_t>(num_, kBatchColumns / conv_out_spatial_dim_);
+  }
+
+  // Threads for the loop over groups of images: what OpenMP allows here, at most
+  // one per group; grows this layer's per-thread buffers to match.
+  int prepare_threads(int64_t groups_of_images) {
     int threads = 1;
 #ifdef _OPENMP
-    threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), std::max<int64_t>(num_, 1)));
+    threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), std::max<int64_t>(groups_of_images, 1)));
 #endif
     const size_t per = static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_);
     if (col_buffer_.size() < per * threads) col_buffer_.resize(per * threads);
+    const int64_t images = images_per_gemm();
+    if (images > 1) {
+      const size_t columns = static_cast<size_t>(images * conv_out_spatial_dim_);
+      batch_stride_ = columns * static_cast<size_t>(kernel_dim_ * group_ + conv_out_channels_);
+      if (batch_buffer_.size() < batch_stride_ * threads) batch_buffer_.resize(batch_stride_ * threads);
+    }
     return threads;
+  }
+
+  // This thread's batch buffers: the columns of its images (kernel_dim * group
+  // rows) and a matrix of their outputs or output gradients (out channels rows).
+  Dtype* thread_batch_cols() { return batch_buffer_.data() + batch_stride_ * thread_index(); }
+  Dtype* thread_batch_outputs() {
+    return thread_batch_cols() + static_cast<size_t>(kernel_dim_ * group_ * images_per_gemm() * conv_out_spatial_dim_);
+  }
+
+  // Rows of `rows` values per image <-> one matrix with the images' rows side by side.
+  void gather_rows(const Dtype* image0, int64_t image_stride, int64_t count, int64_t rows, Dtype* matrix) const {
+    const int64_t n = conv_out_spatial_dim_, width = count * n;
+    for (int64_t b = 0; b < count; ++b)
+      for (int64_t r = 0; r < rows; ++r) copy<Dtype>(n, image0 + b * image_stride + r * n, matrix + r * width + b * n);
+  }
+  void scatter_rows(const Dtype* matrix, int64_t count, int64_t rows, Dtype* image0, int64_t image_stride) const {
+    const int64_t n = conv_out_spatial_dim_, width = count * n;
+    for (int64_t b = 0; b < count; ++b)
+      for (int64_t r = 0; r < rows; ++r) copy<Dtype>(n, matrix + r * width + b * n, image0 + b * image_stride + r * n);
+  }
+
+  // The columns of images n0 .. n0 + count - 1, side by side (Convolution only).
+  const Dtype* batch_columns(const Dtype* x, int64_t n0, int64_t count) {
+    Dtype* cols = thread_batch_cols();
+    const int64_t width = count * conv_out_spatial_dim_;
+    if (is_1x1_) {
+      gather_rows(x + n0 * bottom_dim_, bottom_dim_, count, kernel_dim_ * group_, cols);
+    } else {
+      for (int64_t b = 0; b < count; ++b) im2col(x + (n0 + b) * bottom_dim_, cols + b * conv_out_spatial_dim_, width);
+    }
+    return cols;
+  }
+
+  // y = W x columns for images n0 .. n0 + count - 1 at once.
+  void forward_images(const Dtype* x, const Dtype* w, Dtype* y, int64_t n0, int64_t count) {
+    const Dtype* cols = batch_columns(x, n0, count);
+    Dtype* out = thread_batch_outputs();
+    const int64_t width = count * conv_out_spatial_dim_, m = conv_out_channels_ / group_;
+    for (int64_t g = 0; g < group_; ++g)
+      gemm(Trans::No, Trans::No, m, width, kernel_dim_, Dtype(1), w + weight_offset_ * g,
+           cols + kernel_dim_ * width * g, Dtype(0), out + m * width * g);
+    scatter_rows(out, count, conv_out_channels_, y + n0 * top_dim_, top_dim_);
+  }
+
+  // dW += dy x columns^T and dx = col2im(W^T x dy) for images n0 .. n0 + count - 1 at once.
+  void backward_images(const Dtype* x, const Dtype* dy, const Dtype* w, Dtype* wd, Dtype* dx, int64_t n0,
+                       int64_t count) {
+    const int64_t width = count * conv_out_spatial_dim_, m = conv_out_channels_ / group_;
+    Dtype* dy_batch = thread_batch_outputs();
+    gather_rows(dy + n0 * top_dim_, top_dim_, count, conv_out_channels_, dy_batch);
+    if (wd) {
+      const Dtype* cols = batch_columns(x, n0, count);
+      for (int64_t g = 0; g < group_; ++g)
+        gemm(Trans::No, Trans::Yes, m, kernel_dim_, width, Dtype(1), dy_batch + m * width * g,
+             cols + kernel_dim_ * width * g, Dtype(1), wd + weight_offset_ * g);
+    }
+    if (dx) {
+      Dtype* cols = thread_batch_cols();
+      for (int64_t g = 0; g < group_; ++g)
+        gemm(Trans::Yes, Trans::No, kernel_dim_, width, m, Dtype(1), w + weight_offset_ * g,
+             dy_batch + m * width * g, Dtype(0), cols + kernel_dim_ * width * g);
+      if (is_1x1_) {
+        scatter_rows(cols, count, kernel_dim_ * group_, dx + n0 * bottom_dim_, bottom_dim_);
+      } else {
+        for (int64_t b = 0; b < count; ++b) col2im(cols + b * conv_out_spatial_dim_, dx + (n0 + b) * bottom_dim_, width);
+      }
+    }
   }
 
   static int thread_index() {
@@ -417,20 +527,23 @@ class ConvLayerT : public Layer<Dtype> {
     return col_buffer_.data() + static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_) * thread_index();
   }
 
-  void im2col(const Dtype* im, Dtype* col) {
+  // pitch: the distance between rows of col (conv_out_spatial_dim_ but in a batch; 2-D only)
+  void im2col(const Dtype* im, Dtype* col, int64_t pitch = 0) {
     if (num_spatial_ == 2) {
       im2col_2d(im, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], kernel_[0], kernel_[1], pad_[0],
-                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], col);
+                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], col,
+                pitch ? pitch : conv_out_spatial_dim_);
     } else {
       im2col_nd<Dtype, true>(im, col, nullptr, conv_in_channels_, conv_in_spatial_, col_spatial_, kernel_, pad_,
                              stride_, dilation_);
     }
   }
 
-  void col2im(const Dtype* col, Dtype* im) {
+  void col2im(const Dtype* col, Dtype* im, int64_t pitch = 0) {
     if (num_spatial_ == 2) {
       col2im_2d(col, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], kernel_[0], kernel_[1], pad_[0],
-                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], im);
+                pad_[1], stride_[0], stride_[1], dilation_[0], dilation_[1], col_spatial_[0], col_spatial_[1], im,
+                pitch ? pitch : conv_out_spatial_dim_);
     } else {
       set<Dtype>(conv_in_channels_ * shape_count(conv_in_spatial_), Dtype(0), im);
       im2col_nd<Dtype, false>(nullptr, const_cast<Dtype*>(col), im, conv_in_channels_, conv_in_spatial_,

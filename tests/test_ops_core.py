@@ -270,14 +270,18 @@ def test_deconvolution_matches_mxnet(case):
 
 
 def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_bit():
-    """3 OpenMP threads over a batch of 5 (2 + 2 + 1 images): per-thread weight-gradient sums."""
+    """3 OpenMP threads with per-thread weight-gradient sums: over a batch of 5 images one GEMM each
+    (2 + 2 + 1 images; 24x24 outputs are too wide to share a GEMM, as are Deconvolution's), and over
+    13 images of 10x10 outputs, which share GEMMs 5 at a time (5 + 5 + 3)."""
     res = run_child("""
         os.environ["OMP_NUM_THREADS"] = "3"  # read when libgomp loads with mxnet
         import numpy as np, mxnet as mx, caffedata
         rng = np.random.RandomState(4)
-        x = mx.nd.array(rng.randn(5, 4, 9, 8), dtype="float64")
-        for kind, wshape, native in (("Convolution", (6, 4, 3, 3), mx.nd.Convolution),
-                                     ("Deconvolution", (4, 6, 3, 3), mx.nd.Deconvolution)):
+        for kind, xshape, wshape, native in (
+                ("Convolution", (5, 4, 24, 24), (6, 4, 3, 3), mx.nd.Convolution),
+                ("Convolution", (13, 4, 10, 10), (6, 4, 3, 3), mx.nd.Convolution),
+                ("Deconvolution", (5, 4, 9, 8), (4, 6, 3, 3), mx.nd.Deconvolution)):
+            x = mx.nd.array(rng.randn(*xshape), dtype="float64")
             w = mx.nd.array(rng.randn(*wshape), dtype="float64")
             b = mx.nd.array(rng.randn(6), dtype="float64")
             proto = 'layer { type: "%s" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }' % kind

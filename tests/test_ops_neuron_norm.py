@@ -127,6 +127,32 @@ def test_neuron_forward_and_gradient(proto, ref, gen):
     grad_check(proto, [gen((2, 3, 2, 2))])
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.3])
+def test_relu_float32_forward_and_backward_bit_exact(slope):
+    """ReLU's vectorised loops against Caffe's formulas in float32, bit for bit, over 4,099
+    values (vector bodies and a tail) with zeros of both signs, NaN and infinities:
+    y = std::max(x, 0) + slope * std::min(x, 0), dx = dy * ((x > 0) + slope * (x <= 0))."""
+    x = RNG.standard_normal(4099).astype(np.float32)
+    x[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45]
+    dy = RNG.standard_normal(4099).astype(np.float32)
+    dy[6:9] = [np.nan, -0.0, np.inf]
+    s = np.float32(slope)
+    zero = np.float32(0)
+    with np.errstate(invalid="ignore"):
+        # std::max(a, b) is (a < b) ? b : a, and std::min(a, b) is (b < a) ? b : a: unlike
+        # np.maximum, they keep -0.0 and NaN in a
+        want_y = np.where(x < zero, zero, x) + s * np.where(zero < x, zero, x)
+        want_dx = dy * ((x > 0).astype(np.float32) + s * (x <= 0).astype(np.float32))
+    proto = 'layer { type: "ReLU" relu_param { negative_slope: %g } }' % slope
+    xs = mx.nd.array(x, dtype="float32")
+    xs.attach_grad()
+    with mx.autograd.record():
+        y = mx.nd.CaffeOp(xs, prototxt=proto)
+    y.backward(mx.nd.array(dy, dtype="float32"))
+    assert y.asnumpy().tobytes() == want_y.tobytes()
+    assert xs.grad.asnumpy().tobytes() == want_dx.tobytes()
+
+
 def test_relu_matches_mxnet_leaky_relu_and_activation():
     x = RNG.standard_normal(X4).astype(np.float32)
     np.testing.assert_array_equal(
