@@ -12,6 +12,15 @@
 
 #include "layer.h"
 
+// A hot loop built several times (AVX-512, AVX2 and baseline x86-64), the CPU
+// picking one when the library loads. That needs GNU ifunc (Linux, ELF);
+// elsewhere the loop is built once, for the baseline.
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__)
+#define CAFFEDATA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CAFFEDATA_CPU_CLONES
+#endif
+
 namespace caffedata {
 namespace layer_util {
 

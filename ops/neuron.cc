@@ -22,20 +22,19 @@ namespace {
 
 using namespace layer_util;  // NOLINT
 
-// ReLU's loops, built for AVX-512, AVX2 and plain x86-64 (the CPU picks at load
-// time). Caffe's formulas as written: every product in them is exact (a factor
-// is 0 or 1), so a fused multiply-add gives the same bits.
-#define CD_RELU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// ReLU's loops, built per CPU (CAFFEDATA_CPU_CLONES). Caffe's formulas as
+// written: every product in them is exact (a factor is 0 or 1), so a fused
+// multiply-add, which AVX-512 builds may use, gives the same bits.
 
 template <typename Dtype>
-CD_RELU_CLONES void relu_forward(int64_t n, const Dtype* x, Dtype* y, Dtype slope) {
+CAFFEDATA_CPU_CLONES void relu_forward(int64_t n, const Dtype* x, Dtype* y, Dtype slope) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::max(x[i], Dtype(0)) + slope * std::min(x[i], Dtype(0));
 }
 
 // dx = dy * ((x > 0) + slope * (x <= 0)), the comparisons as 0/1 selects (which
 // vectorise; bool-to-float conversions do not). NaN: both 0, so dx = dy * 0.
 template <typename Dtype>
-CD_RELU_CLONES void relu_backward(int64_t n, const Dtype* x, const Dtype* dy, Dtype* dx, Dtype slope) {
+CAFFEDATA_CPU_CLONES void relu_backward(int64_t n, const Dtype* x, const Dtype* dy, Dtype* dx, Dtype slope) {
   for (int64_t i = 0; i < n; ++i) {
     const Dtype positive = x[i] > 0 ? Dtype(1) : Dtype(0), nonpositive = x[i] <= 0 ? Dtype(1) : Dtype(0);
     dx[i] = dy[i] * (positive + slope * nonpositive);

@@ -14,15 +14,12 @@ namespace caffedata {
 
 namespace {
 
-// Built for AVX-512, AVX2 and plain x86-64; the CPU picks at load time.
-#define CD_POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
 // value[q] = the first maximum (strict `>`) of output q's window in the frame,
 // which[q] = its window element (dh * kw + dw), or -1 if none beat -FLT_MAX; the
 // window's elements in row-major order. kStride: stride_w when it is 1 or 2
 // (contiguous or paired loads), else 0 and `stride` is read.
 template <typename Dtype, int kStride>
-CD_POOL_CLONES void pool_max_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
+CAFFEDATA_CPU_CLONES void pool_max_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
                                   int64_t stride, int64_t flat, Dtype* __restrict value,
                                   int32_t* __restrict which) {
   const int64_t sw = kStride > 0 ? kStride : stride;
@@ -49,7 +46,7 @@ CD_POOL_CLONES void pool_max_flat(const Dtype* __restrict frame, int64_t frame_w
 
 // value[q] = the sum of output q's window in the frame, in row-major order.
 template <typename Dtype, int kStride>
-CD_POOL_CLONES void pool_sum_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
+CAFFEDATA_CPU_CLONES void pool_sum_flat(const Dtype* __restrict frame, int64_t frame_w, int64_t kh, int64_t kw,
                                   int64_t stride, int64_t flat, Dtype* __restrict value) {
   const int64_t sw = kStride > 0 ? kStride : stride;
   for (int64_t q = 0; q < flat; ++q) value[q] = 0;
@@ -150,7 +147,8 @@ class PoolingLayer : public Layer<Dtype> {
     frame_w_ = std::max(width_ + pw_, (pooled_w_ - 1) * sw_ + kw_);
     frame_w_ = (frame_w_ + sw_ - 1) / sw_ * sw_;  // a multiple of stride_w, so that out_pitch is whole
     out_pitch_ = sh_ * frame_w_ / sw_;            // >= pooled_w, so rows of outputs do not overlap
-    if (frame_h_ * frame_w_ >= (int64_t(1) << 31) || (pooled_h_ - 1) * out_pitch_ + pooled_w_ >= (int64_t(1) << 31))  // the flat loop indexes the frame with int32
+    // The flat loop's window elements and outputs are int32-sized.
+    if (frame_h_ * frame_w_ >= (int64_t(1) << 31) || (pooled_h_ - 1) * out_pitch_ + pooled_w_ >= (int64_t(1) << 31))
       throw LayerError("input " + shape_str(b) + ": a padded plane of 2^31 or more elements is not supported");
     element_offset_.resize(static_cast<size_t>(kh_ * kw_));
     for (int64_t e = 0; e < kh_ * kw_; ++e) element_offset_[e] = e / kw_ * width_ + e % kw_;
