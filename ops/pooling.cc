@@ -147,9 +147,8 @@ class PoolingLayer : public Layer<Dtype> {
     frame_w_ = std::max(width_ + pw_, (pooled_w_ - 1) * sw_ + kw_);
     frame_w_ = (frame_w_ + sw_ - 1) / sw_ * sw_;  // a multiple of stride_w, so that out_pitch is whole
     out_pitch_ = sh_ * frame_w_ / sw_;            // >= pooled_w, so rows of outputs do not overlap
-    // The flat loop's window elements and outputs are int32-sized.
-    if (frame_h_ * frame_w_ >= (int64_t(1) << 31) || (pooled_h_ - 1) * out_pitch_ + pooled_w_ >= (int64_t(1) << 31))
-      throw LayerError("input " + shape_str(b) + ": a padded plane of 2^31 or more elements is not supported");
+    if (kh_ * kw_ >= (int64_t(1) << 31))  // the flat loop numbers window elements with int32
+      throw LayerError("input " + shape_str(b) + ": a pooling window of 2^31 or more elements is not supported");
     element_offset_.resize(static_cast<size_t>(kh_ * kw_));
     for (int64_t e = 0; e < kh_ * kw_; ++e) element_offset_[e] = e / kw_ * width_ + e % kw_;
     // AVE divides by the window clipped to height + pad and width + pad, as Caffe.
