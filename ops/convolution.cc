@@ -9,7 +9,10 @@
 // count always gives the same bits (one thread, one image per GEMM: Caffe's
 // own image order).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
+#include <type_traits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -30,6 +33,16 @@ inline void valid_cols(int64_t in_col, int64_t sw, int64_t width, int64_t ow, in
   const int64_t hi = width - in_col <= 0 ? 0 : (width - in_col + sw - 1) / sw;
   *q0 = std::min(lo, ow);
   *q1 = std::max(*q0, std::min(hi, ow));
+}
+
+// CAFFEDATA_CONV=im2col turns the implicit GEMM below off (every float
+// Convolution then lowers with im2col, as Caffe): read once.
+inline bool implicit_gemm_allowed() {
+  static const bool allowed = [] {
+    const char* choice = std::getenv("CAFFEDATA_CONV");
+    return !(choice && std::strcmp(choice, "im2col") == 0);
+  }();
+  return allowed;
 }
 
 // Caffe's im2col_cpu (2-D, with dilation). Row r of the result (channel, kernel
@@ -309,12 +322,14 @@ class ConvLayerT : public Layer<Dtype> {
     blobs->push_back(ws);
     if (bias_term_) blobs->push_back(Shape{num_output_});
     col_buffer_.resize(static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_));  // grown per thread
+    plan_implicit_gemm();
   }
 
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
     const Dtype* w = blobs[0]->data;
-    const int64_t per = images_per_gemm(), groups_of_images = (num_ + per - 1) / per;
+    const int64_t per = implicit_ ? implicit_images_ : images_per_gemm();
+    const int64_t groups_of_images = (num_ + per - 1) / per;
     const int threads = prepare_threads(groups_of_images);
     for (size_t i = 0; i < bottom.size(); ++i) {
       const Dtype* x = bottom[i]->data;
@@ -322,7 +337,9 @@ class ConvLayerT : public Layer<Dtype> {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t gi = 0; gi < groups_of_images; ++gi) {
         const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
-        if (per > 1) {
+        if (implicit_) {
+          forward_implicit(x, w, y, n0, count);
+        } else if (per > 1) {
           forward_images(x, w, y, n0, count);
         } else if (DECONV) {
           backward_gemm(x + n0 * bottom_dim_, w, y + n0 * top_dim_, thread_col());
@@ -414,6 +431,17 @@ class ConvLayerT : public Layer<Dtype> {
   std::vector<Dtype> wd_partial_;   // per-thread weight-gradient sums (several threads)
   std::vector<Dtype> batch_buffer_; // per-thread columns + outputs of a group of images (images_per_gemm() > 1)
   size_t batch_stride_ = 0;
+  // The implicit GEMM's plan (plan_implicit_gemm) and per-thread buffers.
+  bool implicit_ = false;
+  int64_t frame_h_ = 0, frame_w_ = 0;              // an input channel with its padding
+  int64_t implicit_columns_ = 0;                    // the flat outputs of one image, (oh - 1) * frame_w + ow
+  int64_t implicit_vectors_ = 0;                    // ... in 16-float vectors
+  int64_t implicit_images_ = 1;                     // images per GEMM
+  int64_t implicit_ldc_ = 0;                        // columns of the GEMM's output
+  std::vector<int64_t> implicit_row_offset_;        // kernel row k -> its input element in a frame
+  std::vector<int64_t> implicit_column_start_;      // vector v -> where its 16 outputs start in the frames
+  std::vector<Dtype> implicit_input_, implicit_output_;  // per thread: padded frames, GEMM output
+  size_t implicit_input_stride_ = 0, implicit_output_stride_ = 0;
 
   // Caffe runs one GEMM per image. On a small feature map that GEMM is mostly
   // edge tiles and packing (a 7x7 map has 49 columns), so, for Convolution with
@@ -439,6 +467,13 @@ class ConvLayerT : public Layer<Dtype> {
 #endif
     const size_t per = static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_);
     if (col_buffer_.size() < per * threads) col_buffer_.resize(per * threads);
+    if (implicit_) {
+      // Zero-initialised when grown: only a frame's inside is written later, so its border stays 0.
+      if (implicit_input_.size() < implicit_input_stride_ * threads)
+        implicit_input_.resize(implicit_input_stride_ * threads, Dtype(0));
+      if (implicit_output_.size() < implicit_output_stride_ * threads)
+        implicit_output_.resize(implicit_output_stride_ * threads);
+    }
     const int64_t images = images_per_gemm();
     if (images > 1) {
       const size_t columns = static_cast<size_t>(images * conv_out_spatial_dim_);
@@ -512,6 +547,79 @@ class ConvLayerT : public Layer<Dtype> {
       } else {
         for (int64_t b = 0; b < count; ++b) col2im(cols + b * conv_out_spatial_dim_, dx + (n0 + b) * bottom_dim_, width);
       }
+    }
+  }
+
+  // A float Convolution with stride 1 and dilation 1 (and a kernel larger than
+  // 1x1, which needs no lowering) skips im2col: each image is copied into
+  // zero-padded frames, and output (oh, ow) of a channel is q = oh * frame_w + ow
+  // of a flat loop whose kernel element (c, i, j) sits at q + (c * frame_h + i)
+  // * frame_w + j -- a fixed offset per row of im2col's matrix. The GEMM reads
+  // B through those offsets (avx512_sgemm_implicit_b), 16 outputs at a time,
+  // computing and dropping the columns q with q mod frame_w >= ow. Each output
+  // is summed as the im2col path sums it when its GEMM is the AVX-512 kernel
+  // (not too small a product), to the bit: CAFFEDATA_CONV=im2col switches this
+  // off, and the tests compare the two.
+  static constexpr int64_t kImplicitColumns = 1024;  // per GEMM, over several images of small maps
+  void plan_implicit_gemm() {
+    implicit_ = false;
+    implicit_input_.clear();  // regrown zeroed for this geometry
+    implicit_output_.clear();
+    if (!std::is_same<Dtype, float>::value || DECONV || num_spatial_ != 2 || is_1x1_ || !implicit_gemm_allowed() ||
+        !avx512_sgemm_available())
+      return;
+    for (size_t i = 0; i < 2; ++i)
+      if (stride_[i] != 1 || dilation_[i] != 1) return;
+    frame_h_ = conv_in_spatial_[0] + 2 * pad_[0];
+    frame_w_ = conv_in_spatial_[1] + 2 * pad_[1];
+    const int64_t oh = col_spatial_[0], ow = col_spatial_[1];
+    implicit_columns_ = (oh - 1) * frame_w_ + ow;
+    implicit_vectors_ = (implicit_columns_ + 15) / 16;
+    implicit_images_ = std::max<int64_t>(1, std::min<int64_t>(num_, kImplicitColumns / (implicit_vectors_ * 16)));
+    const int64_t frames = conv_in_channels_ * frame_h_ * frame_w_;  // one image's
+    const int64_t vectors = implicit_images_ * implicit_vectors_;
+    implicit_row_offset_.resize(static_cast<size_t>(kernel_dim_));
+    for (int64_t k = 0; k < kernel_dim_; ++k) {
+      const int64_t c = k / (kernel_[0] * kernel_[1]), i = k / kernel_[1] % kernel_[0], j = k % kernel_[1];
+      implicit_row_offset_[k] = (c * frame_h_ + i) * frame_w_ + j;
+    }
+    implicit_column_start_.resize(static_cast<size_t>(vectors));
+    for (int64_t b = 0; b < implicit_images_; ++b)
+      for (int64_t v = 0; v < implicit_vectors_; ++v) implicit_column_start_[b * implicit_vectors_ + v] = b * frames + v * 16;
+    // A vector may read 15 floats past its last output: into the next image, or the slack.
+    implicit_input_stride_ = static_cast<size_t>(implicit_images_ * frames + 16);
+    implicit_ldc_ = (vectors + 1) / 2 * 32;
+    implicit_output_stride_ = static_cast<size_t>((conv_out_channels_ / group_ + 7) / 8 * 8 * implicit_ldc_);
+    implicit_ = true;
+  }
+
+  // y (+ bias later) for images n0 .. n0 + count - 1 through the implicit GEMM.
+  void forward_implicit(const Dtype* x, const Dtype* w, Dtype* y, int64_t n0, int64_t count) {
+    if constexpr (std::is_same<Dtype, float>::value) {
+      const int64_t height = conv_in_spatial_[0], width = conv_in_spatial_[1];
+      const int64_t oh = col_spatial_[0], ow = col_spatial_[1];
+      const int64_t frames = conv_in_channels_ * frame_h_ * frame_w_;
+      float* input = implicit_input_.data() + implicit_input_stride_ * thread_index();
+      float* out = implicit_output_.data() + implicit_output_stride_ * thread_index();
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t c = 0; c < conv_in_channels_; ++c)
+          for (int64_t h = 0; h < height; ++h)
+            std::memcpy(input + b * frames + (c * frame_h_ + h + pad_[0]) * frame_w_ + pad_[1],
+                        x + (n0 + b) * bottom_dim_ + (c * height + h) * width, sizeof(float) * width);
+      const int64_t m = conv_out_channels_ / group_, group_frames = conv_in_channels_ / group_ * frame_h_ * frame_w_;
+      for (int64_t g = 0; g < group_; ++g) {
+        avx512_sgemm_implicit_b(m, kernel_dim_, w + weight_offset_ * g, input + group_frames * g,
+                                implicit_row_offset_.data(), implicit_column_start_.data(), count * implicit_vectors_,
+                                out, implicit_ldc_);
+        // Image b's outputs start at column b * 16 * vectors; row oh of channel r at + oh * frame_w.
+        for (int64_t b = 0; b < count; ++b)
+          for (int64_t r = 0; r < m; ++r)
+            for (int64_t i = 0; i < oh; ++i)
+              std::memcpy(y + (n0 + b) * top_dim_ + ((g * m + r) * oh + i) * ow,
+                          out + r * implicit_ldc_ + b * 16 * implicit_vectors_ + i * frame_w_, sizeof(float) * ow);
+      }
+    } else {
+      (void)x, (void)w, (void)y, (void)n0, (void)count;  // planned for float only
     }
   }
 

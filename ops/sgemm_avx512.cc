@@ -98,6 +98,38 @@ CD_AVX512 void kernel_8x32(int64_t kc, const float* Ap, const float* B, int64_t 
   }
 }
 
+// kernel_8x32 with B's two 16-float vectors read at b0 + row_offset[k] and
+// b1 + row_offset[k] (an implicit B), the same arithmetic in the same order.
+CD_AVX512 void kernel_8x32_rows(int64_t kc, const float* Ap, const float* b0p, const float* b1p,
+                                const int64_t* row_offset, float* C, int64_t ldc, float beta) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t off = row_offset[k];
+    const __m512 b0 = _mm512_loadu_ps(b0p + off), b1 = _mm512_loadu_ps(b1p + off);
+    const float* a = Ap + k * MR;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(1.f), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    __m512 r0 = _mm512_mul_ps(c0[i], va), r1 = _mm512_mul_ps(c1[i], va);
+    if (beta != 0.f) {
+      r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r0);
+      r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), r1);
+    }
+    _mm512_storeu_ps(c, r0);
+    _mm512_storeu_ps(c + 16, r1);
+  }
+}
+
 struct Scratch {
   float* a = nullptr;
   float* b = nullptr;
@@ -172,6 +204,27 @@ CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, in
             }
           }
         }
+      }
+    }
+  }
+}
+
+CD_AVX512 void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, const float* src,
+                                       const int64_t* row_offset, const int64_t* column_start, int64_t V, float* C,
+                                       int64_t ldc) {
+  thread_local Scratch scratch;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    const float block_beta = pc == 0 ? 0.f : 1.f;  // later K blocks add to what the first wrote
+    for (int64_t ic = 0; ic < M; ic += MC) {
+      const int64_t mc = std::min(MC, M - ic);
+      pack_a(A, false, M, K, ic, mc, pc, kc, scratch.a);  // rows past M are packed as 0
+      for (int64_t v = 0; v < V; v += 2) {
+        const float* b0 = src + column_start[v];
+        const float* b1 = src + column_start[v + 1 < V ? v + 1 : v];  // an odd last vector: computed twice
+        for (int64_t ir = 0; ir < mc; ir += MR)
+          kernel_8x32_rows(kc, scratch.a + ir * kc, b0, b1, row_offset + pc, C + (ic + ir) * ldc + v * 16, ldc,
+                           block_beta);
       }
     }
   }

@@ -20,4 +20,16 @@ bool avx512_sgemm_available();
 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, const float* B, float beta, float* C);
 
+// The same product with op(B) never stored (an "implicit GEMM", for a
+// convolution without im2col): C(M x 16V) = A(M x K, row-major) * B, where the
+// columns of B come in V vectors of 16 and element (k, 16v + l) is
+// src[row_offset[k] + column_start[v] + l]. C has ceil(M / 8) * 8 rows and
+// ceil(V / 2) * 32 columns (row stride ldc); the rows and columns past M and
+// 16V are written with what they compute and are for the caller to drop.
+// Each C(i, j) is summed over k exactly as avx512_sgemm sums it (alpha 1,
+// beta 0), so the two agree to the bit on the same numbers. src must be
+// readable 16 floats past every column start plus row offset used.
+void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, const float* src, const int64_t* row_offset,
+                             const int64_t* column_start, int64_t V, float* C, int64_t ldc);
+
 }  // namespace caffedata

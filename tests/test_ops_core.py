@@ -222,6 +222,56 @@ def test_float32_gemms_match_float64_references(gemm_env):
     assert out["worst"]["ip"] < 1e-4 and out["worst"]["conv"] < 2e-5, out
 
 
+def _float32_convolutions(conv_env, threads):
+    """Forward of float32 Convolutions of many geometries, in a child (CAFFEDATA_CONV and the
+    thread count are read once): a digest of the outputs per case, and the worst error against
+    MXNet's Convolution in float64."""
+    script = textwrap.dedent("""
+        import hashlib, json
+        import numpy as np, mxnet as mx, caffedata
+        cases = [  # input, num_output, kernel, pad, group
+            ((3, 13, 17, 16), 20, (3, 3), (1, 1), 1),    # several 16-output vectors per row of outputs
+            ((10, 8, 7, 7), 19, (3, 3), (1, 1), 1),     # 4 vectors an image, 10 images in one GEMM; 19 rows
+            ((70, 4, 3, 3), 9, (3, 3), (1, 1), 1),      # 1 vector an image: GEMMs of 64 and 6 images
+            ((2, 30, 16, 16), 12, (5, 5), (2, 2), 1),   # 750 kernel rows: three 256-deep blocks
+            ((2, 6, 11, 9), 16, (3, 2), (2, 0), 2),     # groups, a non-square kernel, uneven padding
+            ((1, 3, 40, 37), 5, (7, 7), (3, 3), 1),     # 108 vectors of one image
+            ((4, 5, 9, 12), 7, (4, 4), (0, 0), 1),      # no padding
+        ]
+        rng = np.random.RandomState(11)
+        out = {"digests": [], "worst": 0.0}
+        for shape, num, (kh, kw), (ph, pw), group in cases:
+            x, w = rng.randn(*shape), rng.randn(num, shape[1] // group, kh, kw)
+            b = rng.randn(num)
+            proto = ('layer{type:"Convolution" convolution_param{num_output:%d kernel_h:%d kernel_w:%d '
+                     'pad_h:%d pad_w:%d group:%d}}' % (num, kh, kw, ph, pw, group))
+            y = mx.nd.CaffeOp(*[mx.nd.array(a, dtype="float32") for a in (x, w, b)], num_weight=2,
+                              prototxt=proto).asnumpy()
+            ref = mx.nd.Convolution(*[mx.nd.array(a, dtype="float64") for a in (x, w, b)], kernel=(kh, kw),
+                                    pad=(ph, pw), num_filter=num, num_group=group).asnumpy()
+            out["digests"].append(hashlib.sha256(y.tobytes()).hexdigest())
+            out["worst"] = max(out["worst"], float(np.max(np.abs(y - ref) / (1 + np.abs(ref)))))
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, CAFFEDATA_CONV=conv_env, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
+    """A float32 Convolution with stride 1 reads its input through per-row offsets (no im2col) on
+    AVX-512 CPUs: the same bits as lowering with im2col (CAFFEDATA_CONV=im2col), on 3 threads
+    and on 1, and within float32 rounding of MXNet's float64 Convolution. (Every case is big
+    enough for the im2col path's GEMM to be the AVX-512 kernel too; tiny ones go to OpenBLAS.)"""
+    if not _cpu_has_avx512() or os.environ.get("CAFFEDATA_GEMM") == "blas":
+        pytest.skip("the implicit GEMM is an AVX-512 kernel; this CPU (or CAFFEDATA_GEMM=blas) does not use it")
+    implicit = _float32_convolutions("auto", 3)
+    lowered = _float32_convolutions("im2col", 1)
+    assert implicit["digests"] == lowered["digests"]
+    assert implicit["worst"] < 2e-5 and lowered["worst"] < 2e-5, (implicit, lowered)
+
+
 CONV_CASES = [
     dict(no=6, k=(3, 3), s=(2, 2), p=(1, 1), d=(1, 1), g=2),
     dict(no=4, k=(3, 2), s=(1, 2), p=(0, 1), d=(2, 1), g=1),
