@@ -17,6 +17,7 @@
 #include <omp.h>
 #endif
 
+#include "implicit_conv.h"
 #include "layer.h"
 #include "math.h"
 
@@ -35,8 +36,8 @@ inline void valid_cols(int64_t in_col, int64_t sw, int64_t width, int64_t ow, in
   *q1 = std::max(*q0, std::min(hi, ow));
 }
 
-// CAFFEDATA_CONV=im2col turns the implicit GEMM below off (every float
-// Convolution then lowers with im2col, as Caffe): read once.
+// CAFFEDATA_CONV=im2col turns the implicit GEMM (implicit_conv.h) off: every
+// float Convolution then lowers with im2col, as Caffe. Read once.
 inline bool implicit_gemm_allowed() {
   static const bool allowed = [] {
     const char* choice = std::getenv("CAFFEDATA_CONV");
@@ -328,7 +329,7 @@ class ConvLayerT : public Layer<Dtype> {
   void Forward(const std::vector<Blob<Dtype>*>& bottom, const std::vector<Blob<Dtype>*>& blobs,
                const std::vector<Blob<Dtype>*>& top, Phase, std::mt19937*) override {
     const Dtype* w = blobs[0]->data;
-    const int64_t per = implicit_ ? implicit_images_ : images_per_gemm();
+    const int64_t per = implicit_ ? implicit_forward_.images_per_call() : images_per_gemm();
     const int64_t groups_of_images = (num_ + per - 1) / per;
     const int threads = prepare_threads(groups_of_images);
     for (size_t i = 0; i < bottom.size(); ++i) {
@@ -338,7 +339,7 @@ class ConvLayerT : public Layer<Dtype> {
       for (int64_t gi = 0; gi < groups_of_images; ++gi) {
         const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
         if (implicit_) {
-          forward_implicit(x, w, y, n0, count);
+          forward_implicit(x + n0 * bottom_dim_, w, y + n0 * top_dim_, count);
         } else if (per > 1) {
           forward_images(x, w, y, n0, count);
         } else if (DECONV) {
@@ -380,7 +381,10 @@ class ConvLayerT : public Layer<Dtype> {
         }
       }
       const bool pd = propagate_down[i] && bottom[i]->diff;
-      if (!wd && !pd) continue;
+      // The input gradient through the implicit GEMM, in its own pass below; else with the weights'.
+      const bool pd_implicit = pd && implicit_backward_;
+      if (pd_implicit) backward_data_implicit(dy, w, bottom[i]->diff);
+      if (!wd && !(pd && !pd_implicit)) continue;
       const int64_t per = images_per_gemm(), groups_of_images = (num_ + per - 1) / per;
       const int threads = prepare_threads(groups_of_images);
       const int64_t wcount = blobs[0]->count();
@@ -393,17 +397,17 @@ class ConvLayerT : public Layer<Dtype> {
 #pragma omp for schedule(static)
         for (int64_t gi = 0; gi < groups_of_images; ++gi) {
           const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
-          Dtype* dx = pd ? bottom[i]->diff : nullptr;
+          Dtype* dx = pd && !pd_implicit ? bottom[i]->diff : nullptr;
           if (per > 1) {
             backward_images(x, dy, w, wd ? my_wd : nullptr, dx, n0, count);
           } else if (DECONV) {
             // gradient w.r.t. weight: im2col(top diff) x bottom data.
             if (wd) weight_gemm(dy + n0 * top_dim_, x + n0 * bottom_dim_, my_wd, thread_col());
             // gradient w.r.t. bottom: a forward convolution of top diff.
-            if (pd) forward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
+            if (dx) forward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           } else {
             if (wd) weight_gemm(x + n0 * bottom_dim_, dy + n0 * top_dim_, my_wd, thread_col());
-            if (pd) backward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
+            if (dx) backward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           }
         }
       }
@@ -431,17 +435,11 @@ class ConvLayerT : public Layer<Dtype> {
   std::vector<Dtype> wd_partial_;   // per-thread weight-gradient sums (several threads)
   std::vector<Dtype> batch_buffer_; // per-thread columns + outputs of a group of images (images_per_gemm() > 1)
   size_t batch_stride_ = 0;
-  // The implicit GEMM's plan (plan_implicit_gemm) and per-thread buffers.
-  bool implicit_ = false;
-  int64_t frame_h_ = 0, frame_w_ = 0;              // an input channel with its padding
-  int64_t implicit_columns_ = 0;                    // the flat outputs of one image, (oh - 1) * frame_w + ow
-  int64_t implicit_vectors_ = 0;                    // ... in 16-float vectors
-  int64_t implicit_images_ = 1;                     // images per GEMM
-  int64_t implicit_ldc_ = 0;                        // columns of the GEMM's output
-  std::vector<int64_t> implicit_row_offset_;        // kernel row k -> its input element in a frame
-  std::vector<int64_t> implicit_column_start_;      // vector v -> where its 16 outputs start in the frames
-  std::vector<Dtype> implicit_input_, implicit_output_;  // per thread: padded frames, GEMM output
-  size_t implicit_input_stride_ = 0, implicit_output_stride_ = 0;
+  // The implicit GEMM (plan_implicit_gemm): the forward pass, and the input
+  // gradient as a correlation of the top gradient with the flipped kernels.
+  bool implicit_ = false, implicit_backward_ = false;
+  ImplicitConv implicit_forward_, implicit_backward_data_;
+  std::vector<float> flipped_weights_;
 
   // Caffe runs one GEMM per image. On a small feature map that GEMM is mostly
   // edge tiles and packing (a 7x7 map has 49 columns), so, for Convolution with
@@ -467,13 +465,7 @@ class ConvLayerT : public Layer<Dtype> {
 #endif
     const size_t per = static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_);
     if (col_buffer_.size() < per * threads) col_buffer_.resize(per * threads);
-    if (implicit_) {
-      // Zero-initialised when grown: only a frame's inside is written later, so its border stays 0.
-      if (implicit_input_.size() < implicit_input_stride_ * threads)
-        implicit_input_.resize(implicit_input_stride_ * threads, Dtype(0));
-      if (implicit_output_.size() < implicit_output_stride_ * threads)
-        implicit_output_.resize(implicit_output_stride_ * threads);
-    }
+    if (implicit_) implicit_forward_.prepare(threads);
     const int64_t images = images_per_gemm();
     if (images > 1) {
       const size_t columns = static_cast<size_t>(images * conv_out_spatial_dim_);
@@ -550,76 +542,71 @@ class ConvLayerT : public Layer<Dtype> {
     }
   }
 
-  // A float Convolution with stride 1 and dilation 1 (and a kernel larger than
-  // 1x1, which needs no lowering) skips im2col: each image is copied into
-  // zero-padded frames, and output (oh, ow) of a channel is q = oh * frame_w + ow
-  // of a flat loop whose kernel element (c, i, j) sits at q + (c * frame_h + i)
-  // * frame_w + j -- a fixed offset per row of im2col's matrix. The GEMM reads
-  // B through those offsets (avx512_sgemm_implicit_b), 16 outputs at a time,
-  // computing and dropping the columns q with q mod frame_w >= ow. Each output
-  // is summed as the im2col path sums it when its GEMM is the AVX-512 kernel
-  // (not too small a product), to the bit: CAFFEDATA_CONV=im2col switches this
-  // off, and the tests compare the two.
-  static constexpr int64_t kImplicitColumns = 1024;  // per GEMM, over several images of small maps
+  // A float Convolution with stride 1 and dilation 1, and a kernel larger than
+  // 1x1 (which needs no lowering), runs forward without im2col on AVX-512 CPUs
+  // (implicit_conv.h). Each output is summed as the im2col path sums it when
+  // that path's GEMM is the AVX-512 kernel too (not too small a product), to
+  // the bit; CAFFEDATA_CONV=im2col switches this off, and the tests compare.
+  // The input gradient, Caffe's col2im(W^T x dy), is the same sum as a
+  // correlation of dy padded by kernel - 1 - pad with the kernels flipped and
+  // transposed; computed so (where pad < kernel and there are 8 or more input
+  // channels a group), its terms are added in another order than col2im's.
   void plan_implicit_gemm() {
-    implicit_ = false;
-    implicit_input_.clear();  // regrown zeroed for this geometry
-    implicit_output_.clear();
+    implicit_ = implicit_backward_ = false;
     if (!std::is_same<Dtype, float>::value || DECONV || num_spatial_ != 2 || is_1x1_ || !implicit_gemm_allowed() ||
         !avx512_sgemm_available())
       return;
     for (size_t i = 0; i < 2; ++i)
       if (stride_[i] != 1 || dilation_[i] != 1) return;
-    frame_h_ = conv_in_spatial_[0] + 2 * pad_[0];
-    frame_w_ = conv_in_spatial_[1] + 2 * pad_[1];
-    const int64_t oh = col_spatial_[0], ow = col_spatial_[1];
-    implicit_columns_ = (oh - 1) * frame_w_ + ow;
-    implicit_vectors_ = (implicit_columns_ + 15) / 16;
-    implicit_images_ = std::max<int64_t>(1, std::min<int64_t>(num_, kImplicitColumns / (implicit_vectors_ * 16)));
-    const int64_t frames = conv_in_channels_ * frame_h_ * frame_w_;  // one image's
-    const int64_t vectors = implicit_images_ * implicit_vectors_;
-    implicit_row_offset_.resize(static_cast<size_t>(kernel_dim_));
-    for (int64_t k = 0; k < kernel_dim_; ++k) {
-      const int64_t c = k / (kernel_[0] * kernel_[1]), i = k / kernel_[1] % kernel_[0], j = k % kernel_[1];
-      implicit_row_offset_[k] = (c * frame_h_ + i) * frame_w_ + j;
-    }
-    implicit_column_start_.resize(static_cast<size_t>(vectors));
-    for (int64_t b = 0; b < implicit_images_; ++b)
-      for (int64_t v = 0; v < implicit_vectors_; ++v) implicit_column_start_[b * implicit_vectors_ + v] = b * frames + v * 16;
-    // A vector may read 15 floats past its last output: into the next image, or the slack.
-    implicit_input_stride_ = static_cast<size_t>(implicit_images_ * frames + 16);
-    implicit_ldc_ = (vectors + 1) / 2 * 32;
-    implicit_output_stride_ = static_cast<size_t>((conv_out_channels_ / group_ + 7) / 8 * 8 * implicit_ldc_);
+    implicit_forward_.plan(num_, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], pad_[0], pad_[1],
+                           kernel_[0], kernel_[1], conv_out_channels_, group_);
     implicit_ = true;
+    // Its GEMM has one row per input channel, in blocks of 8: with fewer (an RGB
+    // image's 3), most of each block would be zeros, and col2im is faster.
+    if (pad_[0] < kernel_[0] && pad_[1] < kernel_[1] && conv_in_channels_ / group_ >= 8) {
+      implicit_backward_data_.plan(num_, conv_out_channels_, col_spatial_[0], col_spatial_[1], kernel_[0] - 1 - pad_[0],
+                                   kernel_[1] - 1 - pad_[1], kernel_[0], kernel_[1], conv_in_channels_, group_);
+      implicit_backward_ = true;
+    }
   }
 
-  // y (+ bias later) for images n0 .. n0 + count - 1 through the implicit GEMM.
-  void forward_implicit(const Dtype* x, const Dtype* w, Dtype* y, int64_t n0, int64_t count) {
+  // y for `count` images from x (image strides bottom_dim_, top_dim_; bias added by the caller).
+  void forward_implicit(const Dtype* x, const Dtype* w, Dtype* y, int64_t count) {
     if constexpr (std::is_same<Dtype, float>::value) {
-      const int64_t height = conv_in_spatial_[0], width = conv_in_spatial_[1];
-      const int64_t oh = col_spatial_[0], ow = col_spatial_[1];
-      const int64_t frames = conv_in_channels_ * frame_h_ * frame_w_;
-      float* input = implicit_input_.data() + implicit_input_stride_ * thread_index();
-      float* out = implicit_output_.data() + implicit_output_stride_ * thread_index();
-      for (int64_t b = 0; b < count; ++b)
-        for (int64_t c = 0; c < conv_in_channels_; ++c)
-          for (int64_t h = 0; h < height; ++h)
-            std::memcpy(input + b * frames + (c * frame_h_ + h + pad_[0]) * frame_w_ + pad_[1],
-                        x + (n0 + b) * bottom_dim_ + (c * height + h) * width, sizeof(float) * width);
-      const int64_t m = conv_out_channels_ / group_, group_frames = conv_in_channels_ / group_ * frame_h_ * frame_w_;
-      for (int64_t g = 0; g < group_; ++g) {
-        avx512_sgemm_implicit_b(m, kernel_dim_, w + weight_offset_ * g, input + group_frames * g,
-                                implicit_row_offset_.data(), implicit_column_start_.data(), count * implicit_vectors_,
-                                out, implicit_ldc_);
-        // Image b's outputs start at column b * 16 * vectors; row oh of channel r at + oh * frame_w.
-        for (int64_t b = 0; b < count; ++b)
-          for (int64_t r = 0; r < m; ++r)
-            for (int64_t i = 0; i < oh; ++i)
-              std::memcpy(y + (n0 + b) * top_dim_ + ((g * m + r) * oh + i) * ow,
-                          out + r * implicit_ldc_ + b * 16 * implicit_vectors_ + i * frame_w_, sizeof(float) * ow);
+      implicit_forward_.run(x, bottom_dim_, count, w, y, top_dim_, thread_index());
+    } else {
+      (void)x, (void)w, (void)y, (void)count;  // planned for float only
+    }
+  }
+
+  // dx = the correlation of dy with the flipped, transposed kernels, all images.
+  void backward_data_implicit(const Dtype* dy, const Dtype* w, Dtype* dx) {
+    if constexpr (std::is_same<Dtype, float>::value) {
+      // Per group, W is (out / group) x (in / group) x kh x kw; W' is (in / group) x (out / group) x kh x kw
+      // with W'[c][m][i][j] = W[m][c][kh - 1 - i][kw - 1 - j].
+      const int64_t m_count = conv_out_channels_ / group_, c_count = conv_in_channels_ / group_;
+      const int64_t kh = kernel_[0], kw = kernel_[1], area = kh * kw;
+      flipped_weights_.resize(static_cast<size_t>(group_ * m_count * c_count * area));
+      for (int64_t g = 0; g < group_; ++g)
+        for (int64_t m = 0; m < m_count; ++m)
+          for (int64_t c = 0; c < c_count; ++c)
+            for (int64_t e = 0; e < area; ++e)
+              flipped_weights_[((g * c_count + c) * m_count + m) * area + (area - 1 - e)] =
+                  w[((g * m_count + m) * c_count + c) * area + e];
+      const int64_t per = implicit_backward_data_.images_per_call(), calls = (num_ + per - 1) / per;
+      int threads = 1;
+#ifdef _OPENMP
+      threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), calls));
+#endif
+      implicit_backward_data_.prepare(threads);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+      for (int64_t ci = 0; ci < calls; ++ci) {
+        const int64_t n0 = ci * per, count = std::min(per, num_ - n0);
+        implicit_backward_data_.run(dy + n0 * top_dim_, top_dim_, count, flipped_weights_.data(),
+                                    dx + n0 * bottom_dim_, bottom_dim_, thread_index());
       }
     } else {
-      (void)x, (void)w, (void)y, (void)n0, (void)count;  // planned for float only
+      (void)dy, (void)w, (void)dx;
     }
   }
 

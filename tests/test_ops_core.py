@@ -223,9 +223,9 @@ def test_float32_gemms_match_float64_references(gemm_env):
 
 
 def _float32_convolutions(conv_env, threads):
-    """Forward of float32 Convolutions of many geometries, in a child (CAFFEDATA_CONV and the
-    thread count are read once): a digest of the outputs per case, and the worst error against
-    MXNet's Convolution in float64."""
+    """Forward and backward of float32 Convolutions of many geometries, in a child (CAFFEDATA_CONV
+    and the thread count are read once): a digest of the outputs per case, and the worst error of
+    outputs and gradients against MXNet's Convolution in float64."""
     script = textwrap.dedent("""
         import hashlib, json
         import numpy as np, mxnet as mx, caffedata
@@ -237,6 +237,8 @@ def _float32_convolutions(conv_env, threads):
             ((2, 6, 11, 9), 16, (3, 2), (2, 0), 2),     # groups, a non-square kernel, uneven padding
             ((1, 3, 40, 37), 5, (7, 7), (3, 3), 1),     # 108 vectors of one image
             ((4, 5, 9, 12), 7, (4, 4), (0, 0), 1),      # no padding
+            ((2, 16, 9, 10), 12, (3, 3), (1, 1), 2),    # groups of 8 channels: their input gradient too
+            ((3, 9, 6, 7), 24, (2, 3), (2, 1), 1),      # pad >= kernel (rows): the input gradient via col2im
         ]
         rng = np.random.RandomState(11)
         out = {"digests": [], "worst": 0.0}
@@ -245,12 +247,20 @@ def _float32_convolutions(conv_env, threads):
             b = rng.randn(num)
             proto = ('layer{type:"Convolution" convolution_param{num_output:%d kernel_h:%d kernel_w:%d '
                      'pad_h:%d pad_w:%d group:%d}}' % (num, kh, kw, ph, pw, group))
-            y = mx.nd.CaffeOp(*[mx.nd.array(a, dtype="float32") for a in (x, w, b)], num_weight=2,
-                              prototxt=proto).asnumpy()
-            ref = mx.nd.Convolution(*[mx.nd.array(a, dtype="float64") for a in (x, w, b)], kernel=(kh, kw),
-                                    pad=(ph, pw), num_filter=num, num_group=group).asnumpy()
-            out["digests"].append(hashlib.sha256(y.tobytes()).hexdigest())
-            out["worst"] = max(out["worst"], float(np.max(np.abs(y - ref) / (1 + np.abs(ref)))))
+            runs = []
+            for dtype, op in (("float32", lambda *a: mx.nd.CaffeOp(*a, num_weight=2, prototxt=proto)),
+                              ("float64", lambda *a: mx.nd.Convolution(*a, kernel=(kh, kw), pad=(ph, pw),
+                                                                       num_filter=num, num_group=group))):
+                arrays = [mx.nd.array(a, dtype=dtype) for a in (x, w, b)]
+                for a in arrays:
+                    a.attach_grad()
+                with mx.autograd.record():
+                    y = op(*arrays)
+                y.backward(mx.nd.array(np.cos(np.arange(y.size)).reshape(y.shape), dtype=dtype))
+                runs.append([y.asnumpy()] + [a.grad.asnumpy() for a in arrays])
+            out["digests"].append(hashlib.sha256(runs[0][0].tobytes()).hexdigest())
+            for got, ref in zip(*runs):  # output, input / weight / bias gradients
+                out["worst"] = max(out["worst"], float(np.max(np.abs(got - ref) / (1 + np.abs(ref)))))
         print(json.dumps(out))
     """)
     env = dict(os.environ, CAFFEDATA_CONV=conv_env, OMP_NUM_THREADS=str(threads))
@@ -261,15 +271,19 @@ def _float32_convolutions(conv_env, threads):
 
 def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
     """A float32 Convolution with stride 1 reads its input through per-row offsets (no im2col) on
-    AVX-512 CPUs: the same bits as lowering with im2col (CAFFEDATA_CONV=im2col), on 3 threads
-    and on 1, and within float32 rounding of MXNet's float64 Convolution. (Every case is big
-    enough for the im2col path's GEMM to be the AVX-512 kernel too; tiny ones go to OpenBLAS.)"""
+    AVX-512 CPUs: forward, the same bits as lowering with im2col (CAFFEDATA_CONV=im2col), on 3
+    threads and on 1; forward and both gradients (the input's as a correlation with the flipped
+    kernels where there are 8 or more channels a group and pad < kernel, else with col2im) within
+    float32 rounding of MXNet's float64 Convolution. (Every case is big enough for the im2col path's GEMM
+    to be the AVX-512 kernel too; tiny ones go to OpenBLAS.)"""
     if not _cpu_has_avx512() or os.environ.get("CAFFEDATA_GEMM") == "blas":
         pytest.skip("the implicit GEMM is an AVX-512 kernel; this CPU (or CAFFEDATA_GEMM=blas) does not use it")
     implicit = _float32_convolutions("auto", 3)
     lowered = _float32_convolutions("im2col", 1)
     assert implicit["digests"] == lowered["digests"]
-    assert implicit["worst"] < 2e-5 and lowered["worst"] < 2e-5, (implicit, lowered)
+    # float32 sums of up to 1,480 terms (the weight gradient of the 40x37 image)
+    assert implicit["worst"] < 1e-4 and lowered["worst"] < 1e-4, (implicit["worst"], lowered["worst"])
+    print("worst relative error: implicit %.2e, im2col %.2e" % (implicit["worst"], lowered["worst"]))
 
 
 CONV_CASES = [

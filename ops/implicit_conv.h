@@ -1,0 +1,109 @@
+// A stride-1, dilation-1 2-D correlation in float, computed without im2col
+// (an "implicit GEMM"), for Convolution's forward pass and its gradient with
+// respect to the input (convolution.cc).
+//
+// Each image is copied into zero-padded frames, one per input channel. Output
+// (oh, ow) of a plane is then q = oh * frame_w + ow of a flat loop whose kernel
+// element (c, i, j) sits at q + (c * frame_h + i) * frame_w + j: a fixed offset
+// per row of im2col's matrix. avx512_sgemm_implicit_b reads B through those
+// offsets, 16 outputs at a time, computing and dropping the columns q with
+// q mod frame_w >= out_w. Several images share a GEMM when their maps are small.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "sgemm_avx512.h"
+
+namespace caffedata {
+
+class ImplicitConv {
+ public:
+  // Up to this many GEMM columns (16 per vector) over the images of one call.
+  static constexpr int64_t kColumns = 1024;
+
+  // channels planes of height x width, padded by pad_h/pad_w, correlated with
+  // kernel_h x kernel_w kernels into out_channels planes, in `groups`; at most
+  // `num` images a call. Output size: height + 2 pad - kernel + 1 per axis.
+  void plan(int64_t num, int64_t channels, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w,
+            int64_t kernel_h, int64_t kernel_w, int64_t out_channels, int64_t groups) {
+    channels_ = channels;
+    height_ = height;
+    width_ = width;
+    pad_h_ = pad_h;
+    pad_w_ = pad_w;
+    out_channels_ = out_channels;
+    groups_ = groups;
+    frame_h_ = height + 2 * pad_h;
+    frame_w_ = width + 2 * pad_w;
+    out_h_ = frame_h_ - kernel_h + 1;
+    out_w_ = frame_w_ - kernel_w + 1;
+    vectors_ = ((out_h_ - 1) * frame_w_ + out_w_ + 15) / 16;
+    images_ = std::max<int64_t>(1, std::min<int64_t>(num, kColumns / (vectors_ * 16)));
+    frames_ = channels * frame_h_ * frame_w_;
+    kernel_rows_ = channels / groups * kernel_h * kernel_w;
+    row_offset_.resize(static_cast<size_t>(kernel_rows_));
+    for (int64_t k = 0; k < kernel_rows_; ++k) {
+      const int64_t c = k / (kernel_h * kernel_w), i = k / kernel_w % kernel_h, j = k % kernel_w;
+      row_offset_[k] = (c * frame_h_ + i) * frame_w_ + j;
+    }
+    column_start_.resize(static_cast<size_t>(images_ * vectors_));
+    for (int64_t b = 0; b < images_; ++b)
+      for (int64_t v = 0; v < vectors_; ++v) column_start_[b * vectors_ + v] = b * frames_ + v * 16;
+    // A vector may read 15 floats past its last output: into the next image, or the slack.
+    input_stride_ = static_cast<size_t>(images_ * frames_ + 16);
+    ldc_ = (images_ * vectors_ + 1) / 2 * 32;
+    output_stride_ = static_cast<size_t>((out_channels / groups + 7) / 8 * 8 * ldc_);
+    input_.clear();  // regrown zeroed for this geometry: only a frame's inside is written later
+    output_.clear();
+  }
+
+  int64_t images_per_call() const { return images_; }
+
+  // Per-thread buffers for `threads` threads; call before the parallel loop.
+  void prepare(int threads) {
+    if (input_.size() < input_stride_ * threads) input_.resize(input_stride_ * threads, 0.f);
+    if (output_.size() < output_stride_ * threads) output_.resize(output_stride_ * threads);
+  }
+
+  // y[b] = w (*) x[b] for count <= images_per_call() images (x[b] at x + b * x_stride, y[b] at
+  // y + b * y_stride), on buffer set `thread`. w: out_channels x channels/groups x kh x kw.
+  void run(const float* x, int64_t x_stride, int64_t count, const float* w, float* y, int64_t y_stride,
+           int thread) {
+    float* input = input_.data() + input_stride_ * thread;
+    float* out = output_.data() + output_stride_ * thread;
+    for (int64_t b = 0; b < count; ++b)
+      for (int64_t c = 0; c < channels_; ++c)
+        for (int64_t h = 0; h < height_; ++h)
+          std::memcpy(input + b * frames_ + (c * frame_h_ + h + pad_h_) * frame_w_ + pad_w_,
+                      x + b * x_stride + (c * height_ + h) * width_, sizeof(float) * width_);
+    const int64_t m = out_channels_ / groups_, group_frames = frames_ / groups_;
+    for (int64_t g = 0; g < groups_; ++g) {
+      avx512_sgemm_implicit_b(m, kernel_rows_, w + m * kernel_rows_ * g, input + group_frames * g, row_offset_.data(),
+                              column_start_.data(), count * vectors_, out, ldc_);
+      // Image b's outputs start at column b * 16 * vectors; row i of plane r at + i * frame_w.
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t i = 0; i < out_h_; ++i)
+            std::memcpy(y + b * y_stride + ((g * m + r) * out_h_ + i) * out_w_,
+                        out + r * ldc_ + b * 16 * vectors_ + i * frame_w_, sizeof(float) * out_w_);
+    }
+  }
+
+ private:
+  int64_t channels_ = 0, height_ = 0, width_ = 0, pad_h_ = 0, pad_w_ = 0, out_channels_ = 0, groups_ = 1;
+  int64_t frame_h_ = 0, frame_w_ = 0, out_h_ = 0, out_w_ = 0;
+  int64_t vectors_ = 0;      // 16-output vectors of one image: (out_h - 1) * frame_w + out_w outputs
+  int64_t images_ = 1;       // images per call
+  int64_t frames_ = 0;       // floats of one image's frames
+  int64_t kernel_rows_ = 0;  // rows of im2col's matrix in a group: channels / groups * kh * kw
+  int64_t ldc_ = 0;          // columns of the GEMM's output
+  std::vector<int64_t> row_offset_;    // kernel row k -> its element in a frame
+  std::vector<int64_t> column_start_;  // vector v -> where its 16 outputs start in the frames
+  std::vector<float> input_, output_;  // per thread: padded frames, GEMM output
+  size_t input_stride_ = 0, output_stride_ = 0;
+};
+
+}  // namespace caffedata
