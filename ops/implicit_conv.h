@@ -29,6 +29,12 @@ class ImplicitConv {
   // `num` images a call. Output size: height + 2 pad - kernel + 1 per axis.
   void plan(int64_t num, int64_t channels, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w,
             int64_t kernel_h, int64_t kernel_w, int64_t out_channels, int64_t groups) {
+    // The glue reshapes before every forward, as Caffe does: keep the plan, and
+    // the zeroed borders of the frames, while the geometry is the same.
+    const std::vector<int64_t> geometry{num, channels, height, width, pad_h, pad_w, kernel_h, kernel_w, out_channels,
+                                        groups};
+    if (geometry == geometry_) return;
+    geometry_ = geometry;
     channels_ = channels;
     height_ = height;
     width_ = width;
@@ -103,6 +109,7 @@ class ImplicitConv {
   std::vector<int64_t> row_offset_;    // kernel row k -> its element in a frame
   std::vector<int64_t> column_start_;  // vector v -> where its 16 outputs start in the frames
   std::vector<float> input_, output_;  // per thread: padded frames, GEMM output
+  std::vector<int64_t> geometry_;      // plan()'s arguments
   size_t input_stride_ = 0, output_stride_ = 0;
 };
 
