@@ -338,8 +338,9 @@ class ConvLayerT : public Layer<Dtype> {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t gi = 0; gi < groups_of_images; ++gi) {
         const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
-        if (implicit_) {
-          forward_implicit(x + n0 * bottom_dim_, w, y + n0 * top_dim_, count);
+        if (implicit_) {  // adds the bias too
+          forward_implicit(x + n0 * bottom_dim_, w, bias_term_ ? blobs[1]->data : nullptr, y + n0 * top_dim_, count);
+          continue;
         } else if (per > 1) {
           forward_images(x, w, y, n0, count);
         } else if (DECONV) {
@@ -570,12 +571,12 @@ class ConvLayerT : public Layer<Dtype> {
     }
   }
 
-  // y for `count` images from x (image strides bottom_dim_, top_dim_; bias added by the caller).
-  void forward_implicit(const Dtype* x, const Dtype* w, Dtype* y, int64_t count) {
+  // y (+ bias, if not null) for `count` images from x (image strides bottom_dim_, top_dim_).
+  void forward_implicit(const Dtype* x, const Dtype* w, const Dtype* bias, Dtype* y, int64_t count) {
     if constexpr (std::is_same<Dtype, float>::value) {
-      implicit_forward_.run(x, bottom_dim_, count, w, y, top_dim_, thread_index());
+      implicit_forward_.run(x, bottom_dim_, count, w, bias, y, top_dim_, thread_index());
     } else {
-      (void)x, (void)w, (void)y, (void)count;  // planned for float only
+      (void)x, (void)w, (void)bias, (void)y, (void)count;  // planned for float only
     }
   }
 
@@ -602,7 +603,7 @@ class ConvLayerT : public Layer<Dtype> {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t ci = 0; ci < calls; ++ci) {
         const int64_t n0 = ci * per, count = std::min(per, num_ - n0);
-        implicit_backward_data_.run(dy + n0 * top_dim_, top_dim_, count, flipped_weights_.data(),
+        implicit_backward_data_.run(dy + n0 * top_dim_, top_dim_, count, flipped_weights_.data(), nullptr,
                                     dx + n0 * bottom_dim_, bottom_dim_, thread_index());
       }
     } else {

@@ -74,10 +74,12 @@ class ImplicitConv {
     if (output_.size() < output_stride_ * threads) output_.resize(output_stride_ * threads);
   }
 
-  // y[b] = w (*) x[b] for count <= images_per_call() images (x[b] at x + b * x_stride, y[b] at
-  // y + b * y_stride), on buffer set `thread`. w: out_channels x channels/groups x kh x kw.
-  void run(const float* x, int64_t x_stride, int64_t count, const float* w, float* y, int64_t y_stride,
-           int thread) {
+  // y[b] = w (*) x[b] (+ bias, one value a plane, if not null) for count <= images_per_call()
+  // images (x[b] at x + b * x_stride, y[b] at y + b * y_stride), on buffer set `thread`.
+  // w: out_channels x channels/groups x kh x kw. The bias is added to each finished sum, as
+  // Caffe's second GEMM adds it (bias x 1).
+  void run(const float* x, int64_t x_stride, int64_t count, const float* w, const float* bias, float* y,
+           int64_t y_stride, int thread) {
     float* input = input_.data() + input_stride_ * thread;
     float* out = output_.data() + output_stride_ * thread;
     for (int64_t b = 0; b < count; ++b)
@@ -92,9 +94,16 @@ class ImplicitConv {
       // Image b's outputs start at column b * 16 * vectors; row i of plane r at + i * frame_w.
       for (int64_t b = 0; b < count; ++b)
         for (int64_t r = 0; r < m; ++r)
-          for (int64_t i = 0; i < out_h_; ++i)
-            std::memcpy(y + b * y_stride + ((g * m + r) * out_h_ + i) * out_w_,
-                        out + r * ldc_ + b * 16 * vectors_ + i * frame_w_, sizeof(float) * out_w_);
+          for (int64_t i = 0; i < out_h_; ++i) {
+            float* dst = y + b * y_stride + ((g * m + r) * out_h_ + i) * out_w_;
+            const float* src = out + r * ldc_ + b * 16 * vectors_ + i * frame_w_;
+            if (bias) {
+              const float add = bias[g * m + r];
+              for (int64_t j = 0; j < out_w_; ++j) dst[j] = src[j] + add;
+            } else {
+              std::memcpy(dst, src, sizeof(float) * out_w_);
+            }
+          }
     }
   }
 
