@@ -68,20 +68,24 @@ void pack_b(const float* B, bool trans, int64_t K, int64_t N, int64_t pc, int64_
 }
 
 // C(8x32, stride ldc) = alpha * Ap * B + beta * C, over kc steps; beta == 0 does not read C.
-// B is a packed panel (ldb = NR) or, for a plain row-major B, the matrix itself (ldb = N).
-CD_AVX512 void kernel_8x32(int64_t kc, const float* Ap, const float* B, int64_t ldb, float* C,
-                           int64_t ldc, float alpha, float beta) {
+// Step k's two 16-float vectors of B are at b0 + offset and b1 + offset, where offset is
+// k * ldb (a packed panel, ldb = NR, or a plain row-major B, ldb = N; b1 = b0 + 16) or,
+// with kRowOffsets, row_offset[k] (an implicit B, avx512_sgemm_implicit_b).
+template <bool kRowOffsets>
+CD_AVX512 void micro_kernel(int64_t kc, const float* Ap, const float* b0, const float* b1, int64_t ldb,
+                            const int64_t* row_offset, float* C, int64_t ldc, float alpha, float beta) {
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(B + k * ldb), b1 = _mm512_loadu_ps(B + k * ldb + 16);
+    const int64_t offset = kRowOffsets ? row_offset[k] : k * ldb;
+    const __m512 v0 = _mm512_loadu_ps(b0 + offset), v1 = _mm512_loadu_ps(b1 + offset);
     const float* a = Ap + k * MR;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512 ai = _mm512_set1_ps(a[i]);
-      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
-      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+      c0[i] = _mm512_fmadd_ps(ai, v0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, v1, c1[i]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -98,36 +102,9 @@ CD_AVX512 void kernel_8x32(int64_t kc, const float* Ap, const float* B, int64_t 
   }
 }
 
-// kernel_8x32 with B's two 16-float vectors read at b0 + row_offset[k] and
-// b1 + row_offset[k] (an implicit B), the same arithmetic in the same order.
-CD_AVX512 void kernel_8x32_rows(int64_t kc, const float* Ap, const float* b0p, const float* b1p,
-                                const int64_t* row_offset, float* C, int64_t ldc, float beta) {
-  __m512 c0[MR], c1[MR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t off = row_offset[k];
-    const __m512 b0 = _mm512_loadu_ps(b0p + off), b1 = _mm512_loadu_ps(b1p + off);
-    const float* a = Ap + k * MR;
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
-      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
-      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
-    }
-  }
-  const __m512 va = _mm512_set1_ps(1.f), vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    float* c = C + i * ldc;
-    __m512 r0 = _mm512_mul_ps(c0[i], va), r1 = _mm512_mul_ps(c1[i], va);
-    if (beta != 0.f) {
-      r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r0);
-      r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), r1);
-    }
-    _mm512_storeu_ps(c, r0);
-    _mm512_storeu_ps(c + 16, r1);
-  }
+CD_AVX512 inline void kernel_8x32(int64_t kc, const float* Ap, const float* B, int64_t ldb, float* C,
+                                  int64_t ldc, float alpha, float beta) {
+  micro_kernel<false>(kc, Ap, B, B + 16, ldb, nullptr, C, ldc, alpha, beta);
 }
 
 struct Scratch {
@@ -223,8 +200,8 @@ CD_AVX512 void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, con
         const float* b0 = src + column_start[v];
         const float* b1 = src + column_start[v + 1 < V ? v + 1 : v];  // an odd last vector: computed twice
         for (int64_t ir = 0; ir < mc; ir += MR)
-          kernel_8x32_rows(kc, scratch.a + ir * kc, b0, b1, row_offset + pc, C + (ic + ir) * ldc + v * 16, ldc,
-                           block_beta);
+          micro_kernel<true>(kc, scratch.a + ir * kc, b0, b1, 0, row_offset + pc, C + (ic + ir) * ldc + v * 16, ldc,
+                             1.f, block_beta);
       }
     }
   }
