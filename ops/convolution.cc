@@ -3,6 +3,8 @@
 // kernel/stride/pad (kernel_h/w etc. for 2-D), dilation, group, bias_term.
 // Each image is lowered with im2col and multiplied with a GEMM per group; on
 // small feature maps several images share one GEMM (images_per_gemm below).
+// A float Convolution with stride 1 on an AVX-512 CPU skips im2col instead
+// (implicit_conv.h, plan_implicit_gemm below).
 // Images run in parallel over the OpenMP threads the caller allows (the GEMM
 // then runs single-threaded inside each); the weight gradient is summed per
 // thread and the partial sums are added in thread order, so a given thread

@@ -22,9 +22,10 @@ namespace {
 
 using namespace layer_util;  // NOLINT
 
-// ReLU's loops, built per CPU (CAFFEDATA_CPU_CLONES). Caffe's formulas as
-// written: every product in them is exact (a factor is 0 or 1), so a fused
-// multiply-add, which AVX-512 builds may use, gives the same bits.
+// ReLU's loops, built per CPU (CAFFEDATA_CPU_CLONES), with Caffe's formulas as
+// written. An AVX-512 build may fuse a multiply and an add; that gives the same
+// bits here: forward, one of the two terms is always a zero; backward, the
+// product slope * (0 or 1) is exact.
 
 template <typename Dtype>
 CAFFEDATA_CPU_CLONES void relu_forward(int64_t n, const Dtype* x, Dtype* y, Dtype slope) {

@@ -125,6 +125,13 @@ struct Scratch {
   }
 };
 
+// One pair of packing buffers per thread, shared by both GEMMs: the exact
+// Convolution calls them from every OpenMP thread at once.
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
 }  // namespace
 
 bool avx512_sgemm_available() {
@@ -139,13 +146,11 @@ bool avx512_sgemm_available() {
 
 CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                             const float* A, const float* B, float beta, float* C) {
-  // One pair of packing buffers per thread: the exact Convolution calls this
-  // from every OpenMP thread at once, one image each.
   if (alpha == 0.f) {  // as BLAS: C = beta * C, without reading A or B (0 * inf would be NaN)
     for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
     return;
   }
-  thread_local Scratch scratch;
+  Scratch& scratch = thread_scratch();
   alignas(64) float tile[MR * NR];
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
@@ -189,7 +194,7 @@ CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, in
 CD_AVX512 void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, const float* src,
                                        const int64_t* row_offset, const int64_t* column_start, int64_t V, float* C,
                                        int64_t ldc) {
-  thread_local Scratch scratch;
+  Scratch& scratch = thread_scratch();
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min(KC, K - pc);
     const float block_beta = pc == 0 ? 0.f : 1.f;  // later K blocks add to what the first wrote
