@@ -343,7 +343,8 @@ class ConvLayerT : public Layer<Dtype> {
         if (implicit_) {  // adds the bias too
           forward_implicit(x + n0 * bottom_dim_, w, bias_term_ ? blobs[1]->data : nullptr, y + n0 * top_dim_, count);
           continue;
-        } else if (per > 1) {
+        }
+        if (per > 1) {
           forward_images(x, w, y, n0, count);
         } else if (DECONV) {
           backward_gemm(x + n0 * bottom_dim_, w, y + n0 * top_dim_, thread_col());

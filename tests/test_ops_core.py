@@ -166,21 +166,45 @@ def test_blas_info_names_the_float_gemm():
     assert expected in ops.blas_info()
 
 
+# What the child scripts below start with: the NAME=value arguments set in the environment before
+# anything reads them (OpenMP's thread count when mxnet loads, CAFFEDATA_GEMM / CAFFEDATA_CONV at
+# the first GEMM), and fwd_bwd, which runs fn forward and backward with autograd (og: the output
+# gradient, or a function of the output that gives it).
+_CHILD_PRELUDE = textwrap.dedent("""
+    for setting in sys.argv[1:]:
+        name, value = setting.split("=", 1)
+        os.environ[name] = value
+    import numpy as np, mxnet as mx, caffedata
+    def fwd_bwd(fn, arrays, og):
+        for a in arrays:
+            a.attach_grad()
+        with mx.autograd.record():
+            y = fn(*arrays)
+        y.backward(og(y) if callable(og) else og)
+        return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+""")
+
+
+def _run_child_script(body, *settings, timeout=300):
+    """_CHILD_PRELUDE + body in a child, with NAME=value settings; the CompletedProcess."""
+    return run_child(_CHILD_PRELUDE + textwrap.dedent(body), *settings, timeout=timeout)
+
+
+def _child_json(body, *settings):
+    """The JSON that the last line of _run_child_script(body, *settings) prints."""
+    res = _run_child_script(body, *settings)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def _float32_layers_against_float64(gemm_env):
     """InnerProduct and Convolution in float32, shaped so that every GEMM of forward and
     backward is big enough for the AVX-512 kernel and has edge tiles (12x32 blocks),
     against MXNet's own ops in float64.  Run in a child so CAFFEDATA_GEMM applies."""
-    script = textwrap.dedent("""
-        import numpy as np, mxnet as mx, caffedata, json, sys
+    return _child_json("""
+        import json
         from caffedata.mxnet import library as ops
         rng = np.random.RandomState(7)
-        def fwd_bwd(fn, arrays, og):
-            for a in arrays:
-                a.attach_grad()
-            with mx.autograd.record():
-                y = fn(*arrays)
-            y.backward(og)
-            return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
         worst = {}
         # batch 300, 2100 outputs, 270 inputs: every GEMM crosses the kernel's blocks
         # (128 rows, 2048 columns, 256 deep), and the weight gradient accumulates (beta 1)
@@ -202,12 +226,7 @@ def _float32_layers_against_float64(gemm_env):
                       [nd(x, "float64"), nd(w, "float64"), nd(b, "float64")], nd(og, "float64"))
         worst["conv"] = max(float(np.max(np.abs(g - r) / (1 + np.abs(r)))) for g, r in zip(got, ref))
         print(json.dumps({"worst": worst, "info": ops.blas_info()}))
-    """)
-    env = dict(os.environ, CAFFEDATA_GEMM=gemm_env)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """, f"CAFFEDATA_GEMM={gemm_env}")
 
 
 @pytest.mark.parametrize("gemm_env", ["auto", "blas"])
@@ -226,9 +245,8 @@ def _float32_convolutions(conv_env, threads):
     """Forward and backward of float32 Convolutions of many geometries, in a child (CAFFEDATA_CONV
     and the thread count are read once): a digest of the outputs per case, and the worst error of
     outputs and gradients against MXNet's Convolution in float64."""
-    script = textwrap.dedent("""
+    return _child_json("""
         import hashlib, json
-        import numpy as np, mxnet as mx, caffedata
         cases = [  # input, num_output, kernel, pad, group
             ((3, 13, 17, 16), 20, (3, 3), (1, 1), 1),    # several 16-output vectors per row of outputs
             ((10, 8, 7, 7), 19, (3, 3), (1, 1), 1),     # 4 vectors an image, 10 images in one GEMM; 19 rows
@@ -251,22 +269,13 @@ def _float32_convolutions(conv_env, threads):
             for dtype, op in (("float32", lambda *a: mx.nd.CaffeOp(*a, num_weight=2, prototxt=proto)),
                               ("float64", lambda *a: mx.nd.Convolution(*a, kernel=(kh, kw), pad=(ph, pw),
                                                                        num_filter=num, num_group=group))):
-                arrays = [mx.nd.array(a, dtype=dtype) for a in (x, w, b)]
-                for a in arrays:
-                    a.attach_grad()
-                with mx.autograd.record():
-                    y = op(*arrays)
-                y.backward(mx.nd.array(np.cos(np.arange(y.size)).reshape(y.shape), dtype=dtype))
-                runs.append([y.asnumpy()] + [a.grad.asnumpy() for a in arrays])
+                og = lambda y: mx.nd.array(np.cos(np.arange(y.size)).reshape(y.shape), dtype=dtype)
+                runs.append(fwd_bwd(op, [mx.nd.array(a, dtype=dtype) for a in (x, w, b)], og))
             out["digests"].append(hashlib.sha256(runs[0][0].tobytes()).hexdigest())
             for got, ref in zip(*runs):  # output, input / weight / bias gradients
                 out["worst"] = max(out["worst"], float(np.max(np.abs(got - ref) / (1 + np.abs(ref)))))
         print(json.dumps(out))
-    """)
-    env = dict(os.environ, CAFFEDATA_CONV=conv_env, OMP_NUM_THREADS=str(threads))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """, f"CAFFEDATA_CONV={conv_env}", f"OMP_NUM_THREADS={threads}")
 
 
 def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
@@ -337,9 +346,7 @@ def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_b
     """3 OpenMP threads with per-thread weight-gradient sums: over a batch of 5 images one GEMM each
     (2 + 2 + 1 images; 24x24 outputs are too wide to share a GEMM, as are Deconvolution's), and over
     13 images of 10x10 outputs, which share GEMMs 5 at a time (5 + 5 + 3)."""
-    res = run_child("""
-        os.environ["OMP_NUM_THREADS"] = "3"  # read when libgomp loads with mxnet
-        import numpy as np, mxnet as mx, caffedata
+    res = _run_child_script("""
         rng = np.random.RandomState(4)
         for kind, xshape, wshape, native in (
                 ("Convolution", (5, 4, 24, 24), (6, 4, 3, 3), mx.nd.Convolution),
@@ -349,22 +356,15 @@ def test_convolution_images_in_parallel_threads_match_mxnet_and_repeat_bit_for_b
             w = mx.nd.array(rng.randn(*wshape), dtype="float64")
             b = mx.nd.array(rng.randn(6), dtype="float64")
             proto = 'layer { type: "%s" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }' % kind
-            runs = []
-            for fn in [lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto)] * 2 + [
-                    lambda x, w, b: native(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=6, no_bias=False)]:
-                arrays = [a.copy() for a in (x, w, b)]
-                for a in arrays:
-                    a.attach_grad()
-                with mx.autograd.record():
-                    y = fn(*arrays)
-                og = mx.nd.array(np.random.RandomState(5).randn(*y.shape), dtype="float64")
-                y.backward(og)
-                runs.append([y.asnumpy()] + [a.grad.asnumpy() for a in arrays])
+            og = lambda y: mx.nd.array(np.random.RandomState(5).randn(*y.shape), dtype="float64")
+            runs = [fwd_bwd(fn, [a.copy() for a in (x, w, b)], og)
+                    for fn in [lambda x, w, b: mx.nd.CaffeOp(x, w, b, num_weight=2, prototxt=proto)] * 2 + [
+                        lambda x, w, b: native(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=6, no_bias=False)]]
             for a, b2, ref in zip(*runs):
                 assert np.array_equal(a, b2), kind + ": not bit-identical on a repeat"
                 np.testing.assert_allclose(a, ref, rtol=1e-10, atol=1e-10)
         print("ok")
-    """, timeout=120)
+    """, "OMP_NUM_THREADS=3", timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
