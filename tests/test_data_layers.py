@@ -181,6 +181,17 @@ def test_hdf5_errors_name_the_file(h5_files, tmp_path):
         caffedata.DataLayer(h5_layer(tmp_path / "nope.txt", 2))
 
 
+def test_hdf5_file_shrunk_after_the_layer_read_it_names_file_and_rows(h5_files, tmp_path):
+    listing, _ = h5_files
+    layer = caffedata.DataLayer(h5_layer(listing, 4, tops=("data", "label")), preprocess_threads=1)
+    with h5py.File(tmp_path / "part2.h5", "w") as h5:  # rewritten with 1 row instead of 4
+        h5["data"] = np.zeros((1, 2, 3, 2), np.float32)
+        h5["label"] = np.zeros(1, np.int32)
+    with layer, pytest.raises(RecordError, match=r"part2.h5: record 'rows 1\.\.3' \(#8\): cannot read "
+                                                  r"rows .*rebuild it"):
+        list(layer)  # the last batch is rows 8..10 (part2's rows 1..3), then row 0
+
+
 # -- MemoryData --------------------------------------------------------------------
 
 def test_memory_data_transforms_the_given_arrays(tmp_path):

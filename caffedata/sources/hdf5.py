@@ -99,45 +99,85 @@ class HDF5Source:
 
     # -- worker side ---------------------------------------------------------
     def open_state(self):
-        return {}  # file index -> (open h5py.File, its datasets by top), per worker thread
+        return {}  # file index -> _OpenFile, per worker thread
 
     def close_state(self, handles):
-        for h5, _ in handles.values():
-            h5.close()
+        for opened in handles.values():
+            opened.h5.close()
 
     def read_into(self, records, outs, handles):
         """Rows ``records`` (global row numbers) into ``outs[t][i]``.
 
         A run of consecutive rows that lands on consecutive items is read
-        straight into the batch buffer (``read_direct``: no temporary);
-        anything else (shuffled rows) is read as one sorted selection per file.
+        straight into the batch buffer by one ``H5Dread`` per top (no
+        temporary); anything else (shuffled rows) is read as one sorted
+        selection per file.
         """
         records = np.asarray(records, dtype=np.int64)
+        first, last = int(records[0]), int(records[-1])
+        f = int(np.searchsorted(self.starts, first, side="right")) - 1
+        if last - first == len(records) - 1 and last < self.starts[f + 1] and (
+                len(records) == 1 or np.all(np.diff(records) == 1)):
+            # the common case (no shuffle): one run in one file
+            self._read(f, handles, first - int(self.starts[f]), None, outs, records)
+            return
         file_of = np.searchsorted(self.starts, records, side="right") - 1
         for f in np.unique(file_of):
             items = np.nonzero(file_of == f)[0]
-            rows = records[items] - self.starts[f]
-            datasets = handles.get(f)
-            if datasets is None:
-                h5 = self._open(self.files[f])
-                datasets = handles[f] = (h5, [h5[top] for top in self.spec.tops])
-            try:
-                self._read_rows(datasets[1], rows, items, outs)
-            except (OSError, KeyError, ValueError, TypeError) as exc:
-                raise RecordError(self.files[f], f"rows {int(rows.min())}..{int(rows.max())}",
-                                  int(records[items[0]]), f"cannot read rows ({exc})",
-                                  "the file changed or is damaged; rebuild it") from None
+            self._read(int(f), handles, records[items] - self.starts[f], items, outs, records)
 
-    @staticmethod
-    def _read_rows(datasets, rows, items, outs):
-        in_order = len(rows) == 1 or (np.all(np.diff(rows) == 1) and np.all(np.diff(items) == 1))
-        if in_order:
-            source = np.s_[int(rows[0]):int(rows[-1]) + 1]
-            dest = np.s_[int(items[0]):int(items[-1]) + 1]
-            for ds, out in zip(datasets, outs):
-                ds.read_direct(out, source, dest)
-            return
-        # h5py reads increasing, unique rows: read those, then place them.
+    def _read(self, f, handles, rows, items, outs, records):
+        opened = handles.get(f)
+        if opened is None:
+            opened = handles[f] = _OpenFile(self._open(self.files[f]), self.spec.tops)
+        try:
+            if items is None:
+                opened.read_run(rows, 0, len(records), outs)
+            elif np.all(np.diff(rows) == 1) and np.all(np.diff(items) == 1):
+                opened.read_run(int(rows[0]), int(items[0]), len(items), outs)
+            else:
+                opened.read_rows(rows, items, outs)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            first_row = rows if items is None else int(rows.min())
+            last_row = rows + len(records) - 1 if items is None else int(rows.max())
+            raise RecordError(self.files[f], f"rows {first_row}..{last_row}",
+                              int(records[0 if items is None else items[0]]),
+                              f"cannot read rows ({exc})",
+                              "the file changed or is damaged; rebuild it") from None
+
+
+class _OpenFile:
+    """One open .h5 file of a worker: its datasets by top, with their file dataspaces.
+
+    Reads go through h5py's low-level API (``DatasetID.read`` with hyperslab
+    selections), which converts to the buffer's dtype as ``read_direct`` does
+    but without building selections in Python on every batch.
+    """
+
+    def __init__(self, h5, tops):
+        from h5py import h5s
+
+        self._h5s = h5s
+        self.h5 = h5
+        self.datasets = [h5[top] for top in tops]
+        self.ids = [ds.id for ds in self.datasets]
+        self.row_shapes = [tuple(ds.shape[1:]) for ds in self.datasets]
+        self.file_spaces = [i.get_space() for i in self.ids]
+        self._memory_spaces = {}  # buffer shape -> its dataspace
+
+    def read_run(self, row, item, count, outs):
+        """Rows row..row+count-1 into items item..item+count-1 of every top's buffer."""
+        for dataset, file_space, tail, out in zip(self.ids, self.file_spaces, self.row_shapes, outs):
+            zeros = (0,) * len(tail)
+            file_space.select_hyperslab((row,) + zeros, (count,) + tail)
+            memory_space = self._memory_spaces.get(out.shape)
+            if memory_space is None:
+                memory_space = self._memory_spaces[out.shape] = self._h5s.create_simple(out.shape)
+            memory_space.select_hyperslab((item,) + zeros, (count,) + tail)
+            dataset.read(memory_space, file_space, out)
+
+    def read_rows(self, rows, items, outs):
+        """Any rows into any items: h5py reads increasing unique rows, which are then placed."""
         unique, inverse = np.unique(rows, return_inverse=True)
-        for ds, out in zip(datasets, outs):
+        for ds, out in zip(self.datasets, outs):
             out[items] = ds[unique][inverse]
