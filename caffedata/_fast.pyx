@@ -424,6 +424,155 @@ cdef extern from *:
         }
     }
 
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define CD_HAVE_VBMI_KERNEL 1
+    #define CD_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+    /* Planes of at least this many floats are written with non-temporal stores. */
+    #define CD_STREAM_MIN_PLANE 16384
+
+    static int cd_cpu_has_vbmi(void) {
+        static int known = -1;
+        if (known < 0)
+            known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vbmi");
+        return known;
+    }
+
+    /* Outputs k0..k1 of one BGR row of n output pixels into three channel rows
+       (o0..o2 hold output k0 first), 16 pixels a step: one byte permutation
+       (vpermb) per channel takes the step's 16 bytes of that channel from the 48
+       source bytes, in reverse order when mirrored.  Each element is still
+       fl(fl(x - m) * s) (or fl(x * s) without a mean), as the scalar rows compute
+       it, so the bits are the same.  A mirrored output w is source pixel n-1-w; a
+       mean file is indexed at the source pixel (m0..m2 rows as in cd_row_hwc3). */
+    CD_VBMI static void cd_row_hwc3_vbmi(const uint8_t* __restrict s,
+                                         const float* __restrict m0, const float* __restrict m1,
+                                         const float* __restrict m2, const float* mv, int has_mean,
+                                         float scale, int mirror, ptrdiff_t n, ptrdiff_t k0,
+                                         ptrdiff_t k1, float* __restrict o0, float* __restrict o1,
+                                         float* __restrict o2) {
+        static const uint8_t three_j[64] = {0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45};
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        /* byte lane j (< 16) of channel c: source byte 3j + c, or 3(m-1-j) + c mirrored (m pixels) */
+        const __m512i byte_lane = _mm512_loadu_si512(three_j);
+        const __m512 vscale = _mm512_set1_ps(scale);
+        float* const outs[3] = {o0, o1, o2};
+        const float* const means[3] = {m0, m1, m2};
+        ptrdiff_t k;
+        for (k = k0; k < k1; k += 16) {
+            const ptrdiff_t m = k1 - k < 16 ? k1 - k : 16;
+            const __mmask16 out_mask = (__mmask16)((1u << m) - 1u);
+            /* the m source pixels of this step start at pixel k, or n-k-m mirrored */
+            const ptrdiff_t first = mirror ? n - k - m : k;
+            const __m512i bytes = _mm512_maskz_loadu_epi8((__mmask64)((1ull << (3 * m)) - 1ull), s + 3 * first);
+            const __m512i index0 = mirror ? _mm512_sub_epi8(_mm512_set1_epi8((char)(3 * (m - 1))), byte_lane)
+                                          : byte_lane;
+            int c;
+            for (c = 0; c < 3; c++) {
+                const __m512i index = _mm512_add_epi8(index0, _mm512_set1_epi8((char)c));
+                const __m128i channel = _mm512_castsi512_si128(_mm512_permutexvar_epi8(index, bytes));
+                __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(channel));
+                if (means[0]) {
+                    __m512 mean = _mm512_maskz_loadu_ps(out_mask, means[c] + first);
+                    if (mirror) /* lane j needs the mean of pixel m-1-j of the step */
+                        mean = _mm512_permutexvar_ps(_mm512_sub_epi32(_mm512_set1_epi32((int)m - 1), lane),
+                                                     mean);
+                    x = _mm512_sub_ps(x, mean);
+                } else if (has_mean) {
+                    x = _mm512_sub_ps(x, _mm512_set1_ps(mv[c]));
+                }
+                _mm512_mask_storeu_ps(outs[c] + (k - k0), out_mask, _mm512_mul_ps(x, vscale));
+            }
+        }
+    }
+
+    /* One output plane written in order through a staging area, as whole 64-byte
+       lines with non-temporal stores: a batch buffer is far larger than the
+       caches, and streaming it through them would evict what the decoder works
+       on (its input, tables and output image) for lines nobody reads soon.  The
+       plane's partial first and last lines get masked ordinary stores, so no
+       byte outside the plane is written (a neighbouring plane may belong to
+       another thread's image). */
+    typedef struct {
+        float* base;      /* 64-byte aligned: where stage[0] goes */
+        float* first;     /* the plane's first float (stage lanes before it are not ours) */
+        ptrdiff_t fill;   /* floats in stage, counted from base */
+        float* stage;     /* 64-byte aligned */
+    } cd_stream;
+
+    static void cd_stream_start(cd_stream* st, float* plane, float* stage) {
+        st->first = plane;
+        st->base = (float*)((uintptr_t)plane & ~(uintptr_t)63);
+        st->fill = plane - st->base;
+        st->stage = stage;
+    }
+
+    CD_VBMI static void cd_stream_flush(cd_stream* st, int last) {
+        const ptrdiff_t not_ours = st->first - st->base; /* > 0 only on the plane's first line */
+        ptrdiff_t i = 0;
+        for (; i + 16 <= st->fill; i += 16) {
+            const __m512 v = _mm512_load_ps(st->stage + i);
+            if (i < not_ours)
+                _mm512_mask_storeu_ps(st->base + i, (__mmask16)(0xFFFFu << (not_ours - i)), v);
+            else
+                _mm512_stream_ps(st->base + i, v);
+        }
+        const ptrdiff_t rest = st->fill - i;
+        if (last) {
+            if (rest) {
+                __mmask16 mask = (__mmask16)((1u << rest) - 1u);
+                if (i < not_ours) mask &= (__mmask16)(0xFFFFu << (not_ours - i));
+                _mm512_mask_storeu_ps(st->base + i, mask, _mm512_load_ps(st->stage + i));
+            }
+            _mm_sfence(); /* order the streamed lines before the batch is handed over */
+            return;
+        }
+        if (rest) _mm512_store_ps(st->stage, _mm512_load_ps(st->stage + i));
+        st->base += i;
+        st->fill = rest;
+    }
+
+    /* cd_transform_hwc3_u8 on AVX-512 VBMI: rows by cd_row_hwc3_vbmi, large planes streamed. */
+    CD_VBMI static void cd_transform_hwc3_u8_vbmi(const uint8_t* src, ptrdiff_t H, ptrdiff_t W,
+                                                  ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
+                                                  ptrdiff_t w_out, int mirror, int mean_kind,
+                                                  const float* mean, const float* mean_values,
+                                                  float scale, float* out) {
+        const ptrdiff_t plane = h_out * w_out, mplane = H * W;
+        ptrdiff_t h, k, c;
+        if (plane < CD_STREAM_MIN_PLANE || ((uintptr_t)out & 3)) {
+            for (h = 0; h < h_out; h++) {
+                const float* m0 = mean_kind == 1 ? mean + (h_off + h) * W + w_off : NULL;
+                cd_row_hwc3_vbmi(src + ((h_off + h) * W + w_off) * 3, m0, m0 ? m0 + mplane : NULL,
+                                 m0 ? m0 + 2 * mplane : NULL, mean_values, mean_kind == 2, scale, mirror,
+                                 w_out, 0, w_out, out + h * w_out, out + plane + h * w_out,
+                                 out + 2 * plane + h * w_out);
+            }
+            return;
+        }
+        /* stage: up to 15 floats carried over + one chunk of a row, per channel */
+        float stage[3][CD_ROW_CHUNK + 32] __attribute__((aligned(64)));
+        cd_stream streams[3];
+        for (c = 0; c < 3; c++) cd_stream_start(&streams[c], out + c * plane, stage[c]);
+        for (h = 0; h < h_out; h++) {
+            const uint8_t* srow = src + ((h_off + h) * W + w_off) * 3;
+            const float* m0 = mean_kind == 1 ? mean + (h_off + h) * W + w_off : NULL;
+            for (k = 0; k < w_out; k += CD_ROW_CHUNK) {
+                const ptrdiff_t k1 = w_out - k < CD_ROW_CHUNK ? w_out : k + CD_ROW_CHUNK;
+                cd_row_hwc3_vbmi(srow, m0, m0 ? m0 + mplane : NULL, m0 ? m0 + 2 * mplane : NULL,
+                                 mean_values, mean_kind == 2, scale, mirror, w_out, k, k1,
+                                 stage[0] + streams[0].fill, stage[1] + streams[1].fill,
+                                 stage[2] + streams[2].fill);
+                for (c = 0; c < 3; c++) {
+                    streams[c].fill += k1 - k;
+                    cd_stream_flush(&streams[c], h == h_out - 1 && k1 == w_out);
+                }
+            }
+        }
+    }
+    #endif
+
     /* One decoded 3-channel HWC uint8 image, float32 out (mean indexed CHW at the source). */
     static void cd_transform_hwc3_u8(const uint8_t* src, ptrdiff_t H, ptrdiff_t W,
                                      ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
@@ -432,6 +581,13 @@ cdef extern from *:
         float tmp[3 * CD_ROW_CHUNK];
         ptrdiff_t h, k, len, c;
         const ptrdiff_t plane = h_out * w_out, mplane = H * W;
+    #ifdef CD_HAVE_VBMI_KERNEL
+        if (cd_cpu_has_vbmi()) {
+            cd_transform_hwc3_u8_vbmi(src, H, W, h_off, w_off, h_out, w_out, mirror, mean_kind, mean,
+                                      mean_values, scale, out);
+            return;
+        }
+    #endif
         for (h = 0; h < h_out; h++) {
             const ptrdiff_t sh = h_off + h;
             const uint8_t* srow = src + (sh * W + w_off) * 3;

@@ -5,6 +5,7 @@ from conftest import (MT19937, data_prototxt, encoded_datum, float_datum, jpeg_b
                       png_bytes, raw_datum, record_pixels, write_db)
 
 import cv2
+from caffedata import _fast
 from caffedata.errors import DatabaseError, RecordError, SpecError
 from caffedata.formats.mean import mean_to_blobproto_bytes
 from caffedata.pipeline.engine import CaffePipeline
@@ -172,6 +173,74 @@ def test_encoded_jpeg_with_random_crop_and_mirror(tmp_path):
         img = np.moveaxis(cv2.imdecode(np.frombuffer(f, np.uint8), -1), -1, 0)
         np.testing.assert_array_equal(data[i], caffe_transform(img, mean_values=(104, 117, 123), crop=8,
                                                                train=True, mirror=True, rng=rng))
+
+
+def _caffe_window(chw, h_off, w_off, h_out, w_out, mean, values, scale, mirror):
+    """DataTransformer's float32 formula for one window of a CHW uint8 image."""
+    window = np.s_[:, h_off:h_off + h_out, w_off:w_off + w_out]
+    x = chw.astype(np.float32)[window]
+    if mean is not None:
+        y = (x - mean[window]) * np.float32(scale)
+    elif values:
+        y = (x - np.array(values, np.float32)[:, None, None]) * np.float32(scale)
+    else:
+        y = x * np.float32(scale)
+    return np.ascontiguousarray(y[:, :, ::-1] if mirror else y)
+
+
+@pytest.mark.parametrize("mean_kind", ["none", "values", "file"])
+def test_decoded_bgr_kernel_bit_exact_over_row_widths_offsets_and_mirror(mean_kind):
+    """The float32 kernel for decoded (HWC) images, against Caffe's formulas in NumPy float32.
+
+    Output widths around the 16-pixel steps of the SIMD row kernel (1, 15, 16,
+    17, 33, 47), crop windows at both edges, mirror on and off, scales with
+    and without rounding.
+    """
+    rng = np.random.default_rng(11)
+    for w_out in (1, 2, 15, 16, 17, 33, 47):
+        H, W, h_out = 5, w_out + 3, 4
+        hwc = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        mean = rng.uniform(-10, 270, (3, H, W)).astype(np.float32) if mean_kind == "file" else None
+        values = (104.5, 117.25, 123.0) if mean_kind == "values" else ()
+        for scale in (1.0, 0.017, 3.0):
+            tp = _fast.TransformParams(3, H, W, crop=0, mirror=True, scale=scale, mean=mean,
+                                       mean_values=values)
+            for h_off, w_off in ((0, 0), (H - h_out, W - w_out), (1, 2)):
+                for mirror in (False, True):
+                    out = np.full((3, h_out, w_out), np.nan, np.float32)
+                    _fast.transform_into(hwc.reshape(-1), _fast.LAYOUT_HWC_U8, tp, h_off, w_off, mirror, out)
+                    want = _caffe_window(chw, h_off, w_off, h_out, w_out, mean, values, scale, mirror)
+                    assert out.tobytes() == want.tobytes(), (w_out, scale, h_off, w_off, mirror)
+
+
+@pytest.mark.parametrize("mean_kind", ["values", "file"])
+def test_decoded_bgr_kernel_large_planes_exact_and_nothing_written_outside(mean_kind):
+    """Planes of >= 16,384 floats (streamed to memory in whole lines) at every alignment.
+
+    The output window starts 0..16 floats past a 64-byte boundary, so each
+    plane's first and last lines are shared with its neighbours; the floats
+    around the window must stay untouched.  Rows wider than the kernel's
+    1,024-pixel chunk are covered too.
+    """
+    rng = np.random.default_rng(5)
+    for h_out, w_out in ((130, 127), (15, 1100), (128, 128)):
+        H, W = h_out + 2, w_out + 3
+        hwc = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        mean = rng.uniform(0, 255, (3, H, W)).astype(np.float32) if mean_kind == "file" else None
+        values = (104.0, 117.0, 123.0) if mean_kind == "values" else ()
+        tp = _fast.TransformParams(3, H, W, mirror=True, scale=0.5, mean=mean, mean_values=values)
+        size = 3 * h_out * w_out
+        for shift in (0, 1, 7, 15, 16):
+            buffer = np.full(size + 64, -7.0, np.float32)
+            start = (-buffer.ctypes.data // 4) % 16 + shift  # `shift` floats past a 64-byte line
+            out = buffer[start:start + size].reshape(3, h_out, w_out)
+            for mirror in (False, True):
+                _fast.transform_into(hwc.reshape(-1), _fast.LAYOUT_HWC_U8, tp, 1, 2, mirror, out)
+                want = _caffe_window(chw, 1, 2, h_out, w_out, mean, values, 0.5, mirror)
+                assert out.tobytes() == want.tobytes(), (h_out, w_out, shift, mirror)
+                assert (buffer[:start] == -7).all() and (buffer[start + size:] == -7).all()
 
 
 def test_mixed_raw_and_encoded_records(tmp_path):

@@ -25,6 +25,22 @@ from ..pipeline.kernels import MAX_IMAGE_PIXELS, Record, decode_image
 from ..tools.convert import parse_list_file
 
 
+def read_file(path):
+    """The bytes of ``path``: one ``read`` of its size (half the cost of ``np.fromfile``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)  # + 1: a file grown since fstat shows up as more to read
+        if len(data) <= size:
+            return data
+        chunks = [data]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 20))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class ImageListSource:
     """The records of one ImageData layer: ``len()`` images, ``record(i)`` decodes image ``i``."""
 
@@ -58,7 +74,7 @@ class ImageListSource:
         """Image ``index`` as a ``Record`` (HWC uint8 BGR or gray) with its label."""
         file = self.files[index]
         try:
-            payload = np.fromfile(file, dtype=np.uint8)
+            payload = np.frombuffer(read_file(file), dtype=np.uint8)
         except OSError as exc:
             raise RecordError(self.path, self.key(index), index,
                               f"could not load the image ({exc.strerror or 'no such file'})",
