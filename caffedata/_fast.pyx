@@ -382,48 +382,6 @@ cdef extern from *:
         for (; k < n; k++) dst[k] = src[n - 1 - k];
     }
 
-    /* One raw CHW uint8 record, float32 out.  mean_kind: 0 none, 1 file, 2 values. */
-    static void cd_transform_chw_u8(const uint8_t* src, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
-                                    ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
-                                    ptrdiff_t w_out, int mirror, int mean_kind, const float* mean,
-                                    const float* mean_values, float scale, float* out) {
-        float tmp[CD_ROW_CHUNK];
-        ptrdiff_t c, h, base, k, len;
-        if (!mirror && h_out == H && w_out == W) {
-            /* Whole planes are contiguous: one call per channel (small images are
-               dominated by per-row call overhead otherwise). */
-            const ptrdiff_t plane = H * W;
-            for (c = 0; c < C; c++) {
-                if (mean_kind)
-                    cd_row_chw(src + c * plane, mean_kind == 1 ? mean + c * plane : NULL,
-                               mean_kind == 2 ? mean_values[c] : 0.0f, scale, out + c * plane, plane);
-                else
-                    cd_row_noscale_chw(src + c * plane, scale, out + c * plane, plane);
-            }
-            return;
-        }
-        for (c = 0; c < C; c++) {
-            const float mv = mean_kind == 2 ? mean_values[c] : 0.0f;
-            for (h = 0; h < h_out; h++) {
-                base = (c * H + h_off + h) * W + w_off;
-                float* orow = out + (c * h_out + h) * w_out;
-                const float* mrow = mean_kind == 1 ? mean + base : NULL;
-                if (!mirror) {
-                    if (mean_kind) cd_row_chw(src + base, mrow, mv, scale, orow, w_out);
-                    else cd_row_noscale_chw(src + base, scale, orow, w_out);
-                    continue;
-                }
-                /* mirrored: source chunk [k, k+len) lands at out[w_out-k-len, w_out-k) */
-                for (k = 0; k < w_out; k += len) {
-                    len = w_out - k < CD_ROW_CHUNK ? w_out - k : CD_ROW_CHUNK;
-                    if (mean_kind) cd_row_chw(src + base + k, mrow ? mrow + k : NULL, mv, scale, tmp, len);
-                    else cd_row_noscale_chw(src + base + k, scale, tmp, len);
-                    cd_reverse_copy(tmp, orow + w_out - k - len, len);
-                }
-            }
-        }
-    }
-
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
     #include <immintrin.h>
     #define CD_HAVE_VBMI_KERNEL 1
@@ -571,7 +529,89 @@ cdef extern from *:
             }
         }
     }
+
+    /* cd_transform_chw_u8 for large planes on AVX-512: each channel plane streamed
+       (cd_stream), rows computed by the same row kernels into the stage. */
+    CD_VBMI static void cd_transform_chw_u8_streamed(const uint8_t* src, ptrdiff_t C, ptrdiff_t H,
+                                                     ptrdiff_t W, ptrdiff_t h_off, ptrdiff_t w_off,
+                                                     ptrdiff_t h_out, ptrdiff_t w_out, int mirror,
+                                                     int mean_kind, const float* mean,
+                                                     const float* mean_values, float scale, float* out) {
+        float stage[CD_ROW_CHUNK + 32] __attribute__((aligned(64)));
+        float tmp[CD_ROW_CHUNK];
+        ptrdiff_t c, h, k, len;
+        cd_stream st;
+        for (c = 0; c < C; c++) {
+            const float mv = mean_kind == 2 ? mean_values[c] : 0.0f;
+            cd_stream_start(&st, out + c * h_out * w_out, stage);
+            for (h = 0; h < h_out; h++) {
+                const ptrdiff_t base = (c * H + h_off + h) * W + w_off;
+                const float* mrow = mean_kind == 1 ? mean + base : NULL;
+                /* chunk [k, k+len) of the row's outputs: source [k, k+len), or mirrored
+                   source [w_out-k-len, w_out-k) reversed */
+                for (k = 0; k < w_out; k += len) {
+                    len = w_out - k < CD_ROW_CHUNK ? w_out - k : CD_ROW_CHUNK;
+                    const ptrdiff_t from = mirror ? w_out - k - len : k;
+                    float* dst = mirror ? tmp : stage + st.fill;
+                    if (mean_kind) cd_row_chw(src + base + from, mrow ? mrow + from : NULL, mv, scale, dst, len);
+                    else cd_row_noscale_chw(src + base + from, scale, dst, len);
+                    if (mirror) cd_reverse_copy(tmp, stage + st.fill, len);
+                    st.fill += len;
+                    cd_stream_flush(&st, h == h_out - 1 && k + len == w_out);
+                }
+            }
+        }
+    }
     #endif
+
+    /* One raw CHW uint8 record, float32 out.  mean_kind: 0 none, 1 file, 2 values. */
+    static void cd_transform_chw_u8(const uint8_t* src, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                    ptrdiff_t h_off, ptrdiff_t w_off, ptrdiff_t h_out,
+                                    ptrdiff_t w_out, int mirror, int mean_kind, const float* mean,
+                                    const float* mean_values, float scale, float* out) {
+        float tmp[CD_ROW_CHUNK];
+        ptrdiff_t c, h, base, k, len;
+    #ifdef CD_HAVE_VBMI_KERNEL
+        if (h_out * w_out >= CD_STREAM_MIN_PLANE && !((uintptr_t)out & 3) && cd_cpu_has_vbmi()) {
+            cd_transform_chw_u8_streamed(src, C, H, W, h_off, w_off, h_out, w_out, mirror, mean_kind,
+                                         mean, mean_values, scale, out);
+            return;
+        }
+    #endif
+        if (!mirror && h_out == H && w_out == W) {
+            /* Whole planes are contiguous: one call per channel (small images are
+               dominated by per-row call overhead otherwise). */
+            const ptrdiff_t plane = H * W;
+            for (c = 0; c < C; c++) {
+                if (mean_kind)
+                    cd_row_chw(src + c * plane, mean_kind == 1 ? mean + c * plane : NULL,
+                               mean_kind == 2 ? mean_values[c] : 0.0f, scale, out + c * plane, plane);
+                else
+                    cd_row_noscale_chw(src + c * plane, scale, out + c * plane, plane);
+            }
+            return;
+        }
+        for (c = 0; c < C; c++) {
+            const float mv = mean_kind == 2 ? mean_values[c] : 0.0f;
+            for (h = 0; h < h_out; h++) {
+                base = (c * H + h_off + h) * W + w_off;
+                float* orow = out + (c * h_out + h) * w_out;
+                const float* mrow = mean_kind == 1 ? mean + base : NULL;
+                if (!mirror) {
+                    if (mean_kind) cd_row_chw(src + base, mrow, mv, scale, orow, w_out);
+                    else cd_row_noscale_chw(src + base, scale, orow, w_out);
+                    continue;
+                }
+                /* mirrored: source chunk [k, k+len) lands at out[w_out-k-len, w_out-k) */
+                for (k = 0; k < w_out; k += len) {
+                    len = w_out - k < CD_ROW_CHUNK ? w_out - k : CD_ROW_CHUNK;
+                    if (mean_kind) cd_row_chw(src + base + k, mrow ? mrow + k : NULL, mv, scale, tmp, len);
+                    else cd_row_noscale_chw(src + base + k, scale, tmp, len);
+                    cd_reverse_copy(tmp, orow + w_out - k - len, len);
+                }
+            }
+        }
+    }
 
     /* One decoded 3-channel HWC uint8 image, float32 out (mean indexed CHW at the source). */
     static void cd_transform_hwc3_u8(const uint8_t* src, ptrdiff_t H, ptrdiff_t W,

@@ -214,13 +214,14 @@ def test_decoded_bgr_kernel_bit_exact_over_row_widths_offsets_and_mirror(mean_ki
                     assert out.tobytes() == want.tobytes(), (w_out, scale, h_off, w_off, mirror)
 
 
-@pytest.mark.parametrize("mean_kind", ["values", "file"])
-def test_decoded_bgr_kernel_large_planes_exact_and_nothing_written_outside(mean_kind):
+@pytest.mark.parametrize("layout", ["decoded HWC", "raw CHW"])
+@pytest.mark.parametrize("mean_kind", ["none", "values", "file"])
+def test_uint8_kernels_large_planes_exact_and_nothing_written_outside(mean_kind, layout):
     """Planes of >= 16,384 floats (streamed to memory in whole lines) at every alignment.
 
     The output window starts 0..16 floats past a 64-byte boundary, so each
     plane's first and last lines are shared with its neighbours; the floats
-    around the window must stay untouched.  Rows wider than the kernel's
+    around the window must stay untouched.  Rows wider than the kernels'
     1,024-pixel chunk are covered too.
     """
     rng = np.random.default_rng(5)
@@ -237,7 +238,10 @@ def test_decoded_bgr_kernel_large_planes_exact_and_nothing_written_outside(mean_
             start = (-buffer.ctypes.data // 4) % 16 + shift  # `shift` floats past a 64-byte line
             out = buffer[start:start + size].reshape(3, h_out, w_out)
             for mirror in (False, True):
-                _fast.transform_into(hwc.reshape(-1), _fast.LAYOUT_HWC_U8, tp, 1, 2, mirror, out)
+                if layout == "raw CHW":
+                    _fast.transform_into(chw.reshape(-1), _fast.LAYOUT_CHW_U8, tp, 1, 2, mirror, out)
+                else:
+                    _fast.transform_into(hwc.reshape(-1), _fast.LAYOUT_HWC_U8, tp, 1, 2, mirror, out)
                 want = _caffe_window(chw, 1, 2, h_out, w_out, mean, values, 0.5, mirror)
                 assert out.tobytes() == want.tobytes(), (h_out, w_out, shift, mirror)
                 assert (buffer[:start] == -7).all() and (buffer[start + size:] == -7).all()
