@@ -447,3 +447,29 @@ def test_mean_file_without_crop_or_mirror(tmp_path, raw_db, dtype):
     for i in range(6):
         want = caffe_transform(record_pixels(i, 3, 5, 7), scale=np.float32(0.3), mean=mean, dtype=dtype)
         np.testing.assert_array_equal(got[i], want)
+
+
+def test_prefetcher_wait_until_full_builds_exactly_the_queue_ahead():
+    import threading
+    import time
+
+    from caffedata.pipeline.prefetch import Prefetcher
+
+    built = []
+    lock = threading.Lock()
+
+    def work(job, state):
+        time.sleep(0.02)
+        with lock:
+            built.append(job)
+        return job * 10
+
+    p = Prefetcher(list(range(8)), work, threads=1, depth=3)
+    p.wait_until_full(timeout=30)
+    assert sorted(built) == [0, 1, 2]  # the queue is full: nothing more is started
+    assert [next(p) for _ in range(3)] == [0, 10, 20]
+    p.close()
+    short = Prefetcher([5, 6], work, threads=2, depth=4)  # fewer jobs left than the depth
+    short.wait_until_full(timeout=30)
+    assert list(short) == [50, 60]
+    short.close()

@@ -323,6 +323,13 @@ class BatchEngine:
             self._resume_after_fork()
         return next(self._prefetcher)
 
+    def wait_until_prefetched(self, timeout=30.0):
+        """Block until the prefetch queue is full (benchmarks: every pooled buffer allocated)."""
+        if self._prefetcher is None:
+            self.start_epoch()
+        self._prefetcher.wait_until_full(timeout)
+        return self._prefetcher._depth
+
     def __iter__(self):
         """Iterate one epoch."""
         self.start_epoch()

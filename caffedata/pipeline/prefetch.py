@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 
 DEFAULT_MAX_THREADS = 4  # as ImageRecordIter's default preprocess_threads
@@ -108,6 +109,24 @@ class Prefetcher:
         if not ok:
             raise value
         return value
+
+    def wait_until_full(self, timeout=30.0):
+        """Block until the next ``depth`` jobs (or the rest of the list) are finished.
+
+        For benchmarks: with the queue full once, every buffer the workers
+        and the queue can hold at a time has been allocated (a consumer
+        faster than the workers never lets it fill otherwise).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stopped:
+                want = range(self._next_take, min(len(self._jobs), self._next_take + self._depth))
+                if all(i in self._results for i in want):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.5))
 
     @property
     def forked(self):

@@ -88,7 +88,8 @@ def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", see
         raise SpecError("batches and repeats must be >= 1, warmup >= 0")
     if record_bytes is None:
         record_bytes = _mean_record_bytes(spec)
-    total = warmup + batches * repeats
+    queue = max(int(spec.prefetch), int(threads)) if warmup else 0  # drained after the warm-up
+    total = warmup + queue + batches * repeats
     # One epoch long enough for every timed batch: it wraps around a small DB as Caffe's
     # cursor does (the pipeline's warning about that is expected here, so it is muted).
     logger = logging.getLogger("caffedata")
@@ -103,6 +104,13 @@ def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", see
         pipe.start_epoch()
         for _ in range(warmup):
             pipe.next_batch()
+        if warmup:
+            # Let the queue fill once, then drain it untimed: the buffers of a full queue are
+            # then allocated and touched before timing.  (Memory touched for the first time
+            # costs up to 100 ms per 40 MB batch on a VM; it is a once-per-buffer cost of a
+            # run's first batches, not of its steady state.)
+            for _ in range(pipe.wait_until_prefetched()):
+                pipe.next_batch()
         windows = []
         shape = None
         for _ in range(repeats):
