@@ -102,15 +102,18 @@ def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", see
         logger.setLevel(level)
     try:
         pipe.start_epoch()
+        held = []
         for _ in range(warmup):
-            pipe.next_batch()
+            held = (held + [pipe.next_batch()[0]])[-2:]
         if warmup:
-            # Let the queue fill once, then drain it untimed: the buffers of a full queue are
-            # then allocated and touched before timing.  (Memory touched for the first time
-            # costs up to 100 ms per 40 MB batch on a VM; it is a once-per-buffer cost of a
-            # run's first batches, not of its steady state.)
+            # The timed loop can hold `queue` batches in flight plus two of its own (the one it
+            # keeps and the one being returned).  Fill the queue once while holding two, then
+            # drain it untimed: every buffer the timed loop can need is then allocated and
+            # touched.  (Memory touched for the first time cost up to 100 ms per 40 MB batch on
+            # a VM: a once-per-buffer cost of a run's first batches, not of its steady state.)
             for _ in range(pipe.wait_until_prefetched()):
                 pipe.next_batch()
+        del held
         windows = []
         shape = None
         for _ in range(repeats):
