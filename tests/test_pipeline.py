@@ -465,11 +465,11 @@ def test_prefetcher_wait_until_full_builds_exactly_the_queue_ahead():
         return job * 10
 
     p = Prefetcher(list(range(8)), work, threads=1, depth=3)
-    p.wait_until_full(timeout=30)
+    assert p.wait_until_full(timeout=30) == 3
     assert sorted(built) == [0, 1, 2]  # the queue is full: nothing more is started
     assert [next(p) for _ in range(3)] == [0, 10, 20]
     p.close()
     short = Prefetcher([5, 6], work, threads=2, depth=4)  # fewer jobs left than the depth
-    short.wait_until_full(timeout=30)
+    assert short.wait_until_full(timeout=30) == 2
     assert list(short) == [50, 60]
     short.close()

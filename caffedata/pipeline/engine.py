@@ -324,11 +324,13 @@ class BatchEngine:
         return next(self._prefetcher)
 
     def wait_until_prefetched(self, timeout=30.0):
-        """Block until the prefetch queue is full (benchmarks: every pooled buffer allocated)."""
+        """Block until the prefetch queue is full; returns how many batches wait in it.
+
+        For benchmarks: every pooled buffer the queue can hold is then allocated.
+        """
         if self._prefetcher is None:
             self.start_epoch()
-        self._prefetcher.wait_until_full(timeout)
-        return self._prefetcher._depth
+        return self._prefetcher.wait_until_full(timeout)
 
     def __iter__(self):
         """Iterate one epoch."""

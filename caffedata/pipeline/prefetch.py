@@ -113,19 +113,18 @@ class Prefetcher:
     def wait_until_full(self, timeout=30.0):
         """Block until the next ``depth`` jobs (or the rest of the list) are finished.
 
-        For benchmarks: with the queue full once, every buffer the workers
-        and the queue can hold at a time has been allocated (a consumer
-        faster than the workers never lets it fill otherwise).
+        Returns how many finished jobs wait to be taken.  For benchmarks: with
+        the queue full once, every buffer the workers and the queue can hold at
+        a time has been allocated (a consumer faster than the workers never
+        lets it fill otherwise).
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._stopped:
+            while True:
                 want = range(self._next_take, min(len(self._jobs), self._next_take + self._depth))
-                if all(i in self._results for i in want):
-                    return
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return
+                if self._stopped or left <= 0 or all(i in self._results for i in want):
+                    return sum(1 for i in want if i in self._results)
                 self._cond.wait(min(left, 0.5))
 
     @property

@@ -127,6 +127,8 @@ class HDF5Source:
             self._read(int(f), handles, records[items] - self.starts[f], items, outs, records)
 
     def _read(self, f, handles, rows, items, outs, records):
+        """Rows of file ``f`` into the batch: with ``items`` None, ``len(records)`` rows from
+        row ``rows`` (an int) into items 0.. ; otherwise row ``rows[k]`` into item ``items[k]``."""
         opened = handles.get(f)
         if opened is None:
             opened = handles[f] = _OpenFile(self._open(self.files[f]), self.spec.tops)
