@@ -81,7 +81,12 @@ def _mean_record_bytes(spec, n=64):
 
 def measure(spec, threads, batches=50, warmup=5, repeats=3, dtype="float32", seed=0,
             record_bytes=None):
-    """Time ``batches`` batches (median of ``repeats`` windows) after ``warmup`` batches."""
+    """Time ``batches`` batches (median of ``repeats`` windows) after ``warmup`` batches.
+
+    After the warm-up (if any) the prefetch queue is filled once and drained
+    untimed, so that the timed windows see a steady state: every pooled buffer
+    allocated, as after the first batches of a training run.
+    """
     from ..pipeline.engine import CaffePipeline
 
     if batches < 1 or repeats < 1 or warmup < 0:
