@@ -28,7 +28,8 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="K",
                    help="measure 1..K threads (default: CPU count)")
     p.add_argument("--batches", type=int, default=50, help="timed batches per window")
-    p.add_argument("--warmup", type=int, default=5, help="batches before timing (then the prefetch queue is filled once and drained, untimed)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="batches before timing (then the prefetch queue is filled once and drained, untimed)")
     p.add_argument("--repeats", type=int, default=3, help="timed windows (median is kept)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", metavar="OUT.json", default=None, help="save the results as JSON")
