@@ -13,6 +13,7 @@
 
 #include "layer.h"
 #include "layer_util.h"
+#include "powx.h"
 
 namespace caffedata {
 namespace {
@@ -24,6 +25,26 @@ void expect_one_bottom(const char* layer, const std::vector<Shape>& bottom) {
     throw LayerError(std::string(layer) + " takes exactly 1 bottom, got " +
                      std::to_string(bottom.size()));
   }
+}
+
+// out[i] = scale[i]^p * factor[i], as Caffe's caffe_powx then caffe_mul (in place
+// is fine: out may be factor).  float goes through powx_float (powf's bits).
+void powers_times(int64_t count, const float* scale, float p, const float* factor, float* out) {
+  constexpr int64_t kChunk = 2048;
+  const int threads = item_threads(count);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t begin = 0; begin < count; begin += kChunk) {
+    float powers[kChunk];
+    const int64_t len = std::min(kChunk, count - begin);
+    powx_float(len, scale + begin, p, powers);
+    for (int64_t j = 0; j < len; ++j) out[begin + j] = powers[j] * factor[begin + j];
+  }
+}
+
+void powers_times(int64_t count, const double* scale, double p, const double* factor, double* out) {
+  const int threads = item_threads(count);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t i = 0; i < count; ++i) out[i] = std::pow(scale[i], p) * factor[i];
 }
 
 // ---------------------------------------------------------------------------
@@ -137,9 +158,7 @@ class LRNLayer : public Layer<Dtype> {
         }
       }
     }
-    const int threads = item_threads(count);  // the powers are most of LRN's time
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t i = 0; i < count; ++i) y[i] = std::pow(scale_[i], -beta_) * x[i];
+    powers_times(count, scale_.data(), -beta_, x, y);  // the powers are most of LRN's time
   }
 
   void AcrossBackward(const Dtype* top_data, const Dtype* top_diff, const Dtype* x,
@@ -149,11 +168,7 @@ class LRNLayer : public Layer<Dtype> {
     std::vector<Dtype> padded_ratio((channels_ + size_ - 1) * hw, Dtype(0));
     std::vector<Dtype> accum(hw), accum_times_bottom(hw);
     const Dtype cache_ratio_value = 2. * alpha_ * beta_ / size_;
-    const int threads = item_threads(count);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t i = 0; i < count; ++i) {
-      bottom_diff[i] = top_diff[i] * std::pow(scale_[i], -beta_);
-    }
+    powers_times(count, scale_.data(), -beta_, top_diff, bottom_diff);
     const int inverse_pre_pad = size_ - (size_ + 1) / 2;
     Dtype* ratio = padded_ratio.data() + inverse_pre_pad * hw;
     for (int64_t n = 0; n < num_; ++n) {

@@ -7,6 +7,7 @@ gradient check (float64) for every layer that has a backward.
 """
 import numpy as np
 import pytest
+from test_ops_core import _child_json
 
 import mxnet as mx  # noqa: E402
 import caffedata  # noqa: E402,F401  (installs mx.sym.CaffeOp)
@@ -282,6 +283,41 @@ def test_lrn_across_channels_matches_reference_and_mxnet():
                                lrn_across_ref(x, 5, 1.0, 0.75, 1.0), rtol=1e-12)
     grad_check('layer { type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }',
                [RNG.standard_normal((2, 4, 2, 3))])
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.3, 2.5])
+def test_lrn_float32_powers_are_powf_bit_for_bit(beta):
+    """Caffe computes LRN's scale^-beta with powf (caffe_powx).  One channel and local_size 1
+    make the scale k + alpha * x^2 exactly, so the float32 reference is NumPy's (whose float32
+    power is the C library's powf): 10^6 scales across [1, 50], the vector path's fallback
+    near rounding midpoints included."""
+    x = RNG.uniform(-7, 7, (1, 1, 1000, 1000)).astype(np.float32)
+    x[0, 0, 0, :4] = [0.0, -0.0, 1e-20, 7.0]
+    proto = 'layer { type: "LRN" lrn_param { local_size: 1 alpha: 1 beta: %r k: 1 } }' % beta
+    scale = np.float32(1) + np.float32(1) * (x * x)
+    want = np.power(scale, np.float32(-beta)) * x
+    assert fwd(proto, [x], dtype=np.float32).tobytes() == want.tobytes()
+
+
+def test_lrn_float32_forward_and_backward_identical_with_libm_powers():
+    """The vectorised powers against powf for every element (CAFFEDATA_POWX=libm, read once
+    per process): LRN forward and backward across 5 channels, byte for byte, for GoogLeNet's
+    alpha and for one that spreads the scales."""
+    body = """
+        import hashlib, json
+        rng = np.random.RandomState(3)
+        x = mx.nd.array(rng.randn(4, 24, 33, 35) * 3, dtype="float32")
+        og = mx.nd.array(rng.randn(4, 24, 33, 35), dtype="float32")
+        digests = []
+        for alpha in (0.0001, 2):  # GoogLeNet's LRN, and scales spread over [1, 100]
+            proto = 'layer { type: "LRN" lrn_param { local_size: 5 alpha: %g beta: 0.75 } }' % alpha
+            outs = fwd_bwd(lambda x: mx.nd.CaffeOp(x, prototxt=proto), [x], og)
+            digests += [hashlib.sha256(a.tobytes()).hexdigest() for a in outs]
+        print(json.dumps(digests))
+    """
+    default = _child_json(body)
+    libm = _child_json(body, "CAFFEDATA_POWX=libm")
+    assert default == libm
 
 
 def test_lrn_within_channel():
