@@ -42,6 +42,7 @@ def detect_backend(path):
 
 
 def _check_path(path, backend):
+    """The backend ``path`` is, checked against ``backend`` (None: any); DatabaseError if neither."""
     if not os.path.exists(path):
         raise DatabaseError(f"{path}: no such database -- check data_param.source (relative paths "
                             f"are resolved against the working directory {os.getcwd()})")
@@ -50,13 +51,14 @@ def _check_path(path, backend):
         # `convert --overwrite` swaps folders atomically, but a listing that began in the old
         # folder can see it half removed: look once more, at what the path names now.
         found = detect_backend(path)
-    if found is not None and found != backend:
+    if found is not None and backend is not None and found != backend:
         raise DatabaseError(
             f"{path}: this is a {found.name} database but backend {backend.name} was asked for -- "
             f"set `backend: {found.name}` in data_param (Caffe's default is LEVELDB)")
     if found is None:
         raise DatabaseError(f"{path}: not an LMDB (no data.mdb) nor a LevelDB (no CURRENT file) -- "
                             f"point data_param.source at the database folder")
+    return found
 
 
 class RecordSource:
@@ -392,16 +394,12 @@ def check_unchanged(path, backend, state):
 def open_source(path, backend):
     """Open ``path`` with ``backend`` (a Backend, its name, or "auto")."""
     path = os.fspath(path)
-    if isinstance(backend, str):
-        if backend.lower() == "auto":
-            backend = detect_backend(path) if os.path.exists(path) else None
-            if backend is None:
-                _check_path(path, Backend.LMDB)  # raises the missing/unknown error
-                backend = detect_backend(path)   # or the path appeared meanwhile: use what it is
-        else:
-            try:
-                backend = Backend[backend.upper()]
-            except KeyError:
-                raise DatabaseError(f"unknown backend {backend!r} -- use lmdb or leveldb") from None
-    _check_path(path, backend)
+    if isinstance(backend, str) and backend.lower() == "auto":
+        backend = None  # whatever the path is
+    elif isinstance(backend, str):
+        try:
+            backend = Backend[backend.upper()]
+        except KeyError:
+            raise DatabaseError(f"unknown backend {backend!r} -- use lmdb or leveldb") from None
+    backend = _check_path(path, backend)
     return LMDBSource(path) if backend == Backend.LMDB else LevelDBSource(path)
