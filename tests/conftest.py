@@ -212,3 +212,25 @@ def wire_encoded_datum(payload, label):
     """Datum bytes as ReadFileToDatum writes them: data, label, encoded=true."""
     return b"\x22" + varint(len(payload)) + payload + b"\x28" + varint(label) + b"\x38\x01"
 
+
+
+# -- Caffe's pooling geometry ------------------------------------------------------
+
+def caffe_pool_windows(H, W, kh, kw, sh, sw, ph, pw):
+    """PoolingLayer's output size and windows: ((oh, ow), [(i, j, hs, he, ws, we, size), ...]).
+
+    The size rounds up, and a last window that would start in the padding is
+    dropped; each window is clipped to the image, while ``size`` (AVE's divisor)
+    counts the window clipped to height/width + pad.
+    """
+    oh, ow = -(-(H + 2 * ph - kh) // sh) + 1, -(-(W + 2 * pw - kw) // sw) + 1
+    if ph or pw:
+        oh, ow = oh - ((oh - 1) * sh >= H + ph), ow - ((ow - 1) * sw >= W + pw)
+    windows = []
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * sh - ph, j * sw - pw
+            he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
+            size = (he - hs) * (we - ws)
+            windows.append((i, j, max(hs, 0), min(he, H), max(ws, 0), min(we, W), size))
+    return (oh, ow), windows

@@ -13,7 +13,7 @@ import sys
 import mxnet as mx
 import numpy as np
 import pytest
-from conftest import package_env
+from conftest import caffe_pool_windows, package_env
 from google.protobuf import text_format
 
 import caffedata  # noqa: F401  (registers CaffeOp)
@@ -109,21 +109,11 @@ def np_pool(x, pool, k, s, p, global_=False):
     n, c, h, w = x.shape
     if global_:
         k, s, p = h, 1, 0
-    ph = int(np.ceil((h + 2 * p - k) / s)) + 1
-    pw = int(np.ceil((w + 2 * p - k) / s)) + 1
-    if p and (ph - 1) * s >= h + p:
-        ph -= 1
-    if p and (pw - 1) * s >= w + p:
-        pw -= 1
-    out = np.empty((n, c, ph, pw))
-    for i in range(ph):
-        for j in range(pw):
-            hs, ws = i * s - p, j * s - p
-            he, we = min(hs + k, h + p), min(ws + k, w + p)
-            size = (he - hs) * (we - ws)
-            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
-            win = x[:, :, hs:he, ws:we]
-            out[:, :, i, j] = win.max(axis=(2, 3)) if pool == 0 else win.sum(axis=(2, 3)) / size
+    (oh, ow), windows = caffe_pool_windows(h, w, k, k, s, s, p, p)
+    out = np.empty((n, c, oh, ow))
+    for i, j, hs, he, ws, we, size in windows:
+        win = x[:, :, hs:he, ws:we]
+        out[:, :, i, j] = win.max(axis=(2, 3)) if pool == 0 else win.sum(axis=(2, 3)) / size
     return out
 
 

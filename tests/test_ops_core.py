@@ -25,7 +25,7 @@ if not os.path.isfile(ops.library_path()):
     pytest.skip("ops library not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
 from childproc import run_child  # noqa: E402
-from conftest import data_prototxt, key, raw_datum, write_db  # noqa: E402
+from conftest import caffe_pool_windows, data_prototxt, key, raw_datum, write_db  # noqa: E402
 
 
 
@@ -515,29 +515,22 @@ def _caffe_pooling_float32(x, kind, kh, kw, sh, sw, ph, pw):
     the window in row-major order (strict >, from -FLT_MAX) and its index, -1 if none; AVE sums in
     row-major order in float32 and divides by the window clipped to height/width + pad."""
     n, c, H, W = x.shape
-    oh, ow = -(-(H + 2 * ph - kh) // sh) + 1, -(-(W + 2 * pw - kw) // sw) + 1
-    if ph or pw:
-        oh, ow = oh - ((oh - 1) * sh >= H + ph), ow - ((ow - 1) * sw >= W + pw)
+    (oh, ow), windows = caffe_pool_windows(H, W, kh, kw, sh, sw, ph, pw)
     y = np.zeros((n, c, oh, ow), np.float32)
     mask = np.full((n, c, oh, ow), -1, np.int64)
     for a in range(n):
         for b in range(c):
-            for i in range(oh):
-                for j in range(ow):
-                    hs, ws = i * sh - ph, j * sw - pw
-                    he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
-                    size = (he - hs) * (we - ws)
-                    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
-                    best, arg, total = np.float32(-np.finfo(np.float32).max), -1, np.float32(0)
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            v = x[a, b, h, w]
-                            if v > best:
-                                best, arg = v, h * W + w
-                            if kind == "AVE":
-                                total = np.float32(total + v)
-                    y[a, b, i, j] = best if kind == "MAX" else np.float32(total / np.float32(size))
-                    mask[a, b, i, j] = arg
+            for i, j, hs, he, ws, we, size in windows:
+                best, arg, total = np.float32(-np.finfo(np.float32).max), -1, np.float32(0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[a, b, h, w]
+                        if v > best:
+                            best, arg = v, h * W + w
+                        if kind == "AVE":
+                            total = np.float32(total + v)
+                y[a, b, i, j] = best if kind == "MAX" else np.float32(total / np.float32(size))
+                mask[a, b, i, j] = arg
     return y, mask
 
 
