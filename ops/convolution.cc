@@ -546,25 +546,27 @@ class ConvLayerT : public Layer<Dtype> {
     }
   }
 
-  // A float Convolution with stride 1 and dilation 1, and a kernel larger than
-  // 1x1 (which needs no lowering), runs forward without im2col on AVX-512 CPUs
-  // (implicit_conv.h). Each output is summed as the im2col path sums it when
-  // that path's GEMM is the AVX-512 kernel too (not too small a product), to
-  // the bit; CAFFEDATA_CONV=im2col switches this off, and the tests compare.
-  // The input gradient, Caffe's col2im(W^T x dy), is the same sum as a
-  // correlation of dy padded by kernel - 1 - pad with the kernels flipped and
-  // transposed; computed so (where pad < kernel and there are 8 or more input
-  // channels a group), its terms are added in another order than col2im's.
+  // A float Convolution with dilation 1, other than a plain 1x1 (which needs no
+  // lowering), runs forward without im2col on AVX-512 CPUs (implicit_conv.h;
+  // strides through phase frames). Each output is summed as the im2col path
+  // sums it when that path's GEMM is the AVX-512 kernel too (not too small a
+  // product), to the bit; CAFFEDATA_CONV=im2col switches this off, and the
+  // tests compare. With stride 1, the input gradient, Caffe's col2im(W^T x dy),
+  // is the same sum as a correlation of dy padded by kernel - 1 - pad with the
+  // kernels flipped and transposed; computed so (where pad < kernel and there
+  // are 8 or more input channels a group), its terms are added in another
+  // order than col2im's.
   void plan_implicit_gemm() {
     implicit_ = implicit_backward_ = false;
     if (!std::is_same<Dtype, float>::value || DECONV || num_spatial_ != 2 || is_1x1_ || !implicit_gemm_allowed() ||
         !avx512_sgemm_available())
       return;
     for (size_t i = 0; i < 2; ++i)
-      if (stride_[i] != 1 || dilation_[i] != 1) return;
+      if (dilation_[i] != 1) return;
     implicit_forward_.plan(num_, conv_in_channels_, conv_in_spatial_[0], conv_in_spatial_[1], pad_[0], pad_[1],
-                           kernel_[0], kernel_[1], conv_out_channels_, group_);
+                           kernel_[0], kernel_[1], conv_out_channels_, group_, stride_[0], stride_[1]);
     implicit_ = true;
+    if (stride_[0] != 1 || stride_[1] != 1) return;  // the input gradient below is for stride 1
     // Its GEMM has one row per input channel, in blocks of 8: with fewer (an RGB
     // image's 3), most of each block would be zeros, and col2im is faster.
     if (pad_[0] < kernel_[0] && pad_[1] < kernel_[1] && conv_in_channels_ / group_ >= 8) {

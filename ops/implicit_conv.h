@@ -1,13 +1,21 @@
-// A stride-1, dilation-1 2-D correlation in float, computed without im2col
-// (an "implicit GEMM"), for Convolution's forward pass and its gradient with
+// A dilation-1 2-D correlation in float, computed without im2col (an
+// "implicit GEMM"), for Convolution's forward pass and its gradient with
 // respect to the input (convolution.cc).
 //
-// Each image is copied into zero-padded frames, one per input channel. Output
-// (oh, ow) of a plane is then q = oh * frame_w + ow of a flat loop whose kernel
-// element (c, i, j) sits at q + (c * frame_h + i) * frame_w + j: a fixed offset
-// per row of im2col's matrix. avx512_sgemm_implicit_b reads B through those
-// offsets, 16 outputs at a time, computing and dropping the columns q with
-// q mod frame_w >= out_w. Several images share a GEMM when their maps are small.
+// Each image is copied into zero-padded frames, one per input channel. With
+// stride 1, output (oh, ow) of a plane is then q = oh * frame_w + ow of a flat
+// loop whose kernel element (c, i, j) sits at q + (c * frame_h + i) * frame_w + j:
+// a fixed offset per row of im2col's matrix. avx512_sgemm_implicit_b reads B
+// through those offsets, 16 outputs at a time, computing and dropping the
+// columns q with q mod frame_w >= out_w. Several images share a GEMM when
+// their maps are small.
+//
+// With stride (sh, sw), each padded channel is split into sh * sw phase
+// frames, phase (pi, pj) holding the padded rows pi, pi + sh, ... and columns
+// pj, pj + sw, ...; kernel element (c, sh * a + pi, sw * b + pj) then sits at
+// q + ((c * sh + pi) * sw + pj) * phase_h + a) * phase_w + b for output q =
+// oh * phase_w + ow: again one offset per row of im2col's matrix, whose order
+// (and so every sum) is unchanged.
 #pragma once
 
 #include <algorithm>
@@ -25,14 +33,16 @@ class ImplicitConv {
   static constexpr int64_t kColumns = 1024;
 
   // channels planes of height x width, padded by pad_h/pad_w, correlated with
-  // kernel_h x kernel_w kernels into out_channels planes, in `groups`; at most
-  // `num` images a call. Output size: height + 2 pad - kernel + 1 per axis.
+  // kernel_h x kernel_w kernels at stride_h/stride_w into out_channels planes,
+  // in `groups`; at most `num` images a call. Output size, as Caffe's:
+  // (height + 2 pad - kernel) / stride + 1 per axis.
   void plan(int64_t num, int64_t channels, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w,
-            int64_t kernel_h, int64_t kernel_w, int64_t out_channels, int64_t groups) {
+            int64_t kernel_h, int64_t kernel_w, int64_t out_channels, int64_t groups, int64_t stride_h = 1,
+            int64_t stride_w = 1) {
     // The glue reshapes before every forward, as Caffe does: keep the plan, and
     // the zeroed borders of the frames, while the geometry is the same.
-    const std::vector<int64_t> geometry{num, channels, height, width, pad_h, pad_w, kernel_h, kernel_w, out_channels,
-                                        groups};
+    const std::vector<int64_t> geometry{num,      channels,     height, width,    pad_h,   pad_w,
+                                        kernel_h, kernel_w, out_channels, groups, stride_h, stride_w};
     if (geometry == geometry_) return;
     geometry_ = geometry;
     channels_ = channels;
@@ -42,18 +52,22 @@ class ImplicitConv {
     pad_w_ = pad_w;
     out_channels_ = out_channels;
     groups_ = groups;
-    frame_h_ = height + 2 * pad_h;
-    frame_w_ = width + 2 * pad_w;
-    out_h_ = frame_h_ - kernel_h + 1;
-    out_w_ = frame_w_ - kernel_w + 1;
+    stride_h_ = stride_h;
+    stride_w_ = stride_w;
+    const int64_t padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w;
+    out_h_ = (padded_h - kernel_h) / stride_h + 1;
+    out_w_ = (padded_w - kernel_w) / stride_w + 1;
+    frame_h_ = (padded_h + stride_h - 1) / stride_h;  // a phase frame (the whole frame at stride 1)
+    frame_w_ = (padded_w + stride_w - 1) / stride_w;
     vectors_ = ((out_h_ - 1) * frame_w_ + out_w_ + 15) / 16;
     images_ = std::max<int64_t>(1, std::min<int64_t>(num, kColumns / (vectors_ * 16)));
-    frames_ = channels * frame_h_ * frame_w_;
+    frames_ = channels * stride_h * stride_w * frame_h_ * frame_w_;
     kernel_rows_ = channels / groups * kernel_h * kernel_w;
     row_offset_.resize(static_cast<size_t>(kernel_rows_));
     for (int64_t k = 0; k < kernel_rows_; ++k) {
       const int64_t c = k / (kernel_h * kernel_w), i = k / kernel_w % kernel_h, j = k % kernel_w;
-      row_offset_[k] = (c * frame_h_ + i) * frame_w_ + j;
+      const int64_t phase = (c * stride_h + i % stride_h) * stride_w + j % stride_w;
+      row_offset_[k] = (phase * frame_h_ + i / stride_h) * frame_w_ + j / stride_w;
     }
     column_start_.resize(static_cast<size_t>(images_ * vectors_));
     for (int64_t b = 0; b < images_; ++b)
@@ -84,9 +98,22 @@ class ImplicitConv {
     float* out = output_.data() + output_stride_ * thread;
     for (int64_t b = 0; b < count; ++b)
       for (int64_t c = 0; c < channels_; ++c)
-        for (int64_t h = 0; h < height_; ++h)
-          std::memcpy(input + b * frames_ + (c * frame_h_ + h + pad_h_) * frame_w_ + pad_w_,
-                      x + b * x_stride + (c * height_ + h) * width_, sizeof(float) * width_);
+        for (int64_t h = 0; h < height_; ++h) {
+          const float* row = x + b * x_stride + (c * height_ + h) * width_;
+          if (stride_h_ == 1 && stride_w_ == 1) {
+            std::memcpy(input + b * frames_ + (c * frame_h_ + h + pad_h_) * frame_w_ + pad_w_, row,
+                        sizeof(float) * width_);
+            continue;
+          }
+          const int64_t padded_row = h + pad_h_;
+          for (int64_t pj = 0; pj < stride_w_; ++pj) {  // padded column w + pad_w goes to phase column / stride_w
+            const int64_t first = ((pj - pad_w_) % stride_w_ + stride_w_) % stride_w_;  // first w of this phase
+            const int64_t phase = (c * stride_h_ + padded_row % stride_h_) * stride_w_ + pj;
+            float* dst = input + b * frames_ + (phase * frame_h_ + padded_row / stride_h_) * frame_w_ +
+                         (first + pad_w_) / stride_w_;
+            for (int64_t w = first, o = 0; w < width_; w += stride_w_, ++o) dst[o] = row[w];
+          }
+        }
     const int64_t m = out_channels_ / groups_, group_frames = frames_ / groups_;
     for (int64_t g = 0; g < groups_; ++g) {
       avx512_sgemm_implicit_b(m, kernel_rows_, w + m * kernel_rows_ * g, input + group_frames * g, row_offset_.data(),
@@ -109,10 +136,11 @@ class ImplicitConv {
 
  private:
   int64_t channels_ = 0, height_ = 0, width_ = 0, pad_h_ = 0, pad_w_ = 0, out_channels_ = 0, groups_ = 1;
-  int64_t frame_h_ = 0, frame_w_ = 0, out_h_ = 0, out_w_ = 0;
+  int64_t stride_h_ = 1, stride_w_ = 1;
+  int64_t frame_h_ = 0, frame_w_ = 0, out_h_ = 0, out_w_ = 0;  // frame: one phase frame of a channel
   int64_t vectors_ = 0;      // 16-output vectors of one image: (out_h - 1) * frame_w + out_w outputs
   int64_t images_ = 1;       // images per call
-  int64_t frames_ = 0;       // floats of one image's frames
+  int64_t frames_ = 0;       // floats of one image's frames (all phases)
   int64_t kernel_rows_ = 0;  // rows of im2col's matrix in a group: channels / groups * kh * kw
   int64_t ldc_ = 0;          // columns of the GEMM's output
   std::vector<int64_t> row_offset_;    // kernel row k -> its element in a frame

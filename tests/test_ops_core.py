@@ -247,28 +247,36 @@ def _float32_convolutions(conv_env, threads):
     outputs and gradients against MXNet's Convolution in float64."""
     return _child_json("""
         import hashlib, json
-        cases = [  # input, num_output, kernel, pad, group
-            ((3, 13, 17, 16), 20, (3, 3), (1, 1), 1),    # several 16-output vectors per row of outputs
-            ((10, 8, 7, 7), 19, (3, 3), (1, 1), 1),     # 4 vectors an image, 10 images in one GEMM; 19 rows
-            ((70, 4, 3, 3), 9, (3, 3), (1, 1), 1),      # 1 vector an image: GEMMs of 64 and 6 images
-            ((2, 30, 16, 16), 12, (5, 5), (2, 2), 1),   # 750 kernel rows: three 256-deep blocks
-            ((2, 6, 11, 9), 16, (3, 2), (2, 0), 2),     # groups, a non-square kernel, uneven padding
-            ((1, 3, 40, 37), 5, (7, 7), (3, 3), 1),     # 108 vectors of one image
-            ((4, 5, 9, 12), 7, (4, 4), (0, 0), 1),      # no padding
-            ((2, 16, 9, 10), 12, (3, 3), (1, 1), 2),    # groups of 8 channels: their input gradient too
-            ((3, 9, 6, 7), 24, (2, 3), (2, 1), 1),      # pad >= kernel (rows): the input gradient via col2im
+        cases = [  # input, num_output, kernel, pad, group, stride
+            ((3, 13, 17, 16), 20, (3, 3), (1, 1), 1, (1, 1)),    # several 16-output vectors per row of outputs
+            ((10, 8, 7, 7), 19, (3, 3), (1, 1), 1, (1, 1)),     # 4 vectors an image, 10 images in one GEMM
+            ((70, 4, 3, 3), 9, (3, 3), (1, 1), 1, (1, 1)),      # 1 vector an image: GEMMs of 64 and 6 images
+            ((2, 30, 16, 16), 12, (5, 5), (2, 2), 1, (1, 1)),   # 750 kernel rows: three 256-deep blocks
+            ((2, 6, 11, 9), 16, (3, 2), (2, 0), 2, (1, 1)),     # groups, a non-square kernel, uneven padding
+            ((1, 3, 40, 37), 5, (7, 7), (3, 3), 1, (1, 1)),     # 108 vectors of one image
+            ((4, 5, 9, 12), 7, (4, 4), (0, 0), 1, (1, 1)),      # no padding
+            ((2, 16, 9, 10), 12, (3, 3), (1, 1), 2, (1, 1)),    # groups of 8 channels: their input gradient too
+            ((3, 9, 6, 7), 24, (2, 3), (2, 1), 1, (1, 1)),      # pad >= kernel (rows): the input gradient via col2im
+            # strides, through phase frames: conv1 of GoogLeNet/ResNet (7x7/2 pad 3), odd sizes and pads,
+            # unequal strides, a strided 1x1, groups
+            ((2, 3, 45, 38), 16, (7, 7), (3, 3), 1, (2, 2)),
+            ((3, 10, 13, 11), 17, (3, 3), (1, 0), 1, (2, 2)),
+            ((2, 12, 15, 14), 9, (3, 4), (1, 2), 1, (3, 2)),
+            ((4, 16, 9, 9), 24, (1, 1), (0, 0), 1, (2, 2)),
+            ((2, 8, 12, 13), 12, (3, 3), (1, 1), 2, (1, 2)),
         ]
         rng = np.random.RandomState(11)
         out = {"digests": [], "worst": 0.0}
-        for shape, num, (kh, kw), (ph, pw), group in cases:
+        for shape, num, (kh, kw), (ph, pw), group, (sh, sw) in cases:
             x, w = rng.randn(*shape), rng.randn(num, shape[1] // group, kh, kw)
             b = rng.randn(num)
             proto = ('layer{type:"Convolution" convolution_param{num_output:%d kernel_h:%d kernel_w:%d '
-                     'pad_h:%d pad_w:%d group:%d}}' % (num, kh, kw, ph, pw, group))
+                     'pad_h:%d pad_w:%d group:%d stride_h:%d stride_w:%d}}' % (num, kh, kw, ph, pw, group, sh, sw))
             runs = []
             for dtype, op in (("float32", lambda *a: mx.nd.CaffeOp(*a, num_weight=2, prototxt=proto)),
                               ("float64", lambda *a: mx.nd.Convolution(*a, kernel=(kh, kw), pad=(ph, pw),
-                                                                       num_filter=num, num_group=group))):
+                                                                       stride=(sh, sw), num_filter=num,
+                                                                       num_group=group))):
                 og = lambda y: mx.nd.array(np.cos(np.arange(y.size)).reshape(y.shape), dtype=dtype)
                 runs.append(fwd_bwd(op, [mx.nd.array(a, dtype=dtype) for a in (x, w, b)], og))
             out["digests"].append(hashlib.sha256(runs[0][0].tobytes()).hexdigest())
@@ -279,9 +287,9 @@ def _float32_convolutions(conv_env, threads):
 
 
 def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
-    """A float32 Convolution with stride 1 reads its input through per-row offsets (no im2col) on
-    AVX-512 CPUs: forward, the same bits as lowering with im2col (CAFFEDATA_CONV=im2col), on 3
-    threads and on 1; forward and both gradients (the input's as a correlation with the flipped
+    """A float32 Convolution reads its input through per-row offsets (no im2col) on AVX-512 CPUs,
+    strides through phase frames: forward, the same bits as lowering with im2col
+    (CAFFEDATA_CONV=im2col), on 3 threads and on 1; forward and both gradients (the input's as a correlation with the flipped
     kernels where there are 8 or more channels a group and pad < kernel, else with col2im) within
     float32 rounding of MXNet's float64 Convolution. (Every case is big enough for the im2col path's GEMM
     to be the AVX-512 kernel too; tiny ones go to OpenBLAS.)"""
@@ -534,16 +542,22 @@ def _caffe_pooling_float32(x, kind, kh, kw, sh, sw, ph, pw):
     return y, mask
 
 
-@pytest.mark.parametrize("geometry", [(3, 3, 1, 1, 1, 1), (3, 3, 2, 2, 0, 0), (2, 2, 2, 2, 1, 1), (3, 2, 2, 1, 1, 0),
-                                      (5, 5, 3, 3, 2, 2), (4, 3, 1, 2, 0, 1), (7, 7, 1, 1, 0, 0)])
-def test_pooling_float32_bit_exact_against_caffes_loops(geometry):
-    """The vectorised pooling (each plane in a padded frame, one flat loop per window element)
-    against Caffe's per-output loops in float32, bit for bit: strides 1, 2 and 3, unequal strides,
-    padding, ceil rounding past the pad, a global-size kernel; ties, NaN, -inf and -FLT_MAX, which
-    Caffe's strict > never takes (the mask top then says -1)."""
+@pytest.mark.parametrize("geometry,hw", [((3, 3, 1, 1, 1, 1), (9, 11)), ((3, 3, 2, 2, 0, 0), (9, 11)),
+                                         ((2, 2, 2, 2, 1, 1), (9, 11)), ((3, 2, 2, 1, 1, 0), (9, 11)),
+                                         ((5, 5, 3, 3, 2, 2), (9, 11)), ((4, 3, 1, 2, 0, 1), (9, 11)),
+                                         ((7, 7, 1, 1, 0, 0), (9, 11)),
+                                         # rows of several 16-output blocks, the last one partial
+                                         ((3, 3, 1, 1, 1, 1), (7, 37)), ((3, 3, 2, 2, 0, 0), (9, 70)),
+                                         ((3, 3, 3, 3, 1, 1), (8, 61))])
+def test_pooling_float32_bit_exact_against_caffes_loops(geometry, hw):
+    """The vectorised pooling (each plane in a padded frame; MAX a row of 16 outputs at a time on
+    AVX-512, else one flat loop per window element) against Caffe's per-output loops in float32,
+    bit for bit: strides 1, 2 and 3, unequal strides, padding, ceil rounding past the pad, a
+    global-size kernel, rows wider than a block; ties, NaN, -inf and -FLT_MAX, which Caffe's
+    strict > never takes (the mask top then says -1)."""
     kh, kw, sh, sw, ph, pw = geometry
     rng = np.random.RandomState(sum(geometry))
-    x = rng.randn(2, 3, 9, 11).astype(np.float32)
+    x = rng.randn(2, 3, *hw).astype(np.float32)
     x[0, 0, :3, :3] = 0.5  # ties: the first in row-major order wins
     x[0, 1, 2:5, 4:7] = np.nan  # never taken
     x[1, 2] = -np.inf  # a plane where nothing beats -FLT_MAX ...
