@@ -333,19 +333,24 @@ class ConvLayerT : public Layer<Dtype> {
     const Dtype* w = blobs[0]->data;
     const int64_t per = implicit_ ? implicit_forward_.images_per_call() : images_per_gemm();
     const int64_t groups_of_images = (num_ + per - 1) / per;
-    const int threads = prepare_threads(groups_of_images);
+    // Fewer GEMMs than threads (small maps, several images a GEMM): one GEMM at a
+    // time, its output channels split over the threads instead. (That parallel
+    // region must not be nested in the one over groups of images: libgomp
+    // would start fresh threads for it every time, which then spin.)
+    const int row_threads = (implicit_ || per > 1) && groups_of_images < max_threads() ? max_threads() : 1;
+    const int threads = prepare_threads(row_threads > 1 ? 1 : groups_of_images);
     for (size_t i = 0; i < bottom.size(); ++i) {
       const Dtype* x = bottom[i]->data;
       Dtype* y = top[i]->data;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-      for (int64_t gi = 0; gi < groups_of_images; ++gi) {
+      auto images = [&](int64_t gi, int gemm_threads) {
         const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
         if (implicit_) {  // adds the bias too
-          forward_implicit(x + n0 * bottom_dim_, w, bias_term_ ? blobs[1]->data : nullptr, y + n0 * top_dim_, count);
-          continue;
+          forward_implicit(x + n0 * bottom_dim_, w, bias_term_ ? blobs[1]->data : nullptr, y + n0 * top_dim_, count,
+                           gemm_threads);
+          return;
         }
         if (per > 1) {
-          forward_images(x, w, y, n0, count);
+          forward_images(x, w, y, n0, count, gemm_threads);
         } else if (DECONV) {
           backward_gemm(x + n0 * bottom_dim_, w, y + n0 * top_dim_, thread_col());
         } else {
@@ -361,7 +366,13 @@ class ConvLayerT : public Layer<Dtype> {
             }
           }
         }
+      };
+      if (row_threads > 1) {
+        for (int64_t gi = 0; gi < groups_of_images; ++gi) images(gi, row_threads);
+        continue;
       }
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+      for (int64_t gi = 0; gi < groups_of_images; ++gi) images(gi, 1);
     }
   }
 
@@ -511,13 +522,13 @@ class ConvLayerT : public Layer<Dtype> {
   }
 
   // y = W x columns for images n0 .. n0 + count - 1 at once.
-  void forward_images(const Dtype* x, const Dtype* w, Dtype* y, int64_t n0, int64_t count) {
+  void forward_images(const Dtype* x, const Dtype* w, Dtype* y, int64_t n0, int64_t count, int row_threads) {
     const Dtype* cols = batch_columns(x, n0, count);
     Dtype* out = thread_batch_outputs();
     const int64_t width = count * conv_out_spatial_dim_, m = conv_out_channels_ / group_;
     for (int64_t g = 0; g < group_; ++g)
-      gemm(Trans::No, Trans::No, m, width, kernel_dim_, Dtype(1), w + weight_offset_ * g,
-           cols + kernel_dim_ * width * g, Dtype(0), out + m * width * g);
+      gemm_split_rows(Trans::No, m, width, kernel_dim_, Dtype(1), w + weight_offset_ * g,
+                      cols + kernel_dim_ * width * g, Dtype(0), out + m * width * g, row_threads);
     scatter_rows(out, count, conv_out_channels_, y + n0 * top_dim_, top_dim_);
   }
 
@@ -577,9 +588,10 @@ class ConvLayerT : public Layer<Dtype> {
   }
 
   // y (+ bias, if not null) for `count` images from x (image strides bottom_dim_, top_dim_).
-  void forward_implicit(const Dtype* x, const Dtype* w, const Dtype* bias, Dtype* y, int64_t count) {
+  void forward_implicit(const Dtype* x, const Dtype* w, const Dtype* bias, Dtype* y, int64_t count,
+                        int row_threads) {
     if constexpr (std::is_same<Dtype, float>::value) {
-      implicit_forward_.run(x, bottom_dim_, count, w, bias, y, top_dim_, thread_index());
+      implicit_forward_.run(x, bottom_dim_, count, w, bias, y, top_dim_, thread_index(), row_threads);
     } else {
       (void)x, (void)w, (void)bias, (void)y, (void)count;  // planned for float only
     }
@@ -614,6 +626,14 @@ class ConvLayerT : public Layer<Dtype> {
     } else {
       (void)dy, (void)w, (void)dx;
     }
+  }
+
+  static int max_threads() {
+#ifdef _OPENMP
+    return std::max(1, omp_get_max_threads());
+#else
+    return 1;
+#endif
   }
 
   static int thread_index() {

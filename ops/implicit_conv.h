@@ -91,9 +91,11 @@ class ImplicitConv {
   // y[b] = w (*) x[b] (+ bias, one value a plane, if not null) for count <= images_per_call()
   // images (x[b] at x + b * x_stride, y[b] at y + b * y_stride), on buffer set `thread`.
   // w: out_channels x channels/groups x kh x kw. The bias is added to each finished sum, as
-  // Caffe's second GEMM adds it (bias x 1).
+  // Caffe's second GEMM adds it (bias x 1). With row_threads > 1 (called outside a parallel
+  // region, when the images fit in fewer calls than there are threads), the output channels
+  // are split over that many threads in blocks of 8 rows: the same sums, so the same bits.
   void run(const float* x, int64_t x_stride, int64_t count, const float* w, const float* bias, float* y,
-           int64_t y_stride, int thread) {
+           int64_t y_stride, int thread, int row_threads = 1) {
     float* input = input_.data() + input_stride_ * thread;
     float* out = output_.data() + output_stride_ * thread;
     for (int64_t b = 0; b < count; ++b)
@@ -115,22 +117,28 @@ class ImplicitConv {
           }
         }
     const int64_t m = out_channels_ / groups_, group_frames = frames_ / groups_;
+    const int64_t chunk = row_threads > 1 ? ((m + row_threads - 1) / row_threads + 7) / 8 * 8 : m;
+    const int64_t chunks = (m + chunk - 1) / chunk;
     for (int64_t g = 0; g < groups_; ++g) {
-      avx512_sgemm_implicit_b(m, kernel_rows_, w + m * kernel_rows_ * g, input + group_frames * g, row_offset_.data(),
-                              column_start_.data(), count * vectors_, out, ldc_);
-      // Image b's outputs start at column b * 16 * vectors; row i of plane r at + i * frame_w.
-      for (int64_t b = 0; b < count; ++b)
-        for (int64_t r = 0; r < m; ++r)
-          for (int64_t i = 0; i < out_h_; ++i) {
-            float* dst = y + b * y_stride + ((g * m + r) * out_h_ + i) * out_w_;
-            const float* src = out + r * ldc_ + b * 16 * vectors_ + i * frame_w_;
-            if (bias) {
-              const float add = bias[g * m + r];
-              for (int64_t j = 0; j < out_w_; ++j) dst[j] = src[j] + add;
-            } else {
-              std::memcpy(dst, src, sizeof(float) * out_w_);
+#pragma omp parallel for num_threads(row_threads) schedule(static) if (chunks > 1)
+      for (int64_t ci = 0; ci < chunks; ++ci) {
+        const int64_t r0 = ci * chunk, rows = std::min(chunk, m - r0);
+        avx512_sgemm_implicit_b(rows, kernel_rows_, w + (m * g + r0) * kernel_rows_, input + group_frames * g,
+                                row_offset_.data(), column_start_.data(), count * vectors_, out + r0 * ldc_, ldc_);
+        // Image b's outputs start at column b * 16 * vectors; row i of plane r at + i * frame_w.
+        for (int64_t b = 0; b < count; ++b)
+          for (int64_t r = r0; r < r0 + rows; ++r)
+            for (int64_t i = 0; i < out_h_; ++i) {
+              float* dst = y + b * y_stride + ((g * m + r) * out_h_ + i) * out_w_;
+              const float* src = out + r * ldc_ + b * 16 * vectors_ + i * frame_w_;
+              if (bias) {
+                const float add = bias[g * m + r];
+                for (int64_t j = 0; j < out_w_; ++j) dst[j] = src[j] + add;
+              } else {
+                std::memcpy(dst, src, sizeof(float) * out_w_);
+              }
             }
-          }
+      }
     }
   }
 

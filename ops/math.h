@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "sgemm_avx512.h"
 
@@ -94,6 +95,31 @@ inline void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
   }
 #endif
   detail::gemm_loops(ta, tb, M, N, K, alpha, A, B, beta, C);
+}
+
+// gemm(No, tb, ...) with op(A)'s rows split over `threads` OpenMP threads (in
+// blocks of 8, the AVX-512 kernel's panel height) when the whole product is one
+// for the AVX-512 kernel: each C(i, j) is then summed exactly as the whole
+// product sums it, so the bits do not depend on the thread count. Otherwise
+// (a smaller product, OpenBLAS, double) one call on this thread.
+template <typename Dtype>
+void gemm_split_rows(Trans tb, int64_t M, int64_t N, int64_t K, Dtype alpha, const Dtype* A, const Dtype* B,
+                     Dtype beta, Dtype* C, int threads) {
+  const bool split = std::is_same<Dtype, float>::value && threads > 1 && M >= 16 && K > 0 && N >= 16 &&
+                     M * N * K >= kAvx512GemmMinWork && avx512_sgemm_available();
+  if (!split) {
+    gemm(Trans::No, tb, M, N, K, alpha, A, B, beta, C);
+    return;
+  }
+  const int64_t chunk = ((M + threads - 1) / threads + 7) / 8 * 8;
+  const int64_t chunks = (M + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = c * chunk, rows = std::min(chunk, M - r0);
+    avx512_sgemm(false, tb == Trans::Yes, rows, N, K, static_cast<float>(alpha),
+                 reinterpret_cast<const float*>(A) + r0 * K, reinterpret_cast<const float*>(B),
+                 static_cast<float>(beta), reinterpret_cast<float*>(C) + r0 * N);
+  }
 }
 
 inline void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
