@@ -48,17 +48,52 @@ void pack_a(const float* A, bool trans, int64_t M, int64_t K, int64_t ic, int64_
   }
 }
 
+// dst[k * dst_stride + j] = src[j * src_stride + k] for j, k < 16, in registers:
+// the transposing pack below moves 16 x 16 floats with 16 loads, 64 shuffles and
+// 16 stores instead of 256 scalar stores (which made it slower than the
+// multiplications it feeds when op(A) has few rows: a weight gradient).
+CD_AVX512 inline void transpose_16x16(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_ps(dst + i * dst_stride, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
+    _mm512_storeu_ps(dst + (i + 8) * dst_stride, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+  }
+}
+
 // B(pc:pc+kc, jc:jc+nc) as nc/NR panels, each kc rows of NR values (columns past N are 0).
-void pack_b(const float* B, bool trans, int64_t K, int64_t N, int64_t pc, int64_t kc, int64_t jc,
-            int64_t nc, float* out) {
+CD_AVX512 void pack_b(const float* B, bool trans, int64_t K, int64_t N, int64_t pc, int64_t kc, int64_t jc,
+                      int64_t nc, float* out) {
   for (int64_t q = 0; q < nc; q += NR) {
     const int64_t cols = std::min(NR, nc - q);
     float* o = out + q * kc;
     if (cols < NR) std::fill(o, o + kc * NR, 0.f);
     if (trans) {  // B is N x K: row j holds op(B)(., j)
-      for (int64_t j = 0; j < cols; ++j) {
+      int64_t j = 0, k = 0;
+      for (; j + 16 <= cols; j += 16) {  // whole 16 x 16 squares
+        const float* rows = B + (jc + q + j) * K + pc;
+        for (k = 0; k + 16 <= kc; k += 16) transpose_16x16(rows + k, K, o + k * NR + j, NR);
+        for (int64_t jj = j; jj < j + 16; ++jj)
+          for (int64_t kk = k; kk < kc; ++kk) o[kk * NR + jj] = B[(jc + q + jj) * K + pc + kk];
+      }
+      for (; j < cols; ++j) {
         const float* row = B + (jc + q + j) * K + pc;
-        for (int64_t k = 0; k < kc; ++k) o[k * NR + j] = row[k];
+        for (int64_t kk = 0; kk < kc; ++kk) o[kk * NR + j] = row[kk];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k)
