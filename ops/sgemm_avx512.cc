@@ -28,26 +28,6 @@ constexpr int64_t NC = 2048;  // a B block (KC x NC, 2 MB) stays in L2/L3
 
 #define CD_AVX512 __attribute__((target("avx512f")))
 
-// A(ic:ic+mc, pc:pc+kc) as mc/MR panels, each kc steps of MR values (rows past M are 0).
-// The loops follow op(A)'s memory order, so reads are contiguous either way.
-void pack_a(const float* A, bool trans, int64_t M, int64_t K, int64_t ic, int64_t mc, int64_t pc,
-            int64_t kc, float* out) {
-  for (int64_t p = 0; p < mc; p += MR) {
-    const int64_t rows = std::min(MR, mc - p);
-    float* o = out + p * kc;
-    if (rows < MR) std::fill(o, o + kc * MR, 0.f);
-    if (trans) {  // A is K x M: row k holds op(A)(., k)
-      for (int64_t k = 0; k < kc; ++k)
-        std::memcpy(o + k * MR, A + (pc + k) * M + ic + p, size_t(rows) * sizeof(float));
-    } else {
-      for (int64_t i = 0; i < rows; ++i) {
-        const float* row = A + (ic + p + i) * K + pc;
-        for (int64_t k = 0; k < kc; ++k) o[k * MR + i] = row[k];
-      }
-    }
-  }
-}
-
 // dst[k * dst_stride + j] = src[j * src_stride + k] for j, k < 16, in registers:
 // the transposing pack below moves 16 x 16 floats with 16 loads, 64 shuffles and
 // 16 stores instead of 256 scalar stores (which made it slower than the
@@ -73,6 +53,45 @@ CD_AVX512 inline void transpose_16x16(const float* src, int64_t src_stride, floa
   for (int i = 0; i < 8; ++i) {
     _mm512_storeu_ps(dst + i * dst_stride, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
     _mm512_storeu_ps(dst + (i + 8) * dst_stride, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+  }
+}
+
+// A(ic:ic+mc, pc:pc+kc) as mc/MR panels, each kc steps of MR values (rows past M are 0).
+// The loops follow op(A)'s memory order, so reads are contiguous either way; a plain
+// A's rows are transposed 16 at a time (two panels), 16 steps a square.
+CD_AVX512 void pack_a(const float* A, bool trans, int64_t M, int64_t K, int64_t ic, int64_t mc, int64_t pc,
+                      int64_t kc, float* out) {
+  int64_t p = 0;
+  if (!trans) {
+    alignas(64) float square[16 * 16];
+    for (; p + 2 * MR <= mc; p += 2 * MR) {
+      const float* rows = A + (ic + p) * K + pc;
+      float* first = out + p * kc;  // panel p; panel p + MR follows it, kc * MR floats on
+      int64_t k = 0;
+      for (; k + 16 <= kc; k += 16) {
+        transpose_16x16(rows + k, K, square, 16);
+        for (int64_t kk = 0; kk < 16; ++kk) {
+          _mm256_storeu_ps(first + (k + kk) * MR, _mm256_load_ps(square + kk * 16));
+          _mm256_storeu_ps(first + kc * MR + (k + kk) * MR, _mm256_load_ps(square + kk * 16 + 8));
+        }
+      }
+      for (int64_t i = 0; i < 2 * MR; ++i)
+        for (int64_t kk = k; kk < kc; ++kk) first[(i / MR) * kc * MR + kk * MR + i % MR] = rows[i * K + kk];
+    }
+  }
+  for (; p < mc; p += MR) {
+    const int64_t rows = std::min(MR, mc - p);
+    float* o = out + p * kc;
+    if (rows < MR) std::fill(o, o + kc * MR, 0.f);
+    if (trans) {  // A is K x M: row k holds op(A)(., k)
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(o + k * MR, A + (pc + k) * M + ic + p, size_t(rows) * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* row = A + (ic + p + i) * K + pc;
+        for (int64_t k = 0; k < kc; ++k) o[k * MR + i] = row[k];
+      }
+    }
   }
 }
 
