@@ -413,15 +413,20 @@ class ConvLayerT : public Layer<Dtype> {
         for (int64_t gi = 0; gi < groups_of_images; ++gi) {
           const int64_t n0 = gi * per, count = std::min(per, num_ - n0);
           Dtype* dx = pd && !pd_implicit ? bottom[i]->diff : nullptr;
+          Dtype* wd_here = wd ? my_wd : nullptr;
+          if (wd_here && weight_gradient_from_frames(count)) {
+            weight_gradient_frames(x, dy, wd_here, n0, count);
+            wd_here = nullptr;
+          }
           if (per > 1) {
-            backward_images(x, dy, w, wd ? my_wd : nullptr, dx, n0, count);
+            if (wd_here || dx) backward_images(x, dy, w, wd_here, dx, n0, count);
           } else if (DECONV) {
             // gradient w.r.t. weight: im2col(top diff) x bottom data.
-            if (wd) weight_gemm(dy + n0 * top_dim_, x + n0 * bottom_dim_, my_wd, thread_col());
+            if (wd_here) weight_gemm(dy + n0 * top_dim_, x + n0 * bottom_dim_, wd_here, thread_col());
             // gradient w.r.t. bottom: a forward convolution of top diff.
             if (dx) forward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           } else {
-            if (wd) weight_gemm(x + n0 * bottom_dim_, dy + n0 * top_dim_, my_wd, thread_col());
+            if (wd_here) weight_gemm(x + n0 * bottom_dim_, dy + n0 * top_dim_, wd_here, thread_col());
             if (dx) backward_gemm(dy + n0 * top_dim_, w, dx + n0 * bottom_dim_, thread_col());
           }
         }
@@ -584,6 +589,36 @@ class ConvLayerT : public Layer<Dtype> {
       implicit_backward_data_.plan(num_, conv_out_channels_, col_spatial_[0], col_spatial_[1], kernel_[0] - 1 - pad_[0],
                                    kernel_[1] - 1 - pad_[1], kernel_[0], kernel_[1], conv_in_channels_, group_);
       implicit_backward_ = true;
+    }
+  }
+
+  // The weight gradient of a convolution with the implicit forward reads im2col's
+  // matrix from the forward's padded frames (avx512_sgemm_gather_b) instead of
+  // storing it: the same products summed in the same order as the im2col path's
+  // GEMM, so the same bits, wherever that GEMM would be the AVX-512 kernel (a
+  // product too small for it goes to OpenBLAS) and the frames hold the images.
+  bool weight_gradient_from_frames(int64_t count) const {
+    if (!implicit_ || implicit_forward_.kernel_row_offset() == nullptr || count > implicit_forward_.images_per_call())
+      return false;
+    const int64_t m = conv_out_channels_ / group_, width = count * conv_out_spatial_dim_;
+    return kernel_dim_ >= 16 && width > 0 && m * kernel_dim_ * width >= kAvx512GemmMinWork;
+  }
+
+  // dW += dy x columns^T for images n0 .. n0 + count - 1 (one GEMM, as backward_images).
+  void weight_gradient_frames(const Dtype* x, const Dtype* dy, Dtype* wd, int64_t n0, int64_t count) {
+    if constexpr (std::is_same<Dtype, float>::value) {
+      const float* frames = implicit_forward_.copy_frames(x + n0 * bottom_dim_, bottom_dim_, count, thread_index());
+      const float* dy_rows = dy + n0 * top_dim_;  // one image: its planes are the rows already
+      if (count > 1) {
+        Dtype* dy_batch = thread_batch_outputs();
+        gather_rows(dy + n0 * top_dim_, top_dim_, count, conv_out_channels_, dy_batch);
+        dy_rows = dy_batch;
+      }
+      const int64_t width = count * conv_out_spatial_dim_, m = conv_out_channels_ / group_;
+      for (int64_t g = 0; g < group_; ++g)
+        avx512_sgemm_gather_b(m, kernel_dim_, width, dy_rows + m * width * g,
+                              frames + implicit_forward_.frames_per_group() * g, implicit_forward_.kernel_row_offset(),
+                              implicit_forward_.output_offset(), 1.f, wd + weight_offset_ * g);
     }
   }
 

@@ -69,6 +69,15 @@ class ImplicitConv {
       const int64_t phase = (c * stride_h + i % stride_h) * stride_w + j % stride_w;
       row_offset_[k] = (phase * frame_h_ + i / stride_h) * frame_w_ + j / stride_w;
     }
+    row_offset32_.clear();
+    output_offset32_.clear();
+    if (images_ * frames_ < (int64_t(1) << 31)) {
+      row_offset32_.assign(row_offset_.begin(), row_offset_.end());
+      for (int64_t b = 0; b < images_; ++b)
+        for (int64_t oh = 0; oh < out_h_; ++oh)
+          for (int64_t ow = 0; ow < out_w_; ++ow)
+            output_offset32_.push_back(static_cast<int32_t>(b * frames_ + oh * frame_w_ + ow));
+    }
     column_start_.resize(static_cast<size_t>(images_ * vectors_));
     for (int64_t b = 0; b < images_; ++b)
       for (int64_t v = 0; v < vectors_; ++v) column_start_[b * vectors_ + v] = b * frames_ + v * 16;
@@ -88,16 +97,10 @@ class ImplicitConv {
     if (output_.size() < output_stride_ * threads) output_.resize(output_stride_ * threads);
   }
 
-  // y[b] = w (*) x[b] (+ bias, one value a plane, if not null) for count <= images_per_call()
-  // images (x[b] at x + b * x_stride, y[b] at y + b * y_stride), on buffer set `thread`.
-  // w: out_channels x channels/groups x kh x kw. The bias is added to each finished sum, as
-  // Caffe's second GEMM adds it (bias x 1). With row_threads > 1 (called outside a parallel
-  // region, when the images fit in fewer calls than there are threads), the output channels
-  // are split over that many threads in blocks of 8 rows: the same sums, so the same bits.
-  void run(const float* x, int64_t x_stride, int64_t count, const float* w, const float* bias, float* y,
-           int64_t y_stride, int thread, int row_threads = 1) {
+  // The frames of count <= images_per_call() images (x[b] at x + b * x_stride) in buffer set
+  // `thread`: their insides written, their zeroed borders kept. Image b's frames start at b * frames.
+  float* copy_frames(const float* x, int64_t x_stride, int64_t count, int thread) {
     float* input = input_.data() + input_stride_ * thread;
-    float* out = output_.data() + output_stride_ * thread;
     for (int64_t b = 0; b < count; ++b)
       for (int64_t c = 0; c < channels_; ++c)
         for (int64_t h = 0; h < height_; ++h) {
@@ -116,6 +119,27 @@ class ImplicitConv {
             for (int64_t w = first, o = 0; w < width_; w += stride_w_, ++o) dst[o] = row[w];
           }
         }
+    return input;
+  }
+
+  // For a weight gradient read from the frames (avx512_sgemm_gather_b): im2col's element
+  // (k, q) of a group, for output q = b * out_h * out_w + oh * out_w + ow of images_per_call()
+  // images, is frames[kernel_row_offset()[k] + output_offset()[q]] (group g: + g * frames / groups).
+  // Empty when an offset would not fit an int32.
+  const int32_t* kernel_row_offset() const { return row_offset32_.empty() ? nullptr : row_offset32_.data(); }
+  const int32_t* output_offset() const { return output_offset32_.empty() ? nullptr : output_offset32_.data(); }
+  int64_t frames_per_group() const { return frames_ / groups_; }
+
+  // y[b] = w (*) x[b] (+ bias, one value a plane, if not null) for count <= images_per_call()
+  // images (x[b] at x + b * x_stride, y[b] at y + b * y_stride), on buffer set `thread`.
+  // w: out_channels x channels/groups x kh x kw. The bias is added to each finished sum, as
+  // Caffe's second GEMM adds it (bias x 1). With row_threads > 1 (called outside a parallel
+  // region, when the images fit in fewer calls than there are threads), the output channels
+  // are split over that many threads in blocks of 8 rows: the same sums, so the same bits.
+  void run(const float* x, int64_t x_stride, int64_t count, const float* w, const float* bias, float* y,
+           int64_t y_stride, int thread, int row_threads = 1) {
+    float* input = copy_frames(x, x_stride, count, thread);
+    float* out = output_.data() + output_stride_ * thread;
     const int64_t m = out_channels_ / groups_, group_frames = frames_ / groups_;
     const int64_t chunk = row_threads > 1 ? ((m + row_threads - 1) / row_threads + 7) / 8 * 8 : m;
     const int64_t chunks = (m + chunk - 1) / chunk;
@@ -152,6 +176,7 @@ class ImplicitConv {
   int64_t kernel_rows_ = 0;  // rows of im2col's matrix in a group: channels / groups * kh * kw
   int64_t ldc_ = 0;          // columns of the GEMM's output
   std::vector<int64_t> row_offset_;    // kernel row k -> its element in a frame
+  std::vector<int32_t> row_offset32_, output_offset32_;  // the same, and each output's, as int32 (weight gradients)
   std::vector<int64_t> column_start_;  // vector v -> where its 16 outputs start in the frames
   std::vector<float> input_, output_;  // per thread: padded frames, GEMM output
   std::vector<int64_t> geometry_;      // plan()'s arguments

@@ -198,12 +198,14 @@ bool avx512_sgemm_available() {
   return available;
 }
 
-CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                            const float* A, const float* B, float beta, float* C) {
-  if (alpha == 0.f) {  // as BLAS: C = beta * C, without reading A or B (0 * inf would be NaN)
-    for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
-    return;
-  }
+namespace {
+
+// The blocked product shared by avx512_sgemm and avx512_sgemm_gather_b: op(B)'s
+// columns [0, direct_cols) of each NC block are read in place from direct_b
+// (a plain row-major B); the rest are packed by pack_b_block(pc, kc, j0, n, out).
+template <class PackB>
+CD_AVX512 void sgemm_blocks(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                            const float* direct_b, float beta, float* C, PackB pack_b_block) {
   Scratch& scratch = thread_scratch();
   alignas(64) float tile[MR * NR];
   for (int64_t jc = 0; jc < N; jc += NC) {
@@ -211,18 +213,15 @@ CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, in
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc);
       const float block_beta = pc == 0 ? beta : 1.f;  // later K blocks add to what the first wrote
-      // A plain B is read in place, NR columns at a time; only a transposed B and
-      // the last, narrower columns are packed.
-      const int64_t direct_cols = trans_b ? 0 : nc / NR * NR;
-      if (direct_cols < nc)
-        pack_b(B, trans_b, K, N, pc, kc, jc + direct_cols, nc - direct_cols, scratch.b);
+      const int64_t direct_cols = direct_b ? nc / NR * NR : 0;
+      if (direct_cols < nc) pack_b_block(pc, kc, jc + direct_cols, nc - direct_cols, scratch.b);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
         pack_a(A, trans_a, M, K, ic, mc, pc, kc, scratch.a);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t cols = std::min(NR, nc - jr);
           const bool direct = jr < direct_cols;
-          const float* bp = direct ? B + pc * N + jc + jr : scratch.b + (jr - direct_cols) * kc;
+          const float* bp = direct ? direct_b + pc * N + jc + jr : scratch.b + (jr - direct_cols) * kc;
           const int64_t ldb = direct ? N : NR;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t rows = std::min(MR, mc - ir);
@@ -243,6 +242,50 @@ CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, in
       }
     }
   }
+}
+
+// Columns [j0, j0 + nc) of op(B)(pc:pc+kc, .) = src[row_offset[j] + column_offset[k]] as
+// pack_b lays a transposed B out: each step k of a panel is two 16-wide gathers.
+CD_AVX512 void pack_b_gather(const float* src, const int32_t* row_offset, const int32_t* column_offset, int64_t pc,
+                             int64_t kc, int64_t j0, int64_t nc, float* out) {
+  for (int64_t q = 0; q < nc; q += NR) {
+    const int64_t cols = std::min(NR, nc - q);
+    const __mmask16 m0 = static_cast<__mmask16>(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(cols >= 32 ? 0xffffu : cols > 16 ? (1u << (cols - 16)) - 1 : 0u);
+    const __m512i r0 = _mm512_maskz_loadu_epi32(m0, row_offset + j0 + q);
+    const __m512i r1 = _mm512_maskz_loadu_epi32(m1, row_offset + j0 + q + 16);
+    const __m512 zero = _mm512_setzero_ps();
+    float* o = out + q * kc;
+    for (int64_t k = 0; k < kc; ++k) {
+      const __m512i column = _mm512_set1_epi32(column_offset[pc + k]);
+      _mm512_storeu_ps(o + k * NR, _mm512_mask_i32gather_ps(zero, m0, _mm512_add_epi32(r0, column), src, 4));
+      _mm512_storeu_ps(o + k * NR + 16, _mm512_mask_i32gather_ps(zero, m1, _mm512_add_epi32(r1, column), src, 4));
+    }
+  }
+}
+
+}  // namespace
+
+CD_AVX512 void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                            const float* A, const float* B, float beta, float* C) {
+  if (alpha == 0.f) {  // as BLAS: C = beta * C, without reading A or B (0 * inf would be NaN)
+    for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
+    return;
+  }
+  // A plain B is read in place, NR columns at a time; only a transposed B and
+  // the last, narrower columns are packed.
+  sgemm_blocks(trans_a, M, N, K, alpha, A, trans_b ? nullptr : B, beta, C,
+               [&](int64_t pc, int64_t kc, int64_t j0, int64_t nc, float* out) {
+                 pack_b(B, trans_b, K, N, pc, kc, j0, nc, out);
+               });
+}
+
+CD_AVX512 void avx512_sgemm_gather_b(int64_t M, int64_t N, int64_t K, const float* A, const float* src,
+                                     const int32_t* row_offset, const int32_t* column_offset, float beta, float* C) {
+  sgemm_blocks(false, M, N, K, 1.f, A, nullptr, beta, C,
+               [&](int64_t pc, int64_t kc, int64_t j0, int64_t nc, float* out) {
+                 pack_b_gather(src, row_offset, column_offset, pc, kc, j0, nc, out);
+               });
 }
 
 CD_AVX512 void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, const float* src,

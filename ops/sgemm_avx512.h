@@ -32,4 +32,12 @@ void avx512_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
 void avx512_sgemm_implicit_b(int64_t M, int64_t K, const float* A, const float* src, const int64_t* row_offset,
                              const int64_t* column_start, int64_t V, float* C, int64_t ldc);
 
+// C(M x N) = A(M x K, row-major) * op(B)(K x N) + beta * C, where op(B)(k, j) =
+// src[row_offset[j] + column_offset[k]]: a convolution's weight gradient with its
+// im2col matrix read from zero-padded frames instead of stored (ImplicitConv).
+// Each C(i, j) is summed exactly as avx512_sgemm(false, true, ...) sums it on the
+// same numbers. Offsets are element indices and must fit an int32.
+void avx512_sgemm_gather_b(int64_t M, int64_t N, int64_t K, const float* A, const float* src,
+                           const int32_t* row_offset, const int32_t* column_offset, float beta, float* C);
+
 }  // namespace caffedata

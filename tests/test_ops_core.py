@@ -266,7 +266,7 @@ def _float32_convolutions(conv_env, threads):
             ((2, 8, 12, 13), 12, (3, 3), (1, 1), 2, (1, 2)),
         ]
         rng = np.random.RandomState(11)
-        out = {"digests": [], "worst": 0.0}
+        out = {"digests": [], "weight_gradient_digests": [], "worst": 0.0}
         for shape, num, (kh, kw), (ph, pw), group, (sh, sw) in cases:
             x, w = rng.randn(*shape), rng.randn(num, shape[1] // group, kh, kw)
             b = rng.randn(num)
@@ -280,6 +280,7 @@ def _float32_convolutions(conv_env, threads):
                 og = lambda y: mx.nd.array(np.cos(np.arange(y.size)).reshape(y.shape), dtype=dtype)
                 runs.append(fwd_bwd(op, [mx.nd.array(a, dtype=dtype) for a in (x, w, b)], og))
             out["digests"].append(hashlib.sha256(runs[0][0].tobytes()).hexdigest())
+            out["weight_gradient_digests"].append(hashlib.sha256(runs[0][2].tobytes()).hexdigest())
             for got, ref in zip(*runs):  # output, input / weight / bias gradients
                 out["worst"] = max(out["worst"], float(np.max(np.abs(got - ref) / (1 + np.abs(ref)))))
         print(json.dumps(out))
@@ -289,7 +290,8 @@ def _float32_convolutions(conv_env, threads):
 def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
     """A float32 Convolution reads its input through per-row offsets (no im2col) on AVX-512 CPUs,
     strides through phase frames: forward, the same bits as lowering with im2col
-    (CAFFEDATA_CONV=im2col), on 3 threads and on 1; forward and both gradients (the input's as a correlation with the flipped
+    (CAFFEDATA_CONV=im2col), on 3 threads and on 1; the weight gradient, read from the same
+    frames, the same bits too (1 thread); forward and both gradients (the input's as a correlation with the flipped
     kernels where there are 8 or more channels a group and pad < kernel, else with col2im) within
     float32 rounding of MXNet's float64 Convolution. (Every case is big enough for the im2col path's GEMM
     to be the AVX-512 kernel too; tiny ones go to OpenBLAS.)"""
@@ -298,6 +300,11 @@ def test_implicit_gemm_convolution_matches_im2col_bit_for_bit():
     implicit = _float32_convolutions("auto", 3)
     lowered = _float32_convolutions("im2col", 1)
     assert implicit["digests"] == lowered["digests"]
+    # The weight gradient read from the padded frames: im2col's sums, bit for bit, on one thread
+    # (on several, each thread sums its images apart: another order, either way)
+    implicit_one_thread = _float32_convolutions("auto", 1)
+    assert implicit_one_thread["weight_gradient_digests"] == lowered["weight_gradient_digests"]
+    assert implicit_one_thread["digests"] == lowered["digests"]
     # float32 sums of up to 1,480 terms (the weight gradient of the 40x37 image)
     assert implicit["worst"] < 1e-4 and lowered["worst"] < 1e-4, (implicit["worst"], lowered["worst"])
     print("worst relative error: implicit %.2e, im2col %.2e" % (implicit["worst"], lowered["worst"]))
