@@ -13,7 +13,7 @@
 // With stride (sh, sw), each padded channel is split into sh * sw phase
 // frames, phase (pi, pj) holding the padded rows pi, pi + sh, ... and columns
 // pj, pj + sw, ...; kernel element (c, sh * a + pi, sw * b + pj) then sits at
-// q + ((c * sh + pi) * sw + pj) * phase_h + a) * phase_w + b for output q =
+// q + (((c * sh + pi) * sw + pj) * phase_h + a) * phase_w + b for output q =
 // oh * phase_w + ow: again one offset per row of im2col's matrix, whose order
 // (and so every sum) is unchanged.
 #pragma once

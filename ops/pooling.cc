@@ -250,12 +250,19 @@ class PoolingLayer : public Layer<Dtype> {
           if (sw_ == 1) pool_max_flat<Dtype, 1>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
           else if (sw_ == 2) pool_max_flat<Dtype, 2>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
           else pool_max_flat<Dtype, 0>(frame.data(), frame_w_, kh_, kw_, sw_, flat, value.data(), which.data());
+          // Locals, so that the stores below need not reload this layer's fields.
+          const int64_t out_w = pooled_w_, pitch = out_pitch_, stride_w = sw_;
+          const int32_t* element_offset = element_offset_.data();
           for (int64_t i = 0; i < pooled_h_; ++i) {
             const int64_t corner = (i * sh_ - ph_) * width_ - pw_;  // the window of (i, 0), in the plane
-            for (int64_t j = 0; j < pooled_w_; ++j) {
-              const int32_t e = which[i * out_pitch_ + j];  // -1: no element beat -FLT_MAX
-              y[o + i * pooled_w_ + j] = value[i * out_pitch_ + j];
-              mask_[o + i * pooled_w_ + j] = e < 0 ? -1 : static_cast<int32_t>(corner + j * sw_ + element_offset_[e]);
+            const Dtype* __restrict value_row = value.data() + i * pitch;
+            const int32_t* __restrict which_row = which.data() + i * pitch;
+            Dtype* __restrict y_row = y + o + i * out_w;
+            int32_t* __restrict mask_row = mask_.data() + o + i * out_w;
+            for (int64_t j = 0; j < out_w; ++j) {
+              const int32_t e = which_row[j];  // -1: no element beat -FLT_MAX
+              y_row[j] = value_row[j];
+              mask_row[j] = e < 0 ? -1 : static_cast<int32_t>(corner + j * stride_w + element_offset[e]);
             }
           }
         } else {
