@@ -264,6 +264,8 @@ def _float32_convolutions(conv_env, threads):
             ((2, 12, 15, 14), 9, (3, 4), (1, 2), 1, (3, 2)),
             ((4, 16, 9, 9), 24, (1, 1), (0, 0), 1, (2, 2)),
             ((2, 8, 12, 13), 12, (3, 3), (1, 1), 2, (1, 2)),
+            # a plain 1x1 (no lowering): 6 images in one GEMM, its 40 rows split over the 3 threads
+            ((6, 16, 7, 7), 40, (1, 1), (0, 0), 1, (1, 1)),
         ]
         rng = np.random.RandomState(11)
         out = {"digests": [], "weight_gradient_digests": [], "worst": 0.0}
