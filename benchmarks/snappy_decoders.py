@@ -30,12 +30,8 @@ from .suite import Config
 def compressed_blocks(path):
     """The distinct Snappy-compressed data blocks of the LevelDB at ``path``, as bytes."""
     tables = leveldb_tables.open_tables(path)
-    seen, blocks = set(), []
-    for i in range(len(tables)):
-        ti, offset, size = int(tables._table[i]), int(tables._block_off[i]), int(tables._block_size[i])
-        if int(tables._kind[i]) == leveldb_tables.SNAPPY and (ti, offset) not in seen:
-            seen.add((ti, offset))
-            blocks.append(bytes(tables.map_table(ti)[offset:offset + size]))
+    blocks = [bytes(tables.map_table(ti)[offset:offset + size])
+              for ti, offset, size in tables.stored_blocks(leveldb_tables.SNAPPY)]
     return blocks, len(tables)
 
 

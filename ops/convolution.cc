@@ -21,6 +21,7 @@
 
 #include "implicit_conv.h"
 #include "layer.h"
+#include "layer_util.h"
 #include "math.h"
 
 namespace caffedata {
@@ -337,7 +338,8 @@ class ConvLayerT : public Layer<Dtype> {
     // time, its output channels split over the threads instead. (That parallel
     // region must not be nested in the one over groups of images: libgomp
     // would start fresh threads for it every time, which then spin.)
-    const int row_threads = (implicit_ || per > 1) && groups_of_images < max_threads() ? max_threads() : 1;
+    const int row_threads =
+        (implicit_ || per > 1) && groups_of_images < layer_util::max_threads() ? layer_util::max_threads() : 1;
     const int threads = prepare_threads(row_threads > 1 ? 1 : groups_of_images);
     for (size_t i = 0; i < bottom.size(); ++i) {
       const Dtype* x = bottom[i]->data;
@@ -479,10 +481,7 @@ class ConvLayerT : public Layer<Dtype> {
   // Threads for the loop over groups of images: what OpenMP allows here, at most
   // one per group; grows this layer's per-thread buffers to match.
   int prepare_threads(int64_t groups_of_images) {
-    int threads = 1;
-#ifdef _OPENMP
-    threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), std::max<int64_t>(groups_of_images, 1)));
-#endif
+    const int threads = static_cast<int>(std::min<int64_t>(layer_util::max_threads(), std::max<int64_t>(groups_of_images, 1)));
     const size_t per = static_cast<size_t>(kernel_dim_ * group_ * conv_out_spatial_dim_);
     if (col_buffer_.size() < per * threads) col_buffer_.resize(per * threads);
     if (implicit_) implicit_forward_.prepare(threads);
@@ -647,10 +646,7 @@ class ConvLayerT : public Layer<Dtype> {
               flipped_weights_[((g * c_count + c) * m_count + m) * area + (area - 1 - e)] =
                   w[((g * m_count + m) * c_count + c) * area + e];
       const int64_t per = implicit_backward_data_.images_per_call(), calls = (num_ + per - 1) / per;
-      int threads = 1;
-#ifdef _OPENMP
-      threads = static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), calls));
-#endif
+      const int threads = static_cast<int>(std::min<int64_t>(layer_util::max_threads(), calls));
       implicit_backward_data_.prepare(threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
       for (int64_t ci = 0; ci < calls; ++ci) {
@@ -661,14 +657,6 @@ class ConvLayerT : public Layer<Dtype> {
     } else {
       (void)dy, (void)w, (void)dx;
     }
-  }
-
-  static int max_threads() {
-#ifdef _OPENMP
-    return std::max(1, omp_get_max_threads());
-#else
-    return 1;
-#endif
   }
 
   static int thread_index() {

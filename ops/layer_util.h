@@ -46,17 +46,20 @@ inline size_t top_count(int hint, const ProtoNode& layer, const std::vector<Shap
   return n > 0 ? static_cast<size_t>(n) : 1;
 }
 
+// The OpenMP threads the calling thread allows (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+
 // OpenMP threads for a loop of independent items (pooling planes, LRN's
 // per-element powers): what the caller allows when there are at least 2^16
 // units of work, else 1.  Each item is computed as Caffe computes it, so the
 // thread count changes no bit.
-inline int item_threads(int64_t work) {
-#ifdef _OPENMP
-  if (work >= (int64_t(1) << 16)) return std::max(1, omp_get_max_threads());
-#endif
-  (void)work;
-  return 1;
-}
+inline int item_threads(int64_t work) { return work >= (int64_t(1) << 16) ? max_threads() : 1; }
 
 inline void need_bottoms(const char* type, const std::vector<Shape>& bottom, size_t n) {
   if (bottom.size() < n) {

@@ -84,11 +84,16 @@ def test_direct_reads_equal_plyvel(tmp_path, options, value_size):
     assert _direct_items(path) == expected
 
 
-def test_snappy_blocks_and_raw_blocks_both_occur(tmp_path):
-    """The W1-like data above is stored partly compressed: both decoder paths are exercised."""
+def _partly_compressed(path):
+    """40 values of 70 KB, each its own block: 20 image-like (Snappy pays), 20 incompressible."""
     items = [(b"%04d" % i, _image_like(i, 70000)) for i in range(20)]
     items += [(b"r%04d" % i, np.random.default_rng(i).bytes(70000)) for i in range(20)]  # incompressible
-    path = _write(tmp_path / "db", items)
+    return items, _write(path, items)
+
+
+def test_snappy_blocks_and_raw_blocks_both_occur(tmp_path):
+    """The W1-like data above is stored partly compressed: both decoder paths are exercised."""
+    items, path = _partly_compressed(tmp_path / "db")
     expected = _plyvel_items(path)
     db = plyvel.DB(path)
     tables = open_tables(path)
@@ -96,6 +101,21 @@ def test_snappy_blocks_and_raw_blocks_both_occur(tmp_path):
     db.close()
     assert kinds == {True, False}
     assert _direct_items(path) == expected
+
+
+def test_stored_blocks_lists_each_block_once_by_kind(tmp_path):
+    """What benchmarks/snappy_decoders.py times: every compressed block, once, and nothing else."""
+    items, path = _partly_compressed(tmp_path / "db")
+    assert _plyvel_items(path) == sorted(items)  # (LevelDB's own open moves the log into a table)
+    tables = open_tables(path)
+    raw_records = sum(tables.locate(r)[3] for r in range(len(tables)))
+    compressed = tables.stored_blocks(leveldb_tables.SNAPPY)
+    assert 0 < len(compressed) == len(tables) - raw_records  # one value a block
+    assert len(tables.stored_blocks(leveldb_tables.RAW)) == raw_records
+    values = {v for _, v in items}
+    for ti, offset, size in compressed:  # each a whole block holding one of the values
+        block = _leveldb.snappy_decompress(bytes(tables.map_table(ti)[offset:offset + size]))
+        assert any(bytes(block).find(v) >= 0 for v in values)
 
 
 def test_values_held_by_the_caller_stay_intact(tmp_path):

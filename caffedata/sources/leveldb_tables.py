@@ -339,6 +339,11 @@ class LevelDBTables:
             contents, kind = self.read_block(ti, boff, bsize, scratch_buffer)
             yield boff, bsize, contents, kind
 
+    def stored_blocks(self, kind):
+        """(table index, offset, size) of each distinct data block stored as ``kind`` (RAW or SNAPPY)."""
+        keys = np.unique(np.stack([self._table, self._block_off, self._block_size])[:, self._kind == kind], axis=1)
+        return [(int(t), int(o), int(n)) for t, o, n in keys.T]
+
     def reader(self):
         return TableReader(self)
 
