@@ -14,7 +14,7 @@ non-temporal stores on AVX-512 VBMI CPUs, so the output does not evict what
 the decoder and parser work on; the values are the same on every path.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 cimport numpy as cnp
@@ -916,39 +916,150 @@ def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
 
 
 # ---------------------------------------------------------------------------
-# Encoded records by address: decode (cv2, GIL released inside) + fused transform
+# Encoded images (Datums by address, ImageData files): decode + fused transform.
+# cv2 releases the GIL while it decodes; everything else here is a few C
+# checks, so a worker holds the GIL for microseconds per image.
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
+from posix.fcntl cimport open as posix_open, O_RDONLY
+from posix.unistd cimport read as posix_read, close as posix_close
+from posix.stat cimport struct_stat, fstat
+
+cdef extern from "fcntl.h":
+    const int O_CLOEXEC
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline int64_t le32_abs(const uint8_t* p) noexcept nogil:
+    cdef int32_t v = <int32_t>((<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0])
+    return -<int64_t>v if v < 0 else <int64_t>v
+
+
+cdef int64_t jpeg_pixels(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """Height * width of a JPEG's first SOF segment, or -1 (the walk of ``kernels._jpeg_size``)."""
+    cdef Py_ssize_t pos = 2
+    cdef uint8_t marker
+    while pos + 4 <= n:
+        if p[pos] != 0xFF:
+            return -1
+        marker = p[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            pos += 2
+            continue
+        if marker == 0xD9 or marker == 0xDA:  # no frame header before the end or the scan
+            return -1
+        if 0xC0 <= marker <= 0xCF and marker != 0xC4 and marker != 0xC8 and marker != 0xCC:
+            if pos + 9 > n:
+                return -1
+            return (<int64_t>((p[pos + 5] << 8) | p[pos + 6])) * ((p[pos + 7] << 8) | p[pos + 8])
+        pos += 2 + ((p[pos + 2] << 8) | p[pos + 3])
+    return -1
+
+
+cdef int64_t header_pixels(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """Height * width claimed by a PNG, JPEG or BMP header, or -1: ``kernels.image_size`` in C."""
+    cdef const uint8_t* png = b"\x89PNG\r\n\x1a\n"
+    if n >= 24 and memcmp(p, png, 8) == 0 and memcmp(p + 12, b"IHDR", 4) == 0:
+        return <int64_t>be32(p + 16) * be32(p + 20)
+    if n >= 26 and p[0] == 0x42 and p[1] == 0x4D:  # "BM"
+        return le32_abs(p + 18) * le32_abs(p + 22)
+    if n >= 2 and p[0] == 0xFF and p[1] == 0xD8:
+        return jpeg_pixels(p, n)
+    return -1
+
+
+def image_header_pixels(const uint8_t[::1] buf):
+    """``header_pixels`` for tests: height * width from an image header, or -1."""
+    if buf.shape[0] == 0:
+        return -1
+    return header_pixels(&buf[0], buf.shape[0])
+
+
+cdef object decode_checked(object payload, const uint8_t* p, Py_ssize_t n, object imdecode, int flag,
+                           int64_t max_pixels):
+    """``imdecode(payload, flag)`` as an 8-bit C-contiguous 2-D/3-D array, or None.
+
+    None (over ``max_pixels``, undecodable, an OpenCV error, another depth)
+    sends the record to the general path, which decodes it again to raise or
+    skip with the right message: an error costs two decodes, a good image one.
+    """
+    cdef int64_t pixels
+    with nogil:
+        pixels = header_pixels(p, n)
+    if pixels > max_pixels:
+        return None
+    try:
+        return uint8_image_or_none(imdecode(payload, flag))
+    except Exception:
+        return None
+
+
+cdef object uint8_image_or_none(object result):
+    """``result`` if it is an 8-bit C-contiguous 2-D or 3-D array (what the kernels read), else None."""
+    if not isinstance(result, np.ndarray):
+        return None
+    img = <cnp.ndarray>result
+    if img.dtype != np.uint8 or not cnp.PyArray_IS_C_CONTIGUOUS(img) or img.ndim not in (2, 3):
+        return None
+    return img
+
+
+cdef bint transform_decoded(object image, TransformParams tp, const uint32_t[:, ::1] draws,
+                            Py_ssize_t i, out_t[:, :, :, ::1] out) except -1:
+    """Check a decoded HWC image against the batch and transform it into ``out[i]``.
+
+    The checks are ``BatchAssembler.check``'s (channels, size vs batch and
+    crop, mean shape); False, with nothing written, when one fails.  ``image``
+    comes from ``decode_checked`` (or a resize of it): a uint8 C-contiguous array.
+    """
+    cdef cnp.ndarray img = image
+    cdef Py_ssize_t h = img.shape[0], w = img.shape[1]
+    cdef Py_ssize_t c = img.shape[2] if img.ndim == 3 else 1
+    cdef Py_ssize_t crop = tp.crop, h_off, w_off
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
+    cdef const uint8_t* pix = <const uint8_t*>cnp.PyArray_DATA(img)
+    cdef bint mirror
+    if c != tp.C or (not crop and (h != tp.H or w != tp.W)) or (crop and (h < crop or w < crop)):
+        return False
+    if tp.mean_kind == MEAN_FILE and (tp.mean_c != c or tp.mean_h != h or tp.mean_w != w):
+        return False
+    if tp.mean_kind == MEAN_VALUES and tp.mean_values.shape[0] != c:
+        return False
+    mirror = crop_window(draws, i, h, w, crop, tp.random_crop, tp.mirror, &h_off, &w_off)
+    with nogil:
+        if out_t is float and c == 3:
+            cd_transform_hwc3_u8(pix, h, w, h_off, w_off, h_out, w_out, mirror,
+                                 tp.mean_kind, tp.mean_p, tp.mv_p, scale_t, &out[i, 0, 0, 0])
+        else:
+            transform_one(pix, 3, c, h, w, h_off, w_off, h_out, w_out, mirror,
+                          tp.mean_kind, tp.mean_p, tp.mv_p, scale_t, &out[i, 0, 0, 0])
+    return True
 
 
 def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] addr,
                               const int64_t[::1] size, Py_ssize_t start, Py_ssize_t stop,
-                              object imdecode, int flag, TransformParams tp,
+                              object imdecode, int flag, int64_t max_pixels, TransformParams tp,
                               const uint32_t[:, ::1] draws, out_t[:, :, :, ::1] out, out_t[::1] labels):
     """Encoded records ``start..stop`` (see ``resolve_values``): decode and transform.
 
     ``imdecode(buffer, flag)`` is cv2.imdecode.  Every check of the general
-    path is made here too (8-bit, channels, size vs batch and crop, mean
-    shape); the first record that fails one, or is not encoded, stops the
-    loop and its index is returned, so that the caller's general path can
-    handle it or raise its error.  Returns ``stop`` when all were done.
+    path is made here too (pixel limit, 8-bit, channels, size vs batch and
+    crop, mean shape); the first record that fails one, or is not encoded,
+    stops the loop and its index is returned, so that the caller's general
+    path can handle it or raise its error.  Returns ``stop`` when all were done.
     """
     cdef DatumView d
     cdef int err
-    cdef Py_ssize_t C = tp.C, H = tp.H, W = tp.W, crop = tp.crop
-    cdef bint random_crop = tp.random_crop, use_mirror = tp.mirror
-    cdef int mean_kind = tp.mean_kind
-    cdef const float* mean_p = tp.mean_p
-    cdef const float* mv_p = tp.mv_p
-    cdef Py_ssize_t mean_c = tp.mean_c, mean_h = tp.mean_h, mean_w = tp.mean_w
-    cdef Py_ssize_t i, r, n, h, w, c, h_off, w_off
-    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    cdef Py_ssize_t i, r, n
     cdef const uint8_t* p
-    cdef const uint8_t[::1] pix
-    cdef bint mirror
-    cdef cnp.ndarray img
-    cdef out_t scale_t = <out_t>(<float>tp.scale) if out_t is float else <out_t>tp.scale
     for i in range(start, stop):
         r = records[i]
         n = size[r]
@@ -961,29 +1072,76 @@ def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] add
             return i
         payload = np.frombuffer(PyMemoryView_FromMemory(<char*>(p + d.data_off), d.data_len,
                                                         PyBUF_READ), dtype=np.uint8)
-        result = imdecode(payload, flag)
-        if not isinstance(result, np.ndarray):
+        img = decode_checked(payload, p + d.data_off, d.data_len, imdecode, flag, max_pixels)
+        if img is None or not transform_decoded(img, tp, draws, i, out):
             return i
-        img = result
-        if img.dtype != np.uint8 or not cnp.PyArray_IS_C_CONTIGUOUS(img) or img.ndim not in (2, 3):
-            return i
-        h = img.shape[0]
-        w = img.shape[1]
-        c = img.shape[2] if img.ndim == 3 else 1
-        if c != C or (not crop and (h != H or w != W)) or (crop and (h < crop or w < crop)):
-            return i
-        if mean_kind == MEAN_FILE and (mean_c != c or mean_h != h or mean_w != w):
-            return i
-        if mean_kind == MEAN_VALUES and tp.mean_values.shape[0] != c:
-            return i
-        mirror = crop_window(draws, i, h, w, crop, random_crop, use_mirror, &h_off, &w_off)
-        pix = img.reshape(-1)
-        with nogil:
-            if out_t is float and c == 3:
-                cd_transform_hwc3_u8(&pix[0], h, w, h_off, w_off, h_out, w_out, mirror,
-                                     mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
-            else:
-                transform_one(&pix[0], 3, c, h, w, h_off, w_off, h_out, w_out, mirror,
-                              mean_kind, mean_p, mv_p, scale_t, &out[i, 0, 0, 0])
         labels[i] = <out_t>d.label
+    return stop
+
+
+cdef Py_ssize_t read_whole_file(const char* path, uint8_t* buf, Py_ssize_t capacity,
+                                Py_ssize_t* file_size) noexcept nogil:
+    """Read ``path`` into ``buf``: its length, or -1 (unopenable, a read error, or over ``capacity``).
+
+    With ``capacity`` 0 only ``file_size`` is set (from fstat), so that the
+    caller can size the buffer and call again.
+    """
+    cdef struct_stat st
+    cdef Py_ssize_t total = 0, got
+    cdef int fd = posix_open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return -1
+    if fstat(fd, &st) != 0:
+        posix_close(fd)
+        return -1
+    file_size[0] = st.st_size
+    if capacity == 0:
+        posix_close(fd)
+        return -1
+    while total < capacity:
+        got = posix_read(fd, buf + total, capacity - total)
+        if got < 0:
+            posix_close(fd)
+            return -1
+        if got == 0:
+            break
+        total += got
+    posix_close(fd)
+    return -1 if total == capacity else total  # a full buffer: the file grew; let Python read it
+
+
+def transform_image_files(list paths, const int64_t[::1] file_labels, const int64_t[::1] records,
+                          Py_ssize_t start, Py_ssize_t stop, object imdecode, int flag,
+                          int64_t max_pixels, object resize, TransformParams tp,
+                          const uint32_t[:, ::1] draws, out_t[:, :, :, ::1] out, out_t[::1] labels):
+    """ImageData items ``start..stop``: read file ``paths[records[i]]`` (bytes), decode, transform.
+
+    ``resize(image)`` (None: no resize) is the layer's new_height/new_width
+    resize.  As ``transform_encoded_records``: the first item that cannot be
+    done here (an unreadable file, or any check failing) stops the loop and
+    its index is returned for the general path; ``stop`` when all were done.
+    """
+    cdef Py_ssize_t i, r, n, file_size = 0
+    cdef Py_ssize_t capacity = 1 << 18
+    cdef const char* path
+    cdef cnp.ndarray buf = np.empty(capacity, dtype=np.uint8)
+    for i in range(start, stop):
+        r = records[i]
+        path = <bytes>paths[r]
+        with nogil:
+            n = read_whole_file(path, <uint8_t*>cnp.PyArray_DATA(buf), capacity, &file_size)
+        if n < 0 and file_size >= capacity:  # too big for the buffer: grow it and read again
+            capacity = file_size + file_size // 4 + 1
+            buf = np.empty(capacity, dtype=np.uint8)
+            with nogil:
+                n = read_whole_file(path, <uint8_t*>cnp.PyArray_DATA(buf), capacity, &file_size)
+        if n <= 0:
+            return i
+        img = decode_checked(buf[:n], <const uint8_t*>cnp.PyArray_DATA(buf), n, imdecode, flag,
+                             max_pixels)
+        if img is not None and resize is not None:
+            img = uint8_image_or_none(resize(img))
+        if img is None or not transform_decoded(img, tp, draws, i, out):
+            return i
+        labels[i] = <out_t>file_labels[r]
     return stop

@@ -107,6 +107,69 @@ def test_image_data_errors_name_the_list_line_and_file(image_folder, tmp_path):
         caffedata.DataLayer(image_layer(listing, 2, params="new_height: 4"))
 
 
+IMAGE_CHILD = """
+    import resource
+    import caffedata
+    from caffedata.errors import RecordError
+    # A full decode of the claimed size needs 2.7 GB: make that fail fast instead.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    try:
+        with caffedata.DataLayer(sys.argv[1], preprocess_threads=1) as layer:
+            for batch in layer:
+                pass
+    except RecordError as exc:
+        print("RecordError:", exc)
+"""
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_image_claiming_huge_size_is_refused_before_decoding_anywhere_in_a_batch(image_folder, tmp_path,
+                                                                                position):
+    """Item 0 goes through the general path, items 1.. through the fast loop: both refuse it."""
+    from childproc import run_child
+    from test_reliability import png_claiming
+
+    folder, _, names, _ = image_folder
+    (folder / "huge.png").write_bytes(png_claiming(30000, 30000))
+    lines = [f"{name} 0" for name in names[:3]]
+    lines[position] = "huge.png 1"
+    listing = tmp_path / "huge.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    proc = run_child(IMAGE_CHILD, image_layer(listing, 3, root=f"{folder}/", transform="crop_size: 4"),
+                     timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert f"line {position + 1}: " in proc.stdout and "huge.png" in proc.stdout, proc.stdout
+    assert "30000x30000" in proc.stdout and "max_image_pixels" in proc.stdout, proc.stdout
+
+
+def test_image_data_fast_loop_reads_big_files_and_names_the_bad_ones(image_folder, tmp_path):
+    """Files over the loop's first 256 KB buffer, an empty file, a folder, a corrupt JPEG."""
+    folder, _, names, _ = image_folder
+    rng = np.random.default_rng(4)
+    big = [rng.integers(0, 256, (300 + 40 * k, 310, 3), dtype=np.uint8) for k in range(3)]
+    for k, image in enumerate(big):  # noise compresses badly: PNGs of 280-400 KB
+        assert cv2.imwrite(str(folder / f"big{k}.png"), image)
+    assert (folder / "big0.png").stat().st_size > 1 << 18
+    listing = tmp_path / "big.txt"
+    listing.write_text("".join(f"big{k}.png {k}\n" for k in (0, 1, 2, 1)))
+    with caffedata.DataLayer(image_layer(listing, 4, root=f"{folder}/", transform="crop_size: 300")) as layer:
+        batch = next(iter(layer))
+        for item, k in enumerate((0, 1, 2, 1)):
+            h, w = big[k].shape[:2]
+            y, x = (h - 300) // 2, (w - 300) // 2  # TEST: the centred window
+            np.testing.assert_array_equal(batch["data"][item], big[k][y:y + 300, x:x + 300].transpose(2, 0, 1))
+        assert batch["label"].tolist() == [0, 1, 2, 1]
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "folder.png").mkdir()
+    (folder / "cut.jpg").write_bytes(cv2.imencode(".jpg", big[0])[1].tobytes()[:300])
+    for bad, why in [("empty.png", "OpenCV refused"), ("folder.png", "could not load the image"),
+                     ("cut.jpg", "cannot decode")]:
+        listing.write_text(f"{names[0]} 0\n{names[1]} 1\n{bad} 2\n")
+        with caffedata.DataLayer(image_layer(listing, 3, root=f"{folder}/")) as layer:
+            with pytest.raises(RecordError, match=rf"record 'line 3: .*{bad}'.*{why}"):
+                next(iter(layer))
+
+
 # -- HDF5Data --------------------------------------------------------------------
 
 @pytest.fixture

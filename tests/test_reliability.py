@@ -6,6 +6,7 @@ fails the test instead of killing the run.
 import os
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from childproc import run_child
@@ -297,19 +298,39 @@ def test_image_over_opencvs_own_limit_is_a_record_error(tmp_path):
     assert "RecordError:" in proc.stdout and "OpenCV" in proc.stdout, proc.stdout
 
 
-def test_a_refused_or_mismatched_image_is_decoded_once():
-    from conftest import png_bytes
+def header_samples():
+    """Image headers, real and hand-made, whole and cut at every length: (name, bytes)."""
+    import struct
 
-    from caffedata.pipeline.kernels import ImageDecoder
+    from conftest import jpeg_bytes, png_bytes
 
-    decoder = ImageDecoder()
-    payload = np.frombuffer(png_bytes(np.full((5, 4), 3, np.uint8)), np.uint8)
-    first = decoder(payload, -1)  # the fast loop's call
-    assert first.shape == (5, 4, 1)
-    again = decoder.decode(memoryview(payload), -1)  # the general path, same bytes in place
-    assert again is first
-    fresh = decoder.decode(memoryview(payload), -1)  # used once: a later call decodes afresh
-    assert fresh is not first and np.array_equal(fresh, first)
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    ok, progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    bmp = bytearray(cv2.imencode(".bmp", image)[1].tobytes())
+    top_down = bytearray(bmp)
+    top_down[22:26] = struct.pack("<i", -5)          # a top-down BMP: negative height
+    fill = bytearray(jpeg_bytes(image))
+    fill[2:2] = b"\xff\xff"                          # fill bytes before the first segment
+    samples = [("png", png_bytes(image)), ("jpeg", jpeg_bytes(image)), ("progressive", progressive.tobytes()),
+               ("bmp", bytes(bmp)), ("top-down bmp", bytes(top_down)), ("fill bytes", bytes(fill)),
+               ("huge png", png_claiming(30000, 30000)), ("huge jpeg", jpeg_claiming(60000, 65535)),
+               ("bmp min int", bytes(bmp[:18]) + struct.pack("<ii", -2**31, -2**31) + bytes(bmp[26:])),
+               ("restart marker", b"\xff\xd8\xff\xd0\xff\xc0\x00\x11\x08\x00\x03\x00\x04"),
+               ("not an image", b"GIF89a" + bytes(40)), ("empty", b"")]
+    for name, data in list(samples[:6]):
+        samples += [(f"{name} cut at {n}", data[:n]) for n in range(0, min(len(data), 700), 3)]
+    return samples
+
+
+def test_the_c_header_check_agrees_with_image_size_on_every_header():
+    """The fast loops' pixel-limit check (C) against kernels.image_size (Python), byte for byte."""
+    from caffedata import _fast
+    from caffedata.pipeline.kernels import image_size
+
+    for name, data in header_samples():
+        size = image_size(np.frombuffer(data, np.uint8))
+        expected = -1 if size is None else size[0] * size[1]
+        assert _fast.image_header_pixels(np.frombuffer(data, np.uint8)) == expected, name
 
 
 # -- 12. the fast Datum parser accepts exactly what protobuf accepts -----------------

@@ -5,7 +5,6 @@ record against the batch and the transform (sizes, crop, mean) and turns any
 problem into a ``RecordError`` that names the database, the key and the fix.
 """
 import struct
-import threading
 
 import cv2
 import numpy as np
@@ -77,42 +76,6 @@ def _jpeg_size(payload):
     return None
 
 
-class ImageDecoder:
-    """cv2.imdecode with Caffe's flags, a pixel limit, and each record decoded once.
-
-    Called as ``decoder(payload, flag)`` by ``_fast.transform_encoded_records``,
-    it returns the decoded image or None; when that loop then hands the record
-    to the general path, ``decode`` returns the same result (remembered per
-    thread by the payload's address) instead of decoding it again.
-    """
-
-    def __init__(self, max_pixels=MAX_IMAGE_PIXELS):
-        self.max_pixels = int(max_pixels)
-        self._last = threading.local()
-
-    def forget(self):
-        self._last.entry = None
-
-    def __call__(self, payload, flag):
-        result = self._decode(payload, flag)
-        return result if isinstance(result, np.ndarray) else None
-
-    def decode(self, payload, flag):
-        """HWC uint8 (channels last, BGR(A)), or a str saying why not."""
-        array = np.frombuffer(payload, dtype=np.uint8)
-        entry = getattr(self._last, "entry", None)
-        if entry is not None and entry[0] == (array.__array_interface__["data"][0], len(array), flag):
-            self._last.entry = None
-            return entry[1]
-        return self._decode(array, flag)
-
-    def _decode(self, payload, flag):
-        array = np.frombuffer(payload, dtype=np.uint8)
-        result = decode_image(array, flag, self.max_pixels)
-        self._last.entry = ((array.__array_interface__["data"][0], len(array), flag), result)
-        return result
-
-
 def decode_image(payload, flag, max_pixels=MAX_IMAGE_PIXELS):
     """cv2.imdecode with Caffe's flags: HWC uint8 (channels last, BGR(A)), or a str saying why not."""
     array = np.frombuffer(payload, dtype=np.uint8)
@@ -157,7 +120,7 @@ class BatchAssembler:
         self.mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float32)
         self.mean_values = np.asarray(transform.mean_value, dtype=np.float32)
         self.flag = decode_flag(transform)
-        self.decoder = ImageDecoder(max_image_pixels)
+        self.max_image_pixels = int(max_image_pixels)
         self.scale = float(transform.scale)
         self._params = {}  # (C, H, W) -> _fast.TransformParams
 
@@ -187,7 +150,7 @@ class BatchAssembler:
             if data_len <= 0:
                 raise RecordError(self.db_path, key, index, "encoded Datum has no image bytes",
                                   "rebuild the database")
-            image = self.decoder.decode(value[data_off:data_off + data_len], self.flag)
+            image = decode_image(value[data_off:data_off + data_len], self.flag, self.max_image_pixels)
             if isinstance(image, str) and image == "depth":
                 raise RecordError(self.db_path, key, index,
                                   "image is not 8-bit (Caffe requires CV_8U)",
@@ -282,7 +245,6 @@ class BatchAssembler:
         ``draws`` is a uint32 (B, 3) array of raw draws for mirror, h_off, w_off.
         """
         tp = self.params(*batch_chw)
-        self.decoder.forget()
         i, n = 0, len(values)
         while i < n:
             # Fast path: raw records of exactly (C, H, W), stopping at the first other one.
@@ -305,15 +267,14 @@ class BatchAssembler:
         serialized Datum for the general path (encoded, other size, errors).
         """
         tp = self.params(*batch_chw)
-        self.decoder.forget()
         i, n = 0, len(records)
         while i < n:
             i = _fast.transform_raw_records(records, addr, size, i, n, tp, draws, out, labels)
             if i >= n:
                 break
             # Encoded records: decode + transform with the checks made in _fast.
-            j = _fast.transform_encoded_records(records, addr, size, i, n, self.decoder, self.flag, tp,
-                                                draws, out, labels)
+            j = _fast.transform_encoded_records(records, addr, size, i, n, cv2.imdecode, self.flag,
+                                                self.max_image_pixels, tp, draws, out, labels)
             if j > i:
                 i = j
                 continue
@@ -359,5 +320,5 @@ def expand_draws(raw, transform):
     return draws
 
 
-__all__ = ["BatchAssembler", "ImageDecoder", "MAX_IMAGE_PIXELS", "Record", "decode_image",
+__all__ = ["BatchAssembler", "MAX_IMAGE_PIXELS", "Record", "decode_image",
            "decode_flag", "draw_count", "expand_draws", "image_size"]

@@ -35,18 +35,28 @@ class ImageEngine(BatchEngine):
         self.shapes = ((B, int(np.prod(data[1:]))) if self.flat else data, (B,))[:len(spec.tops)]
 
     def _build_batch(self, batch, state):
-        records = batch.records.tolist()
+        records = np.ascontiguousarray(batch.records, dtype=np.int64)
         B = len(records)
-        first = self.source.record(records[0])
-        chw = self.assembler.batch_chw(first, self.source.key(records[0]), records[0], self.first_chw, B,
-                                       what="image", hint="images of different sizes need crop_size, "
-                                                          "new_height/new_width, or batch_size 1")
+        first = self.source.record(int(records[0]))
+        chw = self.assembler.batch_chw(first, self.source.key(int(records[0])), int(records[0]),
+                                       self.first_chw, B, what="image",
+                                       hint="images of different sizes need crop_size, "
+                                            "new_height/new_width, or batch_size 1")
         out, labels = self._pool.acquire(((B,) + self.assembler.out_chw(*chw), (B,)), self.dtype)
-        for i, r in enumerate(records):
-            rec = first if i == 0 else self.source.record(r)
-            self.assembler.check(rec, self.source.key(r), r, chw)
+        tp = self.assembler.params(*chw)
+        i, rec = 0, first
+        while i < B:
+            if i > 0:
+                # The source's fast loop, up to the first item it cannot do ...
+                i = self.source.transform_records(records, i, B, tp, batch.draws, out, labels)
+                if i >= B:
+                    break
+                rec = self.source.record(int(records[i]))
+            # ... which goes through the general path: checked, so a bad one raises its error.
+            self.assembler.check(rec, self.source.key(int(records[i])), int(records[i]), chw)
             self.assembler.transform_record(rec, batch.draws[i], out[i])
             labels[i] = rec.label
+            i += 1
         if self.flat:
             out = out.reshape(B, -1)
         return (out, labels)[:len(self.spec.tops)], batch.pad, batch.records

@@ -60,9 +60,14 @@ class ImageListSource:
             skip = int(np.random.default_rng(seed).integers(0, 2**32)) % spec.rand_skip % len(entries)
             entries = entries[skip:] + entries[:skip]
         root = os.fsencode(spec.root_folder)
-        self.files = [os.fsdecode(root + path) for path, _ in entries]
+        self.paths = [root + path for path, _ in entries]  # bytes, as the Cython loop opens them
+        self.files = [os.fsdecode(path) for path in self.paths]
         self.labels = np.array([label for _, label in entries], dtype=np.int64)
         self.flag = cv2.IMREAD_COLOR if spec.is_color else cv2.IMREAD_GRAYSCALE
+        self._resize = None
+        if spec.new_height and spec.new_width:
+            size = (spec.new_width, spec.new_height)
+            self._resize = lambda image: cv2.resize(image, size)  # bilinear, as Caffe's cv::resize
 
     def __len__(self):
         return len(self.files)
@@ -84,13 +89,24 @@ class ImageListSource:
             why = "not 8-bit (Caffe requires CV_8U)" if image == "depth" else image
             raise RecordError(self.path, self.key(index), index, f"could not load the image: {why}",
                               "re-encode the image, or remove the line")
-        if self.spec.new_height and self.spec.new_width:
-            image = cv2.resize(image, (self.spec.new_width, self.spec.new_height))  # bilinear
+        if self._resize is not None:
+            image = self._resize(image)
             if image.ndim == 2:
                 image = image[:, :, None]
         h, w, c = image.shape
         return Record(_fast.LAYOUT_HWC_U8, np.ascontiguousarray(image).reshape(-1), c, h, w,
                       self.labels[index])
+
+    def transform_records(self, records, start, stop, tp, draws, out, labels):
+        """Items ``start..stop`` of a batch read, decoded and transformed in one Cython loop.
+
+        Returns the first item it could not do (an unreadable file, any failed
+        check), for the general path (``record``) to raise or skip with its
+        message; ``stop`` when all were done.
+        """
+        return _fast.transform_image_files(self.paths, self.labels, records, start, stop, cv2.imdecode,
+                                           self.flag, self.max_image_pixels, self._resize, tp, draws,
+                                           out, labels)
 
 
 class MemorySource:
@@ -125,6 +141,10 @@ class MemorySource:
 
     def key(self, index):
         return f"row {index}"
+
+    def transform_records(self, records, start, stop, tp, draws, out, labels):
+        """No fast loop: rows need no decoding, so the general path (``record``) takes them all."""
+        return start
 
     def record(self, index):
         c, h, w = self.data.shape[1:]
