@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The Cython core: Datum wire parsing and the fused Caffe transform.
 
-Everything here runs without the GIL and trusts its caller (``kernels.py``)
-for argument shapes and dtypes.  What it never trusts is the bytes of a
+Everything here runs without the GIL (except the calls into cv2 that decode
+an image) and trusts its callers (``pipeline/kernels.py``,
+``sources/image_list.py``) for argument shapes and dtypes.  What it never trusts is the bytes of a
 record: every read of a Datum is bounds-checked, and a malformed record comes
 back as an error code, never as an out-of-bounds read.
 
@@ -939,13 +940,13 @@ cdef inline int64_t le32_abs(const uint8_t* p) noexcept nogil:
     return -<int64_t>v if v < 0 else <int64_t>v
 
 
-cdef int64_t jpeg_pixels(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    """Height * width of a JPEG's first SOF segment, or -1 (the walk of ``kernels._jpeg_size``)."""
+cdef bint jpeg_size(const uint8_t* p, Py_ssize_t n, int64_t* height, int64_t* width) noexcept nogil:
+    """The frame size of a JPEG's first SOF segment, walking the segments before the scan."""
     cdef Py_ssize_t pos = 2
     cdef uint8_t marker
     while pos + 4 <= n:
         if p[pos] != 0xFF:
-            return -1
+            return False
         marker = p[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -953,33 +954,40 @@ cdef int64_t jpeg_pixels(const uint8_t* p, Py_ssize_t n) noexcept nogil:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
             pos += 2
             continue
-        if marker == 0xD9 or marker == 0xDA:  # no frame header before the end or the scan
-            return -1
+        if marker == 0xD9 or marker == 0xDA:  # end of image, start of scan: no frame header before
+            return False
         if 0xC0 <= marker <= 0xCF and marker != 0xC4 and marker != 0xC8 and marker != 0xCC:
-            if pos + 9 > n:
-                return -1
-            return (<int64_t>((p[pos + 5] << 8) | p[pos + 6])) * ((p[pos + 7] << 8) | p[pos + 8])
+            if pos + 9 > n:  # SOF0..15 are frames; DHT, JPG and DAC are not
+                return False
+            height[0] = (p[pos + 5] << 8) | p[pos + 6]
+            width[0] = (p[pos + 7] << 8) | p[pos + 8]
+            return True
         pos += 2 + ((p[pos + 2] << 8) | p[pos + 3])
-    return -1
+    return False
 
 
-cdef int64_t header_pixels(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    """Height * width claimed by a PNG, JPEG or BMP header, or -1: ``kernels.image_size`` in C."""
-    cdef const uint8_t* png = b"\x89PNG\r\n\x1a\n"
-    if n >= 24 and memcmp(p, png, 8) == 0 and memcmp(p + 12, b"IHDR", 4) == 0:
-        return <int64_t>be32(p + 16) * be32(p + 20)
-    if n >= 26 and p[0] == 0x42 and p[1] == 0x4D:  # "BM"
-        return le32_abs(p + 18) * le32_abs(p + 22)
+cdef bint header_size(const uint8_t* p, Py_ssize_t n, int64_t* height, int64_t* width) noexcept nogil:
+    """(height, width) from a PNG, JPEG or BMP header; False for another format or one cut short."""
+    if n >= 24 and memcmp(p, b"\x89PNG\r\n\x1a\n", 8) == 0 and memcmp(p + 12, b"IHDR", 4) == 0:
+        width[0] = be32(p + 16)
+        height[0] = be32(p + 20)
+        return True
+    if n >= 26 and p[0] == 0x42 and p[1] == 0x4D:  # "BM"; a negative height is a top-down BMP
+        width[0] = le32_abs(p + 18)
+        height[0] = le32_abs(p + 22)
+        return True
     if n >= 2 and p[0] == 0xFF and p[1] == 0xD8:
-        return jpeg_pixels(p, n)
-    return -1
+        return jpeg_size(p, n, height, width)
+    return False
 
 
-def image_header_pixels(const uint8_t[::1] buf):
-    """``header_pixels`` for tests: height * width from an image header, or -1."""
-    if buf.shape[0] == 0:
-        return -1
-    return header_pixels(&buf[0], buf.shape[0])
+def image_header_size(const uint8_t[::1] buf):
+    """(height, width) claimed by a PNG, JPEG or BMP header, or None: read before decoding, so
+    that an image claiming more pixels than allowed is refused without allocating them."""
+    cdef int64_t height = 0, width = 0
+    if buf.shape[0] == 0 or not header_size(&buf[0], buf.shape[0], &height, &width):
+        return None
+    return height, width
 
 
 cdef object decode_checked(object payload, const uint8_t* p, Py_ssize_t n, object imdecode, int flag,
@@ -990,10 +998,11 @@ cdef object decode_checked(object payload, const uint8_t* p, Py_ssize_t n, objec
     sends the record to the general path, which decodes it again to raise or
     skip with the right message: an error costs two decodes, a good image one.
     """
-    cdef int64_t pixels
+    cdef int64_t height = 0, width = 0
+    cdef bint known
     with nogil:
-        pixels = header_pixels(p, n)
-    if pixels > max_pixels:
+        known = header_size(p, n, &height, &width)
+    if known and height * width > max_pixels:
         return None
     try:
         return uint8_image_or_none(imdecode(payload, flag))

@@ -1,11 +1,10 @@
 """Validating wrappers around the Cython core: records of one batch in, a filled batch out.
 
-``BatchAssembler.fill`` is the only caller of ``_fast``.  It checks every
-record against the batch and the transform (sizes, crop, mean) and turns any
-problem into a ``RecordError`` that names the database, the key and the fix.
+``BatchAssembler`` checks every record against the batch and the transform
+(sizes, crop, mean) and turns any problem into a ``RecordError`` that names
+the database, the key and the fix.  Its fast loops in ``_fast`` make the same
+checks in C and hand any record that fails one back to this general path.
 """
-import struct
-
 import cv2
 import numpy as np
 
@@ -34,46 +33,10 @@ def decode_flag(transform):
 # a corrupt or hostile 600-byte JPEG can claim 30000x30000 and cost 5 GB.
 MAX_IMAGE_PIXELS = 1 << 26
 
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not frames
-
 
 def image_size(payload):
     """(height, width) from a PNG, JPEG or BMP header, or None (other format, or cut short)."""
-    b = bytes(payload[:32]) if len(payload) > 32 else bytes(payload)
-    if b.startswith(b"\x89PNG\r\n\x1a\n") and len(b) >= 24 and b[12:16] == b"IHDR":
-        width, height = struct.unpack_from(">II", b, 16)
-        return height, width
-    if b.startswith(b"BM") and len(b) >= 26:
-        width, height = struct.unpack_from("<ii", b, 18)
-        return abs(height), abs(width)
-    if b.startswith(b"\xff\xd8"):
-        return _jpeg_size(payload)
-    return None
-
-
-def _jpeg_size(payload):
-    """The frame size of the first SOF segment, walking the segments before the scan."""
-    view = memoryview(payload).cast("B") if not isinstance(payload, (bytes, bytearray)) else payload
-    n, pos = len(view), 2
-    while pos + 4 <= n:
-        if view[pos] != 0xFF:
-            return None
-        marker = view[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
-            return None
-        length = (view[pos + 2] << 8) | view[pos + 3]
-        if marker in _SOF_MARKERS:
-            if pos + 9 > n:
-                return None
-            return (view[pos + 5] << 8) | view[pos + 6], (view[pos + 7] << 8) | view[pos + 8]
-        pos += 2 + length
-    return None
+    return _fast.image_header_size(np.frombuffer(payload, dtype=np.uint8))
 
 
 def decode_image(payload, flag, max_pixels=MAX_IMAGE_PIXELS):
