@@ -923,9 +923,9 @@ def transform_raw_records(const int64_t[::1] records, const int64_t[::1] addr,
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
-from posix.fcntl cimport open as posix_open, O_RDONLY
+from posix.fcntl cimport open as posix_open, O_NONBLOCK, O_RDONLY
 from posix.unistd cimport read as posix_read, close as posix_close
-from posix.stat cimport struct_stat, fstat
+from posix.stat cimport S_ISREG, struct_stat, fstat
 
 cdef extern from "fcntl.h":
     const int O_CLOEXEC
@@ -1090,23 +1090,22 @@ def transform_encoded_records(const int64_t[::1] records, const int64_t[::1] add
 
 cdef Py_ssize_t read_whole_file(const char* path, uint8_t* buf, Py_ssize_t capacity,
                                 Py_ssize_t* file_size) noexcept nogil:
-    """Read ``path`` into ``buf``: its length, or -1 (unopenable, a read error, or over ``capacity``).
+    """Read regular file ``path`` into ``buf``: its length, or -1 (unopenable, not a regular
+    file, a read error, or over ``capacity``: then ``file_size`` says how much room it needs).
 
-    With ``capacity`` 0 only ``file_size`` is set (from fstat), so that the
-    caller can size the buffer and call again.
+    Opened non-blocking: a FIFO in a list must not hang a worker (it is refused
+    by the fstat check; the general path then names it).
     """
     cdef struct_stat st
     cdef Py_ssize_t total = 0, got
-    cdef int fd = posix_open(path, O_RDONLY | O_CLOEXEC)
+    cdef int fd = posix_open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    file_size[0] = 0
     if fd < 0:
         return -1
-    if fstat(fd, &st) != 0:
+    if fstat(fd, &st) != 0 or not S_ISREG(st.st_mode):
         posix_close(fd)
         return -1
     file_size[0] = st.st_size
-    if capacity == 0:
-        posix_close(fd)
-        return -1
     while total < capacity:
         got = posix_read(fd, buf + total, capacity - total)
         if got < 0:
@@ -1116,7 +1115,7 @@ cdef Py_ssize_t read_whole_file(const char* path, uint8_t* buf, Py_ssize_t capac
             break
         total += got
     posix_close(fd)
-    return -1 if total == capacity else total  # a full buffer: the file grew; let Python read it
+    return -1 if total == capacity else total  # a full buffer: the file is bigger than fstat said
 
 
 def transform_image_files(list paths, const int64_t[::1] file_labels, const int64_t[::1] records,
@@ -1139,7 +1138,7 @@ def transform_image_files(list paths, const int64_t[::1] file_labels, const int6
         path = <bytes>paths[r]
         with nogil:
             n = read_whole_file(path, <uint8_t*>cnp.PyArray_DATA(buf), capacity, &file_size)
-        if n < 0 and file_size >= capacity:  # too big for the buffer: grow it and read again
+        if n < 0 and file_size >= capacity:  # bigger than the buffer: grow it and read again
             capacity = file_size + file_size // 4 + 1
             buf = np.empty(capacity, dtype=np.uint8)
             with nogil:

@@ -162,12 +162,42 @@ def test_image_data_fast_loop_reads_big_files_and_names_the_bad_ones(image_folde
     (folder / "empty.png").write_bytes(b"")
     (folder / "folder.png").mkdir()
     (folder / "cut.jpg").write_bytes(cv2.imencode(".jpg", big[0])[1].tobytes()[:300])
-    for bad, why in [("empty.png", "OpenCV refused"), ("folder.png", "could not load the image"),
+    for bad, why in [("empty.png", "OpenCV refused"), ("folder.png", r"could not load the image \(a folder\)"),
                      ("cut.jpg", "cannot decode")]:
         listing.write_text(f"{names[0]} 0\n{names[1]} 1\n{bad} 2\n")
         with caffedata.DataLayer(image_layer(listing, 3, root=f"{folder}/")) as layer:
             with pytest.raises(RecordError, match=rf"record 'line 3: .*{bad}'.*{why}"):
                 next(iter(layer))
+
+
+FIFO_CHILD = """
+    import caffedata
+    from caffedata.errors import RecordError
+    try:
+        with caffedata.DataLayer(sys.argv[1], preprocess_threads=2) as layer:
+            next(iter(layer))
+    except RecordError as exc:
+        print("RecordError:", exc)
+"""
+
+
+@pytest.mark.parametrize("position", [0, 2])
+def test_a_fifo_in_the_list_is_an_error_not_a_hang(image_folder, tmp_path, position):
+    """Opening a FIFO for reading blocks until a writer comes: the layer must refuse it instead."""
+    import os
+
+    from childproc import run_child
+
+    folder, _, names, _ = image_folder
+    os.mkfifo(folder / "pipe.png")
+    lines = [f"{name} 0" for name in names[:3]]
+    lines[position] = "pipe.png 1"
+    listing = tmp_path / "fifo.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    proc = run_child(FIFO_CHILD, image_layer(listing, 3, root=f"{folder}/"), timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert f"line {position + 1}: " in proc.stdout and "pipe.png" in proc.stdout, proc.stdout
+    assert "could not load the image (not a regular file)" in proc.stdout, proc.stdout
 
 
 # -- HDF5Data --------------------------------------------------------------------

@@ -44,22 +44,26 @@ class ImageEngine(BatchEngine):
                                             "new_height/new_width, or batch_size 1")
         out, labels = self._pool.acquire(((B,) + self.assembler.out_chw(*chw), (B,)), self.dtype)
         tp = self.assembler.params(*chw)
-        i, rec = 0, first
+        self._transform_checked(first, records, 0, chw, batch.draws, out, labels)
+        i = 1
         while i < B:
-            if i > 0:
-                # The source's fast loop, up to the first item it cannot do ...
-                i = self.source.transform_records(records, i, B, tp, batch.draws, out, labels)
-                if i >= B:
-                    break
-                rec = self.source.record(int(records[i]))
-            # ... which goes through the general path: checked, so a bad one raises its error.
-            self.assembler.check(rec, self.source.key(int(records[i])), int(records[i]), chw)
-            self.assembler.transform_record(rec, batch.draws[i], out[i])
-            labels[i] = rec.label
-            i += 1
+            # The source's fast loop runs up to the first item it cannot do; that one takes the
+            # general path, which raises (or, under on_error, skips) it with its message.
+            i = self.source.transform_records(records, i, B, tp, batch.draws, out, labels)
+            if i < B:
+                self._transform_checked(self.source.record(int(records[i])), records, i, chw,
+                                        batch.draws, out, labels)
+                i += 1
         if self.flat:
             out = out.reshape(B, -1)
         return (out, labels)[:len(self.spec.tops)], batch.pad, batch.records
+
+    def _transform_checked(self, rec, records, i, chw, draws, out, labels):
+        """Item ``i`` of a batch from its ``Record``: checked against the batch, then transformed."""
+        r = int(records[i])
+        self.assembler.check(rec, self.source.key(r), r, chw)
+        self.assembler.transform_record(rec, draws[i], out[i])
+        labels[i] = rec.label
 
 
 class TensorEngine(BatchEngine):

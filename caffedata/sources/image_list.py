@@ -20,7 +20,9 @@ several solvers do not read in step.  Here the list is rotated by a draw of
 the iterator's seeded stream modulo ``rand_skip`` (the skipped lines come
 last), so every epoch starts at the same, seeded, line.
 """
+import errno
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -32,10 +34,18 @@ from ..tools.convert import parse_list_file
 
 
 def read_file(path):
-    """The bytes of ``path``: one ``read`` of its size (half the cost of ``np.fromfile``)."""
-    fd = os.open(path, os.O_RDONLY)
+    """The bytes of regular file ``path``: one ``read`` of its size (half the cost of ``np.fromfile``).
+
+    Opened non-blocking, and anything but a regular file refused: a FIFO or a
+    device named in a list must give an error, not a hang or an endless read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise OSError(errno.EINVAL, kind, path)
+        size = info.st_size
         data = os.read(fd, size + 1)  # + 1: a file grown since fstat shows up as more to read
         if len(data) <= size:
             return data
