@@ -41,11 +41,12 @@ def image_folder(tmp_path):
     return folder, listing, names, images
 
 
-def test_image_data_matches_opencv_and_the_transform_reference(image_folder):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_image_data_matches_opencv_and_the_transform_reference(image_folder, dtype):
     folder, listing, names, _ = image_folder
-    transform = "crop_size: 5 mirror: true scale: 0.5 mean_value: 10 mean_value: 20 mean_value: 30"
+    transform = "crop_size: 5 mirror: true scale: 0.017 mean_value: 10 mean_value: 20 mean_value: 30"
     text = image_layer(listing, 3, root=f"{folder}/", transform=transform, phase="TRAIN")
-    with caffedata.DataLayer(text, seed=9, preprocess_threads=2) as layer:
+    with caffedata.DataLayer(text, seed=9, preprocess_threads=2, dtype=dtype) as layer:
         assert layer.shapes == {"data": (3, 3, 5, 5), "label": (3,)}
         batches = [{k: v.copy() for k, v in b.items()} | {"pad": b.pad} for b in layer]
     rng = MT19937(9)
@@ -54,11 +55,36 @@ def test_image_data_matches_opencv_and_the_transform_reference(image_folder):
     labels = np.concatenate([b["label"] for b in batches])
     for item, i in enumerate(order):
         chw = cv2.imread(str(folder / names[i]), cv2.IMREAD_COLOR).transpose(2, 0, 1)
-        expected = caffe_transform(chw, scale=0.5, mean_values=(10, 20, 30), crop=5, train=True,
-                                   mirror=True, rng=rng)
+        expected = caffe_transform(chw, scale=np.float32(0.017), mean_values=(10, 20, 30), crop=5,
+                                   train=True, mirror=True, rng=rng, dtype=dtype)  # scale: a float field
+        assert got[item].dtype == dtype
         np.testing.assert_array_equal(got[item], expected)
         assert labels[item] == i * 3
     assert [b["pad"] for b in batches] == [0, 0, 2]
+
+
+def test_image_data_mean_file_and_a_size_the_mean_does_not_fit(image_folder, tmp_path):
+    from caffedata.formats.mean import mean_to_blobproto_bytes
+
+    folder, listing, names, _ = image_folder
+    mean = (np.random.default_rng(3).random((3, 9, 7)) * 255).astype(np.float32)
+    (tmp_path / "mean.binaryproto").write_bytes(mean_to_blobproto_bytes(mean))
+    transform = f'crop_size: 5 mirror: true scale: 0.017 mean_file: "{tmp_path}/mean.binaryproto"'
+    with caffedata.DataLayer(image_layer(listing, 4, root=f"{folder}/", transform=transform, phase="TRAIN"),
+                             seed=5, num_examples=8) as layer:
+        got = np.concatenate([b["data"].copy() for b in layer])
+    rng = MT19937(5)
+    for item in range(8):
+        chw = cv2.imread(str(folder / names[item % 7]), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+        expected = caffe_transform(chw, scale=np.float32(0.017), mean=mean, crop=5, train=True, mirror=True,
+                                   rng=rng)  # the mean at the source pixels, mirrored with them
+        np.testing.assert_array_equal(got[item], expected)
+    cv2.imwrite(str(folder / "big.png"), np.zeros((12, 7, 3), np.uint8))
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text(f"{names[0]} 0\n{names[1]} 1\nbig.png 2\n")
+    with caffedata.DataLayer(image_layer(mixed, 3, root=f"{folder}/", transform=transform)) as layer:
+        with pytest.raises(RecordError, match=r"line 3: .*big.png.*mean_file is 3x9x7 but the record is 3x12x7"):
+            next(iter(layer))
 
 
 def test_image_data_resize_gray_and_single_top(image_folder):
