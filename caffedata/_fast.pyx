@@ -15,7 +15,7 @@ non-temporal stores on AVX-512 VBMI CPUs, so the output does not evict what
 the decoder and parser work on; the values are the same on every path.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, strlen
 
 import numpy as np
 cimport numpy as cnp
@@ -1136,6 +1136,8 @@ def transform_image_files(list paths, const int64_t[::1] file_labels, const int6
     for i in range(start, stop):
         r = records[i]
         path = <bytes>paths[r]
+        if strlen(path) != len(<bytes>paths[r]):  # a NUL inside: the general path refuses it
+            return i
         with nogil:
             n = read_whole_file(path, <uint8_t*>cnp.PyArray_DATA(buf), capacity, &file_size)
         if n < 0 and file_size >= capacity:  # bigger than the buffer: grow it and read again

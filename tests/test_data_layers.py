@@ -169,7 +169,8 @@ def test_image_claiming_huge_size_is_refused_before_decoding_anywhere_in_a_batch
 
 
 def test_image_data_fast_loop_reads_big_files_and_names_the_bad_ones(image_folder, tmp_path):
-    """Files over the loop's first 256 KB buffer, an empty file, a folder, a corrupt JPEG."""
+    """Files over the loop's first 256 KB buffer; an empty file, a folder, a corrupt JPEG, and a
+    path with a NUL byte (C would open the good file before it)."""
     folder, _, names, _ = image_folder
     rng = np.random.default_rng(4)
     big = [rng.integers(0, 256, (300 + 40 * k, 310, 3), dtype=np.uint8) for k in range(3)]
@@ -189,7 +190,7 @@ def test_image_data_fast_loop_reads_big_files_and_names_the_bad_ones(image_folde
     (folder / "folder.png").mkdir()
     (folder / "cut.jpg").write_bytes(cv2.imencode(".jpg", big[0])[1].tobytes()[:300])
     for bad, why in [("empty.png", "OpenCV refused"), ("folder.png", r"could not load the image \(a folder\)"),
-                     ("cut.jpg", "cannot decode")]:
+                     ("cut.jpg", "cannot decode"), (f"{names[2]}\0.txt", "the path holds a NUL byte")]:
         listing.write_text(f"{names[0]} 0\n{names[1]} 1\n{bad} 2\n")
         with caffedata.DataLayer(image_layer(listing, 3, root=f"{folder}/")) as layer:
             with pytest.raises(RecordError, match=rf"record 'line 3: .*{bad}'.*{why}"):

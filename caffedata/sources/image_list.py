@@ -95,6 +95,8 @@ class ImageListSource:
         """Image ``index`` as a ``Record`` (HWC uint8 BGR or gray) with its label."""
         file = self.files[index]
         try:
+            if "\0" in file:  # C would open the path up to the NUL: another file
+                raise OSError(errno.EINVAL, "the path holds a NUL byte", file)
             payload = np.frombuffer(read_file(file), dtype=np.uint8)
         except OSError as exc:
             raise RecordError(self.path, self.key(index), index,
