@@ -1135,8 +1135,9 @@ def transform_image_files(list paths, const int64_t[::1] file_labels, const int6
     cdef cnp.ndarray buf = np.empty(capacity, dtype=np.uint8)
     for i in range(start, stop):
         r = records[i]
-        path = <bytes>paths[r]
-        if strlen(path) != len(<bytes>paths[r]):  # a NUL inside: the general path refuses it
+        path_bytes = <bytes>paths[r]
+        path = path_bytes
+        if strlen(path) != len(path_bytes):  # a NUL inside: the general path refuses it
             return i
         with nogil:
             n = read_whole_file(path, <uint8_t*>cnp.PyArray_DATA(buf), capacity, &file_size)

@@ -38,7 +38,10 @@ def read_file(path):
 
     Opened non-blocking, and anything but a regular file refused: a FIFO or a
     device named in a list must give an error, not a hang or an endless read.
+    A NUL byte in the path is an OSError too (``os.open`` raises ValueError).
     """
+    if "\0" in path:  # C would open the path up to the NUL: another file
+        raise OSError(errno.EINVAL, "the path holds a NUL byte", path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
@@ -95,8 +98,6 @@ class ImageListSource:
         """Image ``index`` as a ``Record`` (HWC uint8 BGR or gray) with its label."""
         file = self.files[index]
         try:
-            if "\0" in file:  # C would open the path up to the NUL: another file
-                raise OSError(errno.EINVAL, "the path holds a NUL byte", file)
             payload = np.frombuffer(read_file(file), dtype=np.uint8)
         except OSError as exc:
             raise RecordError(self.path, self.key(index), index,
